@@ -1,0 +1,303 @@
+"""The aggregate: per-branch and per-event sufficient statistics, in columns.
+
+Records arrive in batches and are folded with numpy (group by series, then
+one vectorised merge), so the cost per record is a few hundred nanoseconds
+whether a batch touches one series or thousands. Not locked: `ABMetrics`
+owns the lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .running import merge_moments
+from .tables import ColumnSpec, Table
+
+BranchKey = tuple[str, str]
+EventKey = tuple[str, str, str]
+
+# Finer at the low end than Prometheus's defaults, so percentiles and the
+# rank test have something to work with for fast queries.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
+    0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+Columns = dict[str, npt.NDArray[Any]]
+
+
+@dataclass(slots=True)
+class Records:
+    """A batch of validated records as parallel columns, ready to fold."""
+
+    query_keys: list[BranchKey] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    success: list[bool] = field(default_factory=list)
+    when: list[float] = field(default_factory=list)
+    event_keys: list[EventKey] = field(default_factory=list)
+    event_values: list[float] = field(default_factory=list)
+
+    def add_query(self, key: BranchKey, latency_ms: float, success: bool, when: float) -> None:
+        self.query_keys.append(key)
+        self.latency_ms.append(latency_ms)
+        self.success.append(success)
+        self.when.append(when)
+
+    def add_event(self, key: EventKey, value: float) -> None:
+        self.event_keys.append(key)
+        self.event_values.append(value)
+
+    @property
+    def queries(self) -> int:
+        return len(self.query_keys)
+
+    @property
+    def events(self) -> int:
+        return len(self.event_keys)
+
+
+def branch_spec(bucket_count: int) -> ColumnSpec:
+    inf = float("inf")
+    return {
+        "n": (np.int64, 0, ()),
+        "ok": (np.int64, 0, ()),
+        "total": (np.float64, 0.0, ()),
+        "lo": (np.float64, inf, ()),
+        "hi": (np.float64, -inf, ()),
+        "mean": (np.float64, 0.0, ()),
+        "m2": (np.float64, 0.0, ()),
+        "first": (np.float64, inf, ()),
+        "last": (np.float64, -inf, ()),
+        # non-cumulative counts; the last slot is the +Inf bucket
+        "buckets": (np.int64, 0, (bucket_count + 1,)),
+    }
+
+
+EVENT_SPEC: ColumnSpec = {
+    "count": (np.int64, 0, ()),
+    "total": (np.float64, 0.0, ()),
+    "mean": (np.float64, 0.0, ()),
+    "m2": (np.float64, 0.0, ()),
+}
+
+
+def escape(value: str) -> str:
+    """Escape a label value for the exposition formats."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def branch_label(key: BranchKey) -> str:
+    return f'experiment="{escape(key[0])}",branch="{escape(key[1])}"'
+
+
+def event_label(key: EventKey) -> str:
+    return f'experiment="{escape(key[0])}",branch="{escape(key[1])}",event="{escape(key[2])}"'
+
+
+def check_buckets(bounds: Sequence[float]) -> tuple[float, ...]:
+    result = tuple(float(b) for b in bounds)
+    if not result:
+        raise ValueError("at least one bucket bound is needed")
+    if any(not (0 < b < float("inf")) for b in result):
+        raise ValueError("bucket bounds must be finite and > 0 seconds")
+    if any(a >= b for a, b in pairwise(result)):
+        raise ValueError("bucket bounds must be strictly increasing")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """Read-only columns and names, live (under the lock) or copied (a snapshot)."""
+
+    bounds: tuple[float, ...]
+    branch_keys: Sequence[BranchKey | None]
+    branch_labels: Sequence[str]
+    branch: Columns
+    event_keys: Sequence[EventKey | None]
+    event_labels: Sequence[str]
+    event: Columns
+    # experiment -> branch name -> row, in first-seen order
+    experiments: dict[str, dict[str, int]]
+    # experiment -> event rows
+    experiment_events: dict[str, list[int]]
+
+
+class Aggregate:
+    def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        self.bounds = check_buckets(buckets)
+        self._bounds_array = np.array(self.bounds)
+        self.branches: Table[BranchKey] = Table(branch_spec(len(self.bounds)), branch_label)
+        self.events: Table[EventKey] = Table(EVENT_SPEC, event_label)
+        self.experiments: dict[str, dict[str, int]] = {}
+        self.experiment_events: dict[str, list[int]] = {}
+        self.version = 0  # bumped on every change; lets caches and stats skip idle work
+
+    # -- writing ----------------------------------------------------------
+
+    def add_queries(
+        self,
+        rows: Sequence[int],
+        latency_ms: Sequence[float],
+        success: Sequence[bool],
+        when: Sequence[float],
+    ) -> None:
+        """Fold queries (as parallel columns) into the branch rows they name."""
+        if not rows:
+            return
+        unique, groups, count = self._group(rows)
+        lat = np.array(latency_ms, dtype=np.float64)
+        n = np.bincount(groups, minlength=count)
+        total = np.bincount(groups, lat, count)
+        mean = total / n
+        m2 = np.bincount(groups, np.square(lat - mean[groups]), count)
+        lo = np.full(count, np.inf)
+        np.minimum.at(lo, groups, lat)
+        hi = np.full(count, -np.inf)
+        np.maximum.at(hi, groups, lat)
+        ts = np.array(when, dtype=np.float64)
+        first = np.full(count, np.inf)
+        np.minimum.at(first, groups, ts)
+        last = np.full(count, -np.inf)
+        np.maximum.at(last, groups, ts)
+        width = len(self.bounds) + 1
+        slot = np.searchsorted(self._bounds_array, lat / 1000.0, side="left")
+        buckets = np.bincount(groups * width + slot, minlength=count * width).reshape(count, width)
+        ok = np.bincount(groups, np.array(success, dtype=np.float64), count).astype(np.int64)
+
+        c = self.branches.columns
+        c["n"][unique], c["mean"][unique], c["m2"][unique] = merge_moments(
+            c["n"][unique], c["mean"][unique], c["m2"][unique], n, mean, m2
+        )
+        c["ok"][unique] += ok
+        c["total"][unique] += total
+        c["lo"][unique] = np.minimum(c["lo"][unique], lo)
+        c["hi"][unique] = np.maximum(c["hi"][unique], hi)
+        c["first"][unique] = np.minimum(c["first"][unique], first)
+        c["last"][unique] = np.maximum(c["last"][unique], last)
+        c["buckets"][unique] += buckets
+        self.version += 1
+
+    def add_events(self, rows: Sequence[int], values: Sequence[float]) -> None:
+        """Fold event values into the event rows they name."""
+        if not rows:
+            return
+        unique, groups, count = self._group(rows)
+        v = np.array(values, dtype=np.float64)
+        n = np.bincount(groups, minlength=count)
+        total = np.bincount(groups, v, count)
+        mean = total / n
+        m2 = np.bincount(groups, np.square(v - mean[groups]), count)
+        c = self.events.columns
+        c["count"][unique], c["mean"][unique], c["m2"][unique] = merge_moments(
+            c["count"][unique], c["mean"][unique], c["m2"][unique], n, mean, m2
+        )
+        c["total"][unique] += total
+        self.version += 1
+
+    def add(self, records: Records) -> None:
+        self.add_queries(
+            self.branch_rows(records.query_keys), records.latency_ms, records.success, records.when
+        )
+        self.add_events(self.event_rows(records.event_keys), records.event_values)
+
+    def remove_experiment(self, experiment: str) -> bool:
+        branches = self.experiments.pop(experiment, None)
+        if branches is None:
+            return False
+        for branch in branches:
+            self.branches.remove((experiment, branch))
+        for row in self.experiment_events.pop(experiment, []):
+            key = self.events.keys[row]
+            assert key is not None
+            self.events.remove(key)
+        self.version += 1
+        return True
+
+    def clear(self) -> None:
+        self.branches.clear()
+        self.events.clear()
+        self.experiments.clear()
+        self.experiment_events.clear()
+        self.version += 1
+
+    # -- reading ----------------------------------------------------------
+
+    def live_view(self) -> View:
+        """The current columns, uncopied: only valid while the caller holds the lock."""
+        return View(
+            self.bounds,
+            self.branches.keys,
+            self.branches.labels,
+            self.branches.columns,
+            self.events.keys,
+            self.events.labels,
+            self.events.columns,
+            self.experiments,
+            self.experiment_events,
+        )
+
+    def snapshot(self) -> View:
+        """A consistent copy, safe to read after the lock is released."""
+        size, event_size = self.branches.size, self.events.size
+        return View(
+            self.bounds,
+            list(self.branches.keys),
+            list(self.branches.labels),
+            {k: v[:size].copy() for k, v in self.branches.columns.items()},
+            list(self.events.keys),
+            list(self.events.labels),
+            {k: v[:event_size].copy() for k, v in self.events.columns.items()},
+            {e: dict(b) for e, b in self.experiments.items()},
+            {e: list(rows) for e, rows in self.experiment_events.items()},
+        )
+
+    # -- internals --------------------------------------------------------
+
+    @staticmethod
+    def _group(
+        rows: Sequence[int],
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], int]:
+        unique, groups = np.unique(np.asarray(rows, dtype=np.intp), return_inverse=True)
+        return unique, groups, len(unique)
+
+    def branch_rows(self, keys: Sequence[BranchKey]) -> list[int]:
+        """Rows of these branches, created (and their experiments registered) as needed."""
+        ids = self.branches.ids
+        rows = list(map(ids.get, keys))
+        if None in rows:
+            rows = [
+                r if r is not None else self.branch_row(k) for r, k in zip(rows, keys, strict=True)
+            ]
+        return rows  # type: ignore[return-value]
+
+    def branch_row(self, key: BranchKey) -> int:
+        row = self.branches.ids.get(key)
+        if row is None:
+            row = self.branches.row(key)
+            self.experiments.setdefault(key[0], {})[key[1]] = row
+        return row
+
+    def event_rows(self, keys: Sequence[EventKey]) -> list[int]:
+        ids = self.events.ids
+        rows = list(map(ids.get, keys))
+        if None in rows:
+            rows = [
+                r if r is not None else self.event_row(k) for r, k in zip(rows, keys, strict=True)
+            ]
+        return rows  # type: ignore[return-value]
+
+    def event_row(self, key: EventKey) -> int:
+        row = self.events.ids.get(key)
+        if row is None:
+            self.branch_row((key[0], key[1]))
+            row = self.events.row(key)
+            self.experiment_events.setdefault(key[0], []).append(row)
+        return row

@@ -1,0 +1,181 @@
+"""`abtest-exporter serve | demo | status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from .settings import DEFAULT_PORT, Settings, load_file, parse_buckets
+from .version import __version__
+
+log = logging.getLogger("abtest_exporter")
+
+ENV_PREFIX = "ABTEST_EXPORTER_"
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+
+
+def _serve_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=f"{help_text} Every flag can also be set as {ENV_PREFIX}<FLAG> "
+        f"(for example {ENV_PREFIX}PORT=9470).",
+    )
+    parser.add_argument("--host", default=_env("host"), help="listen address (default 0.0.0.0)")
+    parser.add_argument(
+        "--port", type=int, default=_env("port"), help=f"listen port (default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--buckets",
+        type=parse_buckets,
+        default=_env("buckets"),
+        help="latency histogram bounds in seconds, comma-separated",
+    )
+    parser.add_argument("--config", default=_env("config"), help="TOML config file")
+    parser.add_argument(
+        "--stats-interval",
+        type=float,
+        default=_env("stats_interval"),
+        help="recompute comparisons at most this often, in seconds (default 5)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        default=(_env("demo") or "").lower() in ("1", "true", "yes"),
+        help="feed a simulated experiment so there is live data at once",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="abtest-exporter", description="A/B-testing metrics exporter for Prometheus."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub, "serve", "Run the exporter.")
+    _serve_parser(sub, "demo", "Run the exporter with a simulated experiment.")
+    status = sub.add_parser(
+        "status", help="Print experiments and comparisons of a running exporter."
+    )
+    status.add_argument(
+        "--url",
+        default=_env("url") or f"http://127.0.0.1:{DEFAULT_PORT}",
+        help="the exporter's base URL",
+    )
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    if args.config:
+        settings = settings.with_values(**load_file(args.config))
+    port = int(args.port) if args.port is not None else None
+    buckets = parse_buckets(args.buckets) if isinstance(args.buckets, str) else args.buckets
+    interval = float(args.stats_interval) if args.stats_interval is not None else None
+    return settings.with_values(host=args.host, port=port, buckets=buckets, stats_interval=interval)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .demo import demo_context
+    from .server import create_app
+
+    try:
+        settings = settings_from(args)
+    except (OSError, ValueError) as exc:
+        print(f"abtest-exporter: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings=settings)
+    if args.demo or args.command == "demo":
+        app.cleanup_ctx.append(demo_context())
+    log.info("listening on %s:%s", settings.host, settings.port)
+    # run_app turns SIGINT and SIGTERM into a graceful shutdown.
+    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    return 0
+
+
+def fetch(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def status(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/")
+    try:
+        experiments = fetch(f"{base}/api/v1/experiments")["experiments"]
+    except OSError as exc:
+        print(f"abtest-exporter: cannot reach {base}: {exc}", file=sys.stderr)
+        return 1
+    if not experiments:
+        print("no experiments yet")
+    for summary in experiments:
+        name = summary["experiment"]
+        quoted = urllib.parse.quote(name, safe="")
+        detail = fetch(f"{base}/api/v1/experiments/{quoted}")
+        print(
+            f"\n{name}  (control: {summary['control']}, best: {summary['best_branch']}, "
+            f"{summary['total_queries']} queries)"
+        )
+        rows = [("branch", "queries", "success", "mean latency", "vs control")]
+        control = summary["control"]
+        order = sorted(detail["branches"].items(), key=lambda item: item[0] != control)
+        for branch, metrics in order:
+            versus = ""
+            if branch != control and control in detail["branches"]:
+                query = urllib.parse.urlencode({"a": control, "b": branch})
+                comparison = fetch(f"{base}/api/v1/experiments/{quoted}/compare?{query}")
+                versus = describe(comparison)
+            rows.append(
+                (
+                    branch,
+                    str(metrics["query_count"]),
+                    _pct(metrics["success_rate"]),
+                    f"{metrics['avg_latency_ms']:.1f} ms",
+                    versus,
+                )
+            )
+        print_table(rows)
+    return 0
+
+
+def describe(comparison: dict[str, Any]) -> str:
+    return (
+        f"success {comparison['success_rate_diff'] * 100:+.2f} pt, "
+        f"latency {comparison['latency_diff']:+.1f} ms"
+    )
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return status(args)
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

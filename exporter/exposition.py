@@ -1,0 +1,252 @@
+"""Rendering a snapshot as Prometheus text (0.0.4) or OpenMetrics 1.0.
+
+Written by hand rather than through prometheus_client: the aggregate is
+already columnar, so each family is one pass over numpy columns turned into
+strings, several times faster than building client objects per scrape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .aggregate import escape
+from .config import ExperimentConfig
+from .manager import Snapshot
+from .results import summarise
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One line of a family: label pairs (already in order) and a finite value."""
+
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    kind: str  # counter | gauge | histogram | summary
+    help: str
+    samples: Sequence[Sample]
+
+
+def format_value(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    return repr(float(value))
+
+
+class Writer:
+    """Accumulates families; knows the two formats' small differences."""
+
+    def __init__(self, openmetrics: bool) -> None:
+        self.openmetrics = openmetrics
+        self.parts: list[str] = []
+
+    def header(self, name: str, kind: str, help_text: str) -> None:
+        if self.openmetrics and kind == "counter":
+            name = name.removesuffix("_total")
+        self.parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+
+    def lines(self, name: str, labels: Iterable[str], values: Iterable[str]) -> None:
+        """`labels` are pre-rendered `k="v",...` strings (may be empty)."""
+        self.parts.append(
+            "".join(
+                f"{name}{{{label}}} {value}\n" if label else f"{name} {value}\n"
+                for label, value in zip(labels, values, strict=True)
+            )
+        )
+
+    def family(self, family: Family) -> None:
+        if not family.samples:
+            return
+        self.header(family.name, family.kind, family.help)
+        self.lines(
+            family.name,
+            (",".join(f'{k}="{escape(v)}"' for k, v in s.labels) for s in family.samples),
+            (format_value(s.value) for s in family.samples),
+        )
+
+    def finish(self) -> str:
+        if self.openmetrics:
+            self.parts.append("# EOF\n")
+        return "".join(self.parts)
+
+
+def _floats(values: Iterable[float]) -> list[str]:
+    """Values known to be finite (inf only ever appears as a bucket bound)."""
+    return list(map(repr, values))
+
+
+def render(
+    snapshot: Snapshot,
+    extra: Sequence[Family] = (),
+    openmetrics: bool = False,
+) -> str:
+    """Every family of the design, from one consistent snapshot."""
+    out = Writer(openmetrics)
+    _branch_families(out, snapshot)
+    _event_families(out, snapshot)
+    _experiment_families(out, snapshot)
+    for family in extra:
+        out.family(family)
+    return out.finish()
+
+
+def _branch_families(out: Writer, snapshot: Snapshot) -> None:
+    view = snapshot.view
+    rows = [r for r, key in enumerate(view.branch_keys) if key is not None]
+    if not rows:
+        return
+    labels = view.branch_labels
+    c = view.branch
+    n = c["n"][rows]
+    n_list = n.tolist()
+    seen = [r for r, count in zip(rows, n_list, strict=True) if count]
+    seen_labels = [labels[r] for r in seen]
+    row_labels = [labels[r] for r in rows]
+
+    out.header("abtest_queries_total", "counter", "Queries recorded per branch.")
+    out.lines("abtest_queries_total", row_labels, map(str, n_list))
+    out.header("abtest_query_failures_total", "counter", "Failed queries per branch.")
+    out.lines("abtest_query_failures_total", row_labels, map(str, (n - c["ok"][rows]).tolist()))
+
+    name = "abtest_query_duration_seconds"
+    out.header(name, "histogram", "Query latency per branch.")
+    bounds = [format_value(b) for b in (*view.bounds, math.inf)]
+    cumulative = np.cumsum(c["buckets"][rows], axis=1).tolist()
+    sums = _floats((c["total"][rows] / 1000.0).tolist())
+    parts: list[str] = []
+    for label, counts, total, count in zip(row_labels, cumulative, sums, n_list, strict=True):
+        parts.extend(
+            f'{name}_bucket{{{label},le="{le}"}} {v}\n'
+            for le, v in zip(bounds, counts, strict=True)
+        )
+        parts.append(f"{name}_count{{{label}}} {count}\n{name}_sum{{{label}}} {total}\n")
+    out.parts.append("".join(parts))
+
+    if not seen:
+        return
+    ok = c["ok"][seen]
+    count = c["n"][seen]
+    gauges = (
+        ("abtest_branch_success_ratio", "Share of queries that succeeded (0..1).", ok / count),
+        (
+            "abtest_branch_latency_mean_seconds",
+            "Mean query latency.",
+            c["total"][seen] / count / 1000.0,
+        ),
+        ("abtest_branch_latency_min_seconds", "Fastest query latency.", c["lo"][seen] / 1000.0),
+        ("abtest_branch_latency_max_seconds", "Slowest query latency.", c["hi"][seen] / 1000.0),
+        (
+            "abtest_branch_first_query_timestamp_seconds",
+            "Unix time of the branch's first query.",
+            c["first"][seen],
+        ),
+        (
+            "abtest_branch_last_query_timestamp_seconds",
+            "Unix time of the branch's latest query.",
+            c["last"][seen],
+        ),
+    )
+    for gauge, help_text, values in gauges:
+        out.header(gauge, "gauge", help_text)
+        out.lines(gauge, seen_labels, _floats(values.tolist()))
+
+
+def _event_families(out: Writer, snapshot: Snapshot) -> None:
+    view = snapshot.view
+    rows = [r for r, key in enumerate(view.event_keys) if key is not None]
+    if not rows:
+        return
+    labels = [view.event_labels[r] for r in rows]
+    c = view.event
+    count = c["count"][rows]
+    out.header("abtest_event_value", "summary", "Custom event values per branch and event.")
+    # OpenMetrics wants each series' samples together: count then sum, per label set.
+    out.parts.append(
+        "".join(
+            f"abtest_event_value_count{{{label}}} {n}\nabtest_event_value_sum{{{label}}} {total}\n"
+            for label, n, total in zip(
+                labels, count.tolist(), _floats(c["total"][rows].tolist()), strict=True
+            )
+        )
+    )
+    out.header("abtest_event_mean", "gauge", "Mean value of a custom event.")
+    out.lines("abtest_event_mean", labels, _floats(c["mean"][rows].tolist()))
+
+
+def _experiment_families(out: Writer, snapshot: Snapshot) -> None:
+    info: list[Sample] = []
+    start: list[Sample] = []
+    last: list[Sample] = []
+    duration: list[Sample] = []
+    best: list[Sample] = []
+    for experiment in snapshot.view.experiments:
+        config = snapshot.configs.get(experiment, ExperimentConfig())
+        summary = summarise(snapshot.view, experiment, config, snapshot.taken_at)
+        if summary is None:
+            continue
+        exp = (("experiment", experiment),)
+        info.append(Sample((*exp, ("control", summary.control)), 1))
+        if summary.started_at is not None and summary.last_activity is not None:
+            start.append(Sample(exp, summary.started_at))
+            last.append(Sample(exp, summary.last_activity))
+            duration.append(Sample(exp, summary.duration_seconds or 0.0))
+        if summary.best_branch is not None:
+            best.append(Sample((*exp, ("branch", summary.best_branch)), 1))
+    for family in (
+        Family(
+            "abtest_experiment_info", "gauge", "Experiment and its control branch (always 1).", info
+        ),
+        Family(
+            "abtest_experiment_start_timestamp_seconds",
+            "gauge",
+            "Unix time of the experiment's first query.",
+            start,
+        ),
+        Family(
+            "abtest_experiment_last_activity_timestamp_seconds",
+            "gauge",
+            "Unix time of the experiment's latest query; idle experiments may expire.",
+            last,
+        ),
+        Family(
+            "abtest_experiment_duration_seconds",
+            "gauge",
+            "Time since the experiment's first query.",
+            duration,
+        ),
+        Family(
+            "abtest_experiment_best_branch",
+            "gauge",
+            "Branch with the highest success ratio (ties: more queries, then name). Always 1.",
+            best,
+        ),
+    ):
+        out.family(family)
+
+
+def negotiate(accept: str) -> bool:
+    """True when the client prefers OpenMetrics (as Prometheus does when it can)."""
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if media == "application/openmetrics-text":
+            q = next((p[2:] for p in params if p.startswith("q=")), "1")
+            try:
+                return float(q) > 0
+            except ValueError:
+                return True
+    return False

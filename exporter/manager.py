@@ -1,0 +1,304 @@
+"""`ABMetrics`: the thread-safe manager apps call in process.
+
+Recording only checks and appends to a pending list (list.append is atomic),
+so the hot path takes no lock; pending records are folded into the aggregate
+in batches, and every read folds first, so a read sees every record whose
+call returned before it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .aggregate import (
+    DEFAULT_BUCKETS,
+    Aggregate,
+    BranchKey,
+    EventKey,
+    Records,
+    View,
+)
+from .comparison import BranchComparison, compare
+from .config import ExperimentConfig
+from .results import (
+    BranchMetrics,
+    ExperimentMetrics,
+    ExperimentSummary,
+    MetricsStats,
+    build_branch,
+    build_experiment,
+    events_by_branch,
+    summarise,
+)
+from .validation import (
+    MAX_LATENCY_MS,
+    ValidationError,
+    check_name,
+    event_value_problem,
+    latency_problem,
+)
+
+Clock = Callable[[], float]
+T = TypeVar("T")
+_FOLD_AT = 4096 * 4  # flat list entries: 4096 queries
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One consistent state: the aggregate's copy and the configs at that moment."""
+
+    view: View
+    configs: Mapping[str, ExperimentConfig]
+    taken_at: float
+    version: int
+    stats: MetricsStats
+
+
+class ABMetrics:
+    """Per-experiment, per-branch A/B metrics (the seed module's manager API)."""
+
+    # Recording is built per instance as closures over its own state (see
+    # _recorders): it is the hot path, and skipping attribute look-ups halves it.
+    record_query: Callable[[str, str, float, bool], None]
+    record_event: Callable[[str, str, str, float], None]
+
+    def __init__(
+        self,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        *,
+        clock: Clock = time.time,
+        configs: Mapping[str, ExperimentConfig] | None = None,
+    ) -> None:
+        self._aggregate = Aggregate(buckets)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Pending records, flat: [slot, latency, success, time, slot, ...] and
+        # [slot, value, ...]. A slot is a one-item list holding the series' row,
+        # set to -1 when the series is cleared, so a record racing a clear is dropped
+        # rather than landing in a reused row.
+        self._queries: list[Any] = []
+        self._events: list[Any] = []
+        self._branch_slots: dict[BranchKey, list[int]] = {}
+        self._event_slots: dict[EventKey, list[int]] = {}
+        self._configs: dict[str, ExperimentConfig] = dict(configs or {})
+        self.record_query, self.record_event = self._recorders()
+
+    @property
+    def buckets(self) -> tuple[float, ...]:
+        return self._aggregate.bounds
+
+    # -- recording (hot path) ----------------------------------------------
+
+    def _recorders(
+        self,
+    ) -> tuple[Callable[[str, str, float, bool], None], Callable[[str, str, str, float], None]]:
+        branch_slots, event_slots = self._branch_slots, self._event_slots
+        queries, events = self._queries, self._events
+        add_query, add_event, clock, fold = queries.extend, events.extend, self._clock, self._fold
+
+        def record_query(experiment: str, branch: str, latency_ms: float, success: bool) -> None:
+            """Record one query: its latency in milliseconds and whether it succeeded."""
+            try:
+                valid = 0.0 <= latency_ms <= MAX_LATENCY_MS  # False for NaN too
+            except TypeError:
+                valid = False
+            if not valid:
+                raise ValidationError(
+                    "invalid_latency", f"latency_ms {latency_problem(latency_ms)}"
+                )
+            key = (experiment, branch)
+            slot = branch_slots.get(key) or self._admit_branch(key)
+            add_query((slot, latency_ms, success, clock()))  # one atomic extend
+            if len(queries) >= _FOLD_AT:
+                fold()
+
+        def record_event(experiment: str, branch: str, event: str, value: float) -> None:
+            """Record one custom event (a conversion of 1, revenue of 42.0, ...)."""
+            problem = event_value_problem(value)
+            if problem:
+                raise ValidationError("invalid_value", f"value {problem}")
+            key = (experiment, branch, event)
+            add_event((event_slots.get(key) or self._admit_event(key), value))
+            if len(events) >= _FOLD_AT:
+                fold()
+
+        return record_query, record_event
+
+    def record_batch(self, records: Records) -> None:
+        """Apply already-validated records together: a read sees all of them or none."""
+        with self._lock:
+            self._fold_locked()
+            self._aggregate.add(records)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _admit_branch(self, key: BranchKey) -> list[int]:
+        check_name("experiment", key[0])
+        check_name("branch", key[1])
+        with self._lock:
+            slot = self._branch_slots.get(key)
+            if slot is None:
+                slot = self._branch_slots[key] = [self._aggregate.branch_row(key)]
+            return slot
+
+    def _admit_event(self, key: EventKey) -> list[int]:
+        check_name("experiment", key[0])
+        check_name("branch", key[1])
+        check_name("event", key[2])
+        with self._lock:
+            slot = self._event_slots.get(key)
+            if slot is None:
+                slot = self._event_slots[key] = [self._aggregate.event_row(key)]
+            return slot
+
+    def _fold(self) -> None:
+        with self._lock:
+            self._fold_locked()
+
+    def _fold_locked(self) -> None:
+        queries = _take(self._queries)
+        if queries:
+            rows = [slot[0] for slot in queries[0::4]]
+            if min(rows) < 0:  # records that raced a clear of their experiment
+                live = [i for i, row in enumerate(rows) if row >= 0]
+                queries = [queries[4 * i + k] for i in live for k in range(4)]
+                rows = [rows[i] for i in live]
+            self._aggregate.add_queries(rows, queries[1::4], queries[2::4], queries[3::4])
+        events = _take(self._events)
+        if events:
+            rows = [slot[0] for slot in events[0::2]]
+            if min(rows) < 0:
+                live = [i for i, row in enumerate(rows) if row >= 0]
+                events = [events[2 * i + k] for i in live for k in range(2)]
+                rows = [rows[i] for i in live]
+            self._aggregate.add_events(rows, events[1::2])
+
+    # -- configuration ------------------------------------------------------
+
+    def configure(self, experiment: str, config: ExperimentConfig | Mapping[str, Any]) -> None:
+        """Set how an experiment is analysed (replaces any earlier config)."""
+        check_name("experiment", experiment)
+        if not isinstance(config, ExperimentConfig):
+            config = ExperimentConfig.from_mapping(config)
+        with self._lock:
+            self._configs[experiment] = config
+            self._aggregate.version += 1
+
+    def get_config(self, experiment: str) -> ExperimentConfig:
+        return self._configs.get(experiment, ExperimentConfig())
+
+    def configs(self) -> dict[str, ExperimentConfig]:
+        return dict(self._configs)
+
+    # -- reading -------------------------------------------------------------
+
+    def get_experiment_metrics(self, experiment: str) -> ExperimentMetrics | None:
+        with self._lock:
+            self._fold_locked()
+            return build_experiment(
+                self._aggregate.live_view(), experiment, self.get_config(experiment), self._clock()
+            )
+
+    def get_branch_metrics(self, experiment: str, branch: str) -> BranchMetrics | None:
+        with self._lock:
+            self._fold_locked()
+            view = self._aggregate.live_view()
+            row = view.experiments.get(experiment, {}).get(branch)
+            if row is None:
+                return None
+            events = events_by_branch(view, experiment).get(branch, [])
+            return build_branch(view, row, branch, events)
+
+    def compare_branches(
+        self, experiment: str, branch_a: str, branch_b: str
+    ) -> BranchComparison | None:
+        metrics = self.get_experiment_metrics(experiment)
+        if metrics is None:
+            return None
+        return compare(metrics, branch_a, branch_b, self.get_config(experiment))
+
+    def get_summary(self, experiment: str) -> ExperimentSummary | None:
+        with self._lock:
+            self._fold_locked()
+            return summarise(
+                self._aggregate.live_view(), experiment, self.get_config(experiment), self._clock()
+            )
+
+    def all_summaries(self) -> list[ExperimentSummary]:
+        with self._lock:
+            self._fold_locked()
+            view, now = self._aggregate.live_view(), self._clock()
+            found = (summarise(view, e, self.get_config(e), now) for e in view.experiments)
+            return [s for s in found if s is not None]
+
+    def experiments(self) -> list[str]:
+        with self._lock:
+            self._fold_locked()
+            return list(self._aggregate.experiments)
+
+    def clear_experiment(self, experiment: str) -> bool:
+        """Forget an experiment's data (its config stays); True if it existed."""
+        with self._lock:
+            self._fold_locked()
+            for slots in (self._branch_slots, self._event_slots):
+                for key in [k for k in slots if k[0] == experiment]:
+                    slots.pop(key)[0] = -1  # type: ignore[call-overload]
+            return self._aggregate.remove_experiment(experiment)
+
+    def clear_all(self) -> None:
+        with self._lock:
+            self._fold_locked()
+            for slots in (self._branch_slots, self._event_slots):
+                for slot in slots.values():
+                    slot[0] = -1
+                slots.clear()
+            self._aggregate.clear()
+
+    def stats(self) -> MetricsStats:
+        with self._lock:
+            self._fold_locked()
+            return self._stats_locked()
+
+    def _stats_locked(self) -> MetricsStats:
+        agg = self._aggregate
+        size, event_size = agg.branches.size, agg.events.size
+        return MetricsStats(
+            experiments_tracked=len(agg.experiments),
+            total_branches_tracked=len(agg.branches),
+            total_queries_recorded=int(agg.branches.columns["n"][:size].sum()),
+            total_events_recorded=int(agg.events.columns["count"][:event_size].sum()),
+        )
+
+    def snapshot(self) -> Snapshot:
+        """A copy of everything, taken under the lock in one step (cheap: column copies)."""
+        with self._lock:
+            self._fold_locked()
+            return Snapshot(
+                self._aggregate.snapshot(),
+                dict(self._configs),
+                self._clock(),
+                self._aggregate.version,
+                self._stats_locked(),
+            )
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the aggregate or a config changed (pending records aside)."""
+        return self._aggregate.version
+
+    def series_count(self) -> tuple[int, int]:
+        return len(self._aggregate.branches), len(self._aggregate.events)
+
+
+def _take(pending: list[T]) -> list[T]:
+    """Remove and return what is pending now. Slicing then deleting the same
+    prefix is safe against concurrent appends, which land after it."""
+    count = len(pending)
+    batch = pending[:count]
+    del pending[:count]
+    return batch

@@ -1,0 +1,98 @@
+"""The exporter's own health figures (`abtest_exporter_*`)."""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections import Counter
+
+from .exposition import Family, Sample
+from .version import __version__
+
+
+class SelfMetrics:
+    """Counts of what came in and what was turned away, and why."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.accepted: Counter[tuple[str, str]] = Counter()  # (source, kind)
+        self.rejected: Counter[tuple[str, str]] = Counter()  # (source, reason)
+        self.scrapes = 0
+        self.last_render_seconds = 0.0
+        self.started = time.time()
+
+    def accept(self, source: str, kind: str, count: int) -> None:
+        if count:
+            with self._lock:
+                self.accepted[source, kind] += count
+
+    def reject(self, source: str, reason: str, count: int = 1) -> None:
+        with self._lock:
+            self.rejected[source, reason] += count
+
+    def scraped(self, render_seconds: float) -> None:
+        with self._lock:
+            self.scrapes += 1
+            self.last_render_seconds = render_seconds
+
+    def families(self, branches: int, events: int, experiments: int) -> list[Family]:
+        with self._lock:
+            accepted = sorted(self.accepted.items())
+            rejected = sorted(self.rejected.items())
+            scrapes, render_seconds = self.scrapes, self.last_render_seconds
+        return [
+            Family(
+                "abtest_exporter_build_info",
+                "gauge",
+                "Version of the exporter and of Python (always 1).",
+                [Sample((("version", __version__), ("python", platform.python_version())), 1)],
+            ),
+            Family(
+                "abtest_exporter_start_time_seconds",
+                "gauge",
+                "Unix time the exporter started.",
+                [Sample((), self.started)],
+            ),
+            Family(
+                "abtest_exporter_accepted_records_total",
+                "counter",
+                "Records applied to the aggregate, by source and kind (query or event).",
+                [Sample((("source", s), ("kind", k)), n) for (s, k), n in accepted]
+                or [Sample((("source", "http"), ("kind", "query")), 0)],
+            ),
+            Family(
+                "abtest_exporter_rejected_records_total",
+                "counter",
+                "Records refused, by source and reason; nothing of a refused batch is applied.",
+                [Sample((("source", s), ("reason", r)), n) for (s, r), n in rejected]
+                or [Sample((("source", "http"), ("reason", "invalid_json")), 0)],
+            ),
+            Family(
+                "abtest_exporter_series",
+                "gauge",
+                "Series held in memory, by kind.",
+                [
+                    Sample((("kind", "branch"),), branches),
+                    Sample((("kind", "event"),), events),
+                ],
+            ),
+            Family(
+                "abtest_exporter_experiments",
+                "gauge",
+                "Experiments held in memory.",
+                [Sample((), experiments)],
+            ),
+            Family(
+                "abtest_exporter_scrapes_total",
+                "counter",
+                "Scrapes of /metrics served.",
+                [Sample((), scrapes)],
+            ),
+            Family(
+                "abtest_exporter_render_duration_seconds",
+                "gauge",
+                "Time the previous scrape took to render.",
+                [Sample((), render_seconds)],
+            ),
+        ]

@@ -1,0 +1,287 @@
+"""The aiohttp application: ingest, read API, /metrics, health, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import html
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+
+from .config import ExperimentConfig
+from .exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    negotiate,
+    render,
+)
+from .ingest import parse_batch
+from .manager import ABMetrics
+from .openapi import document
+from .results import to_json
+from .selfmetrics import SelfMetrics
+from .settings import Settings
+from .validation import ValidationError, name_problem
+from .version import __version__
+
+METRICS = web.AppKey("metrics", ABMetrics)
+SELF = web.AppKey("self_metrics", SelfMetrics)
+SETTINGS = web.AppKey("settings", Settings)
+
+# Batches larger than this are applied on a worker thread so the loop stays responsive.
+_INLINE_RECORDS = 2000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(to_json(data), allow_nan=False),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def error(status: int, message: str, errors: list[dict[str, str]] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if errors is not None:
+        body["errors"] = errors
+    return json_response(body, status)
+
+
+def _name(request: web.Request, key: str) -> str:
+    value = request.match_info[key]
+    problem = name_problem(value)
+    if problem:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{key} {problem}"}), content_type="application/json"
+        )
+    return value
+
+
+async def _read_json(request: web.Request, source: str) -> Any:
+    """The decoded JSON body, or a 4xx naming what is wrong (counted as rejected)."""
+    self_metrics = request.app[SELF]
+    if request.content_type != "application/json":
+        self_metrics.reject(source, "unsupported_media_type")
+        raise web.HTTPUnsupportedMediaType(
+            text=json.dumps({"error": "Content-Type must be application/json"}),
+            content_type="application/json",
+        )
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        self_metrics.reject(source, "body_too_large")
+        limit = request.app[SETTINGS].max_body_bytes
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=limit,
+            actual_size=request.content_length or limit + 1,
+            text=json.dumps({"error": f"body larger than the limit of {limit} bytes"}),
+            content_type="application/json",
+        ) from None
+    except RequestPayloadError:
+        self_metrics.reject(source, "invalid_encoding")
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body could not be decoded (bad Content-Encoding data)"}),
+            content_type="application/json",
+        ) from None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        self_metrics.reject(source, "invalid_json")
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"body is not valid JSON: {exc}"[:500]}),
+            content_type="application/json",
+        ) from None
+
+
+async def post_records(request: web.Request) -> web.Response:
+    app = request.app
+    metrics, self_metrics = app[METRICS], app[SELF]
+    body = await _read_json(request, "http")
+    batch = parse_batch(body, metrics.now(), app[SETTINGS].max_batch_records)
+    if batch.error_count:
+        for reason, count in batch.reasons.items():
+            self_metrics.reject("http", reason, count)
+        message = f"batch refused, nothing applied: {batch.error_count} problem(s)"
+        return error(400, message, batch.errors)
+    records = batch.records
+    if records.queries + records.events > _INLINE_RECORDS:
+        await asyncio.to_thread(metrics.record_batch, records)
+    else:
+        metrics.record_batch(records)
+    self_metrics.accept("http", "query", records.queries)
+    self_metrics.accept("http", "event", records.events)
+    return json_response({"accepted": {"queries": records.queries, "events": records.events}})
+
+
+async def list_experiments(request: web.Request) -> web.Response:
+    summaries = await asyncio.to_thread(request.app[METRICS].all_summaries)
+    return json_response({"experiments": summaries})
+
+
+async def get_experiment(request: web.Request) -> web.Response:
+    found = request.app[METRICS].get_experiment_metrics(_name(request, "experiment"))
+    return json_response(found) if found else error(404, "no such experiment")
+
+
+async def get_branch(request: web.Request) -> web.Response:
+    experiment, branch = _name(request, "experiment"), _name(request, "branch")
+    found = request.app[METRICS].get_branch_metrics(experiment, branch)
+    return json_response(found) if found else error(404, "no such experiment or branch")
+
+
+async def get_summary(request: web.Request) -> web.Response:
+    found = request.app[METRICS].get_summary(_name(request, "experiment"))
+    return json_response(found) if found else error(404, "no such experiment")
+
+
+async def compare(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    experiment = _name(request, "experiment")
+    found = metrics.get_experiment_metrics(experiment)
+    if found is None:
+        return error(404, "no such experiment")
+    branch_b = request.query.get("b")
+    branch_a = request.query.get("a", found.control)
+    if branch_b is None:
+        return error(400, "query parameter b (the branch to compare) is required")
+    for key, value in (("a", branch_a), ("b", branch_b)):
+        problem = name_problem(value)
+        if problem:
+            return error(400, f"query parameter {key} {problem}")
+    result = metrics.compare_branches(experiment, branch_a, branch_b)
+    return json_response(result) if result else error(404, "no such branch")
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return json_response(request.app[METRICS].get_config(_name(request, "experiment")))
+
+
+async def put_config(request: web.Request) -> web.Response:
+    experiment = _name(request, "experiment")
+    body = await _read_json(request, "config")
+    try:
+        config = ExperimentConfig.from_mapping(body)
+    except ValidationError as exc:
+        return error(400, f"config refused, nothing changed: {exc.message}")
+    request.app[METRICS].configure(experiment, config)
+    return json_response(config)
+
+
+async def delete_experiment(request: web.Request) -> web.Response:
+    experiment = _name(request, "experiment")
+    if not request.app[METRICS].clear_experiment(experiment):
+        return error(404, "no such experiment")
+    return json_response({"cleared": experiment})
+
+
+async def delete_all(request: web.Request) -> web.Response:
+    request.app[METRICS].clear_all()
+    return json_response({"cleared": "all"})
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return json_response(request.app[METRICS].stats())
+
+
+def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> bytes:
+    """Snapshot, render and (maybe) compress: runs on a worker thread."""
+    started = time.perf_counter()
+    metrics, self_metrics = app[METRICS], app[SELF]
+    snapshot = metrics.snapshot()
+    extra = self_metrics.families(
+        snapshot.stats.total_branches_tracked,
+        len([k for k in snapshot.view.event_keys if k is not None]),
+        snapshot.stats.experiments_tracked,
+    )
+    payload = render(snapshot, extra, openmetrics).encode()
+    if compress:
+        payload = gzip.compress(payload, compresslevel=1)
+    self_metrics.scraped(time.perf_counter() - started)
+    return payload
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    openmetrics = negotiate(request.headers.get("Accept", ""))
+    compress = "gzip" in request.headers.get("Accept-Encoding", "")
+    payload = await asyncio.to_thread(render_metrics, request.app, openmetrics, compress)
+    response = web.Response(body=payload)
+    response.headers["Content-Type"] = (
+        OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+    )
+    if compress:
+        response.headers["Content-Encoding"] = "gzip"
+    return response
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+_LINKS = (
+    ("/metrics", "Prometheus metrics"),
+    ("/api/v1/experiments", "Experiments (JSON)"),
+    ("/api/v1/stats", "Stats (JSON)"),
+    ("/openapi.json", "OpenAPI document"),
+    ("/-/healthy", "Health"),
+    ("/-/ready", "Readiness"),
+)
+
+
+async def landing(request: web.Request) -> web.Response:
+    experiments = request.app[METRICS].experiments()
+    items = "".join(f'<li><a href="{h}">{html.escape(t)}</a></li>' for h, t in _LINKS)
+    rows = "".join(
+        f'<li><a href="/api/v1/experiments/{html.escape(e)}">{html.escape(e)}</a></li>'
+        for e in experiments[:200]
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>abtest-exporter</title></head>"
+        f"<body><h1>abtest-exporter {__version__}</h1><ul>{items}</ul>"
+        f"<h2>Experiments ({len(experiments)})</h2><ul>{rows}</ul></body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+def create_app(
+    metrics: ABMetrics | None = None,
+    settings: Settings | None = None,
+    self_metrics: SelfMetrics | None = None,
+) -> web.Application:
+    settings = settings or Settings()
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or ABMetrics(settings.buckets, configs=settings.experiments)
+    app[SELF] = self_metrics or SelfMetrics()
+    experiment = "/api/v1/experiments/{experiment}"
+    app.router.add_get("/", landing)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/openapi.json", get_openapi)
+    app.router.add_post("/api/v1/records", post_records)
+    app.router.add_get("/api/v1/experiments", list_experiments)
+    app.router.add_delete("/api/v1/experiments", delete_all)
+    app.router.add_get(experiment, get_experiment)
+    app.router.add_delete(experiment, delete_experiment)
+    app.router.add_get(experiment + "/branches/{branch}", get_branch)
+    app.router.add_get(experiment + "/summary", get_summary)
+    app.router.add_get(experiment + "/compare", compare)
+    app.router.add_get(experiment + "/config", get_config)
+    app.router.add_put(experiment + "/config", put_config)
+    app.router.add_get("/api/v1/stats", get_stats)
+    return app

@@ -1,0 +1,161 @@
+"""Running real processes for tests: the exporter and a Prometheus server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http(
+    url: str, body: Any = None, method: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Exporter:
+    """`abtest-exporter serve` as a child process on a free loopback port."""
+
+    def __init__(self, args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exporter.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self.healthy, 20, "the exporter to start")
+
+    def healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"exporter exited: {self.output()}")
+        return http(self.url + "/-/healthy")[0] == 200
+
+    def post(self, body: Any) -> tuple[int, Any]:
+        status, raw = http(self.url + "/api/v1/records", body)
+        return status, json.loads(raw)
+
+    def get(self, path: str) -> Any:
+        status, raw = http(self.url + path)
+        assert status == 200, raw
+        return json.loads(raw)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=20)
+
+    def output(self) -> str:
+        if self.process.poll() is None:
+            return ""
+        assert self.process.stdout is not None
+        return self.process.stdout.read().decode(errors="replace")
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus")
+    if not found:
+        raise RuntimeError("the prometheus binary is missing: run scripts/test (it installs it)")
+    return found
+
+
+class Prometheus:
+    """A real Prometheus server scraping the given targets every second."""
+
+    def __init__(self, workdir: Path, targets: Sequence[str], rules: Sequence[Path] = ()) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(r) for r in rules],
+                    "scrape_configs": [
+                        {"job_name": "abtest", "static_configs": [{"targets": list(targets)}]}
+                    ],
+                }
+            )
+        )
+        self.process = subprocess.Popen(
+            [
+                prometheus_binary(),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: http(self.url + "/-/ready")[0] == 200, 30, "Prometheus to be ready")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        status, raw = http(self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        body = json.loads(raw)
+        assert status == 200 and body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def value(self, expr: str) -> float:
+        result = self.query(expr)
+        assert len(result) == 1, (expr, result)
+        return float(result[0]["value"][1])
+
+    def wait_value(self, expr: str, expected: float, timeout: float = 20) -> None:
+        def check() -> bool:
+            result = self.query(expr)
+            return len(result) == 1 and float(result[0]["value"][1]) == expected
+
+        wait_for(check, timeout, f"{expr} == {expected}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)

@@ -1,0 +1,196 @@
+"""The aggregate beyond the seed: moments, histogram, time, control, threads, input checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import statistics
+import threading
+
+import numpy as np
+import pytest
+
+from exporter import ABMetrics, ExperimentConfig, ValidationError
+
+from .conftest import FakeClock
+
+
+def test_variance_is_stable_for_large_means(metrics: ABMetrics) -> None:
+    # Latencies around 1e9 ms varying by tenths: the naive sum-of-squares formula
+    # returns garbage (often negative) here; Welford/Chan must give the exact variance.
+    values = [1e9 + 0.1 * (i % 7) for i in range(10_000)]
+    for value in values:
+        metrics.record_query("e", "b", value, True)
+    branch = metrics.get_branch_metrics("e", "b")
+    assert branch is not None
+    assert branch.latency_variance_ms2 == pytest.approx(statistics.variance(values), rel=1e-6)
+    naive = (sum(v * v for v in values) - sum(values) ** 2 / len(values)) / (len(values) - 1)
+    assert abs(naive - statistics.variance(values)) > 1.0  # the trap this avoids is real
+
+
+def test_moments_merge_across_batches_like_one_pass(metrics: ABMetrics) -> None:
+    rng = random.Random(7)
+    values = [rng.expovariate(1 / 50) for _ in range(20_000)]  # > one fold of 4096
+    for value in values:
+        metrics.record_query("e", "b", value, rng.random() < 0.9)
+        metrics.record_event("e", "b", "revenue", value / 10)
+    branch = metrics.get_branch_metrics("e", "b")
+    assert branch is not None
+    assert branch.avg_latency_ms == pytest.approx(statistics.fmean(values), rel=1e-12)
+    assert branch.latency_variance_ms2 == pytest.approx(statistics.variance(values), rel=1e-9)
+    assert branch.min_latency_ms == min(values)
+    assert branch.max_latency_ms == max(values)
+    revenue = branch.events["revenue"]
+    assert revenue.count == len(values)
+    assert revenue.variance == pytest.approx(statistics.variance(v / 10 for v in values), rel=1e-9)
+
+
+def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    metrics = ABMetrics(buckets=(0.01, 0.1, 1.0))
+    for latency in (10.0, 10.000001, 100.0, 5000.0, 0.0):
+        metrics.record_query("e", "b", latency, True)
+    branch = metrics.get_branch_metrics("e", "b")
+    assert branch is not None
+    # 10 ms lands in le=0.01 (upper bounds are inclusive), 5 s only in +Inf
+    assert branch.latency_buckets == ((0.01, 2), (0.1, 4), (1.0, 4), (math.inf, 5))
+
+
+@pytest.mark.parametrize("bounds", [(), (0.1, 0.1), (0.2, 0.1), (-1.0,), (math.inf,), (math.nan,)])
+def test_bad_bucket_bounds_are_refused(bounds: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError):
+        ABMetrics(buckets=bounds)
+
+
+def test_first_and_last_query_times(metrics: ABMetrics, clock: FakeClock) -> None:
+    metrics.record_query("e", "a", 1.0, True)
+    clock.now += 10
+    metrics.record_query("e", "b", 1.0, True)
+    clock.now += 5
+    metrics.record_query("e", "a", 1.0, True)
+    metrics.record_event("e", "a", "x", 1.0)  # events do not count as query activity
+    clock.now += 100
+    experiment = metrics.get_experiment_metrics("e")
+    assert experiment is not None
+    a = experiment.branches["a"]
+    assert (a.first_query, a.last_query) == (1_700_000_000.0, 1_700_000_015.0)
+    assert experiment.started_at == 1_700_000_000.0
+    assert experiment.last_activity == 1_700_000_015.0
+    assert experiment.duration_seconds == 115.0
+
+
+def test_control_defaults_and_configuration(metrics: ABMetrics) -> None:
+    metrics.record_query("e", "b", 1.0, True)
+    metrics.record_query("e", "a", 1.0, True)
+    experiment = metrics.get_experiment_metrics("e")
+    assert experiment is not None and experiment.control == "b"  # first seen
+    metrics.record_query("e", "control", 1.0, True)
+    experiment = metrics.get_experiment_metrics("e")
+    assert experiment is not None and experiment.control == "control"
+    metrics.configure("e", {"control": "a"})
+    experiment = metrics.get_experiment_metrics("e")
+    assert experiment is not None and experiment.control == "a"
+    assert metrics.get_config("e") == ExperimentConfig(control="a")
+
+
+def test_best_branch_tie_breaks_are_defined(metrics: ABMetrics) -> None:
+    for branch in ("zeta", "alpha"):
+        metrics.record_query("e", branch, 1.0, True)
+    summary = metrics.get_summary("e")
+    assert summary is not None and summary.best_branch == "alpha"  # equal: by name
+    metrics.record_event("e", "events-only", "x", 1.0)
+    summary = metrics.get_summary("e")
+    assert summary is not None and summary.best_branch == "alpha"  # no queries: never best
+
+
+def test_results_are_immutable(metrics: ABMetrics) -> None:
+    metrics.record_query("e", "b", 1.0, True)
+    metrics.record_event("e", "b", "x", 1.0)
+    branch = metrics.get_branch_metrics("e", "b")
+    assert branch is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        branch.query_count = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        branch.events["y"] = branch.events["x"]  # type: ignore[index]
+
+
+def test_concurrent_recording_loses_nothing(metrics: ABMetrics) -> None:
+    threads, per_thread = 4, 25_000
+
+    def work(seed: int) -> None:
+        for i in range(per_thread):
+            metrics.record_query("e", f"b{i % 3}", float(i % 100), i % 10 != 0)
+            if i % 5 == 0:
+                metrics.record_event("e", f"b{i % 3}", "conversion", 1.0)
+
+    def read() -> None:
+        for _ in range(50):
+            experiment = metrics.get_experiment_metrics("e")
+            if experiment is not None:
+                # one consistent view: every counted query has its latency bucketed
+                for b in experiment.branches.values():
+                    assert b.latency_buckets[-1][1] == b.query_count
+
+    workers = [threading.Thread(target=work, args=(s,)) for s in range(threads)]
+    reader = threading.Thread(target=read)
+    for t in (*workers, reader):
+        t.start()
+    for t in (*workers, reader):
+        t.join()
+    stats = metrics.stats()
+    assert stats.total_queries_recorded == threads * per_thread
+    assert stats.total_events_recorded == threads * per_thread // 5
+    experiment = metrics.get_experiment_metrics("e")
+    assert experiment is not None
+    assert (
+        sum(b.success_count for b in experiment.branches.values()) == threads * per_thread * 9 // 10
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("", "b", 1.0, True), "invalid_name"),
+        (("e", "x" * 129, 1.0, True), "invalid_name"),
+        (("e", "a\nb", 1.0, True), "invalid_name"),
+        (("e", "a\x00", 1.0, True), "invalid_name"),
+        ((1, "b", 1.0, True), "invalid_name"),
+        (("e", "b", -1.0, True), "invalid_latency"),
+        (("e", "b", math.nan, True), "invalid_latency"),
+        (("e", "b", math.inf, True), "invalid_latency"),
+        (("e", "b", "12", True), "invalid_latency"),
+    ],
+)
+def test_in_process_input_is_checked(metrics: ABMetrics, args: tuple, reason: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValidationError) as caught:
+        metrics.record_query(*args)
+    assert caught.value.reason == reason
+    assert metrics.stats().total_queries_recorded == 0
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e16, "1"])
+def test_event_values_are_checked(metrics: ABMetrics, value: object) -> None:
+    with pytest.raises(ValidationError):
+        metrics.record_event("e", "b", "x", value)  # type: ignore[arg-type]
+    assert metrics.stats().total_events_recorded == 0
+
+
+def test_cleared_rows_are_reused_and_zeroed(metrics: ABMetrics) -> None:
+    for i in range(200):
+        metrics.record_query(f"e{i}", "b", 5.0, True)
+    for i in range(200):
+        metrics.clear_experiment(f"e{i}")
+    metrics.record_query("fresh", "b", 7.0, False)
+    branch = metrics.get_branch_metrics("fresh", "b")
+    assert branch is not None
+    assert (branch.query_count, branch.failure_count, branch.min_latency_ms) == (1, 1, 7.0)
+    snapshot = metrics.snapshot()
+    assert int(np.sum(snapshot.view.branch["n"])) == 1
+
+
+def test_config_is_validated_with_every_problem_named(metrics: ABMetrics) -> None:
+    with pytest.raises(ValidationError) as caught:
+        metrics.configure("e", {"alpha": 2, "correction": "bonferroni", "colour": "red"})
+    message = caught.value.message
+    for key in ("alpha", "correction", "colour"):
+        assert key in message

@@ -1,0 +1,122 @@
+"""The command line: serve, demo, status, config file, environment, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import build_parser, settings_from
+
+from .helpers import Exporter, wait_for
+
+
+def test_sigterm_shuts_down_gracefully(exporter: Exporter) -> None:
+    assert exporter.stop(signal.SIGTERM) == 0
+
+
+def test_config_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "exporter.toml"
+    config.write_text(
+        """
+[server]
+buckets = [0.01, 0.1, 1.0]
+
+[experiments.checkout]
+control = "baseline"
+allocation = { baseline = 90, treatment = 10 }
+alpha = 0.01
+"""
+    )
+    process = Exporter(env={"ABTEST_EXPORTER_CONFIG": str(config)})
+    try:
+        assert process.get("/api/v1/experiments/checkout/config")["control"] == "baseline"
+        process.post(
+            {
+                "queries": [
+                    {
+                        "experiment": "checkout",
+                        "branch": "baseline",
+                        "latency_ms": 50,
+                        "success": True,
+                    }
+                ]
+            }
+        )
+        branch = process.get("/api/v1/experiments/checkout/branches/baseline")
+        assert [b[0] for b in branch["latency_buckets"]] == [0.01, 0.1, 1.0, "+Inf"]
+        assert process.get("/api/v1/experiments/checkout")["control"] == "baseline"
+    finally:
+        process.stop()
+
+
+def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ABTEST_EXPORTER_PORT", "1234")
+    monkeypatch.setenv("ABTEST_EXPORTER_BUCKETS", "0.5,1")
+    args = build_parser().parse_args(["serve"])
+    settings = settings_from(args)
+    assert (settings.port, settings.buckets) == (1234, (0.5, 1.0))
+    args = build_parser().parse_args(["serve", "--port", "4321"])
+    assert settings_from(args).port == 4321
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[experiments.e]\nalpha = 3\n", "experiments.e.alpha"),
+        ("[server]\nbuckets = [1, 0.5]\n", "strictly increasing"),
+        ("[server]\nprot = 1\n", "unknown key server.prot"),
+        ("[nonsense]\n", "unknown table"),
+    ],
+)
+def test_bad_config_stops_the_start_with_a_clear_message(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_demo_feeds_data_and_status_prints_a_table() -> None:
+    process = Exporter(["--demo"])
+    try:
+        wait_for(
+            lambda: process.get("/api/v1/stats")["total_queries_recorded"] > 200, 20, "demo data"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter.cli", "status", "--url", process.url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    finally:
+        process.stop()
+    out = result.stdout
+    assert "checkout-button" in out and "search-ranking" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("branch"))
+    assert lines[header + 1].startswith("control")  # control first, then treatments
+    assert "latency" in lines[header + 2]
+
+
+def test_status_reports_an_unreachable_exporter() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "status", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1 and "cannot reach" in result.stderr
