@@ -247,7 +247,7 @@ class ABMetrics:
             self._fold_locked()
             for slots in (self._branch_slots, self._event_slots):
                 for key in [k for k in slots if k[0] == experiment]:
-                    slots.pop(key)[0] = -1  # type: ignore[call-overload]
+                    slots.pop(key)[0] = -1  # type: ignore[arg-type]
             return self._aggregate.remove_experiment(experiment)
 
     def clear_all(self) -> None:
