@@ -128,36 +128,64 @@ def status(args: argparse.Namespace) -> int:
         name = summary["experiment"]
         quoted = urllib.parse.quote(name, safe="")
         detail = fetch(f"{base}/api/v1/experiments/{quoted}")
-        print(
-            f"\n{name}  (control: {summary['control']}, best: {summary['best_branch']}, "
-            f"{summary['total_queries']} queries)"
-        )
-        rows = [("branch", "queries", "success", "mean latency", "vs control")]
+        analysis = fetch(f"{base}/api/v1/experiments/{quoted}/analysis")
         control = summary["control"]
+        srm = analysis["srm"]
+        srm_text = (
+            ""
+            if srm is None
+            else (f", SRM p={srm['p_value']:.2g}{' MISMATCH' if srm['detected'] else ''}")
+        )
+        print(
+            f"\n{name}  (control: {control}, best: {summary['best_branch']}, "
+            f"{summary['total_queries']} queries{srm_text})"
+        )
         order = sorted(detail["branches"].items(), key=lambda item: item[0] != control)
-        for branch, metrics in order:
-            versus = ""
-            if branch != control and control in detail["branches"]:
-                query = urllib.parse.urlencode({"a": control, "b": branch})
-                comparison = fetch(f"{base}/api/v1/experiments/{quoted}/compare?{query}")
-                versus = describe(comparison)
-            rows.append(
+        print_table(
+            [("branch", "queries", "success", "mean latency", "p95")]
+            + [
                 (
                     branch,
                     str(metrics["query_count"]),
                     _pct(metrics["success_rate"]),
                     f"{metrics['avg_latency_ms']:.1f} ms",
-                    versus,
+                    _p95(analysis["percentiles"].get(branch)),
                 )
-            )
-        print_table(rows)
+                for branch, metrics in order
+            ]
+        )
+        rows: list[tuple[str, ...]] = [
+            ("vs control", "metric", "difference", "always-valid CI", "p (adj.)", "")
+        ]
+        for branch, comparisons in analysis["comparisons"].items():
+            for m in comparisons:
+                rows.append(describe(branch, m))
+        if len(rows) > 1:
+            print()
+            print_table(rows)
     return 0
 
 
-def describe(comparison: dict[str, Any]) -> str:
+def _p95(percentiles: dict[str, float] | None) -> str:
+    return f"{percentiles['p95'] * 1000:.1f} ms" if percentiles else "-"
+
+
+def describe(branch: str, m: dict[str, Any]) -> tuple[str, ...]:
+    scale, unit = (1000.0, " ms") if m["metric"] == "latency_mean" else (1.0, "")
+    metric = m["metric"] + (f":{m['event']}" if m["event"] else "")
+
+    def number(value: float | None) -> str:
+        return "?" if value is None else f"{value * scale:+.4g}{unit}"
+
+    interval = f"[{number(m['ci_lower'])}, {number(m['ci_upper'])}]"
+    verdict = "SIGNIFICANT" if m["significant"] else ""
     return (
-        f"success {comparison['success_rate_diff'] * 100:+.2f} pt, "
-        f"latency {comparison['latency_diff']:+.1f} ms"
+        branch,
+        metric,
+        number(m["difference"]),
+        interval,
+        f"{m['adjusted_p_value']:.3g}",
+        verdict,
     )
 
 

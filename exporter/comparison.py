@@ -1,16 +1,21 @@
-"""Comparing a treatment branch with a control branch."""
+"""Comparing a treatment branch with a control branch (the seed's `compare`, finished)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import ExperimentConfig
+from .analysis import ExperimentAnalysis, LatencyDistribution, MetricComparison
 from .results import ExperimentMetrics
 
 
 @dataclass(frozen=True, slots=True)
 class BranchComparison:
-    """B against A, as in the seed module: differences are `b - a`."""
+    """B against A, as in the seed module: differences are `b - a`.
+
+    `is_significant` is true when any metric's adjusted always-valid p-value is below
+    the experiment's alpha with both arms at the minimum sample size; `confidence`
+    is then 1 - alpha, else 0. `metrics` holds every metric's full comparison.
+    """
 
     experiment: str
     branch_a: str
@@ -25,15 +30,22 @@ class BranchComparison:
     latency_diff: float
     is_significant: bool
     confidence: float
+    metrics: tuple[MetricComparison, ...]
+    latency_distribution: LatencyDistribution | None
+    srm_p_value: float | None
+    srm_detected: bool
 
 
 def compare(
-    metrics: ExperimentMetrics, branch_a: str, branch_b: str, config: ExperimentConfig
+    metrics: ExperimentMetrics, analysis: ExperimentAnalysis, branch_a: str, branch_b: str
 ) -> BranchComparison | None:
+    """`analysis` must have been made with `branch_a` as the control."""
     a = metrics.branches.get(branch_a)
     b = metrics.branches.get(branch_b)
     if a is None or b is None:
         return None
+    found = analysis.comparisons.get(branch_b, ()) if branch_a != branch_b else ()
+    significant = any(m.significant for m in found)
     return BranchComparison(
         experiment=metrics.experiment,
         branch_a=branch_a,
@@ -46,6 +58,10 @@ def compare(
         avg_latency_a=a.avg_latency_ms,
         avg_latency_b=b.avg_latency_ms,
         latency_diff=b.avg_latency_ms - a.avg_latency_ms,
-        is_significant=False,
-        confidence=0.0,
+        is_significant=significant,
+        confidence=1.0 - analysis.config.alpha if significant else 0.0,
+        metrics=found,
+        latency_distribution=analysis.latency.get(branch_b) if branch_a != branch_b else None,
+        srm_p_value=analysis.srm.p_value if analysis.srm else None,
+        srm_detected=bool(analysis.srm and analysis.srm.detected),
     )

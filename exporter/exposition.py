@@ -8,12 +8,14 @@ strings, several times faster than building client objects per scrape.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .aggregate import escape
+from .analysis import ExperimentAnalysis, LatencyDistribution, MetricComparison, SampleRatio
 from .config import ExperimentConfig
 from .manager import Snapshot
 from .results import summarise
@@ -94,12 +96,15 @@ def render(
     snapshot: Snapshot,
     extra: Sequence[Family] = (),
     openmetrics: bool = False,
+    analysis: str = "",
 ) -> str:
-    """Every family of the design, from one consistent snapshot."""
+    """Every family of the design, from one consistent snapshot; `analysis` is the
+    pre-rendered comparison block (see render_analysis), the same in both formats."""
     out = Writer(openmetrics)
     _branch_families(out, snapshot)
     _event_families(out, snapshot)
     _experiment_families(out, snapshot)
+    out.parts.append(analysis)
     for family in extra:
         out.family(family)
     return out.finish()
@@ -250,3 +255,116 @@ def negotiate(accept: str) -> bool:
             except ValueError:
                 return True
     return False
+
+
+COMPARISON_GAUGES: tuple[tuple[str, str], ...] = (
+    (
+        "difference",
+        "Treatment minus control in the metric's unit (seconds for latency_mean, 0..1 for ratios).",
+    ),
+    (
+        "relative_difference",
+        "Difference relative to the control's value (0.05 is 5% above); left out when the "
+        "control's value is 0.",
+    ),
+    (
+        "ci_lower",
+        "Lower end of the always-valid confidence sequence for the difference: "
+        "safe to watch continuously.",
+    ),
+    ("ci_upper", "Upper end of the always-valid confidence sequence for the difference."),
+    (
+        "p_value",
+        "Always-valid (sequential) p-value: stays honest however often it is looked at.",
+    ),
+    (
+        "fixed_horizon_p_value",
+        "Classic p-value (Welch t, two-proportion z, Mann-Whitney for latency_distribution): "
+        "valid only for one look at a sample size fixed in advance.",
+    ),
+    ("fixed_horizon_ci_lower", "Lower end of the classic (one-look) confidence interval."),
+    ("fixed_horizon_ci_upper", "Upper end of the classic (one-look) confidence interval."),
+    (
+        "adjusted_p_value",
+        "Sequential p-value adjusted across the experiment's treatments and metrics "
+        "(Holm or Benjamini-Hochberg).",
+    ),
+    (
+        "significant",
+        "1 when the adjusted p-value is below alpha and both arms have the minimum sample "
+        "size, else 0: the gauge to alert on.",
+    ),
+    (
+        "probability_better",
+        "Probability that the treatment is better (for latency: lower), Bayesian with a "
+        "flat prior; for latency_distribution the chance a treatment query is faster.",
+    ),
+)
+
+
+def render_analysis(analyses: Mapping[str, ExperimentAnalysis]) -> str:
+    """The comparison, SRM and percentile families. Rendered once per recomputation
+    and reused by every scrape until the next one."""
+    labels: list[str] = []
+    comparisons: list[MetricComparison] = []
+    latency: list[tuple[str, LatencyDistribution]] = []
+    srm: list[tuple[str, SampleRatio]] = []
+    percentiles: list[str] = []
+    for name, analysis in analyses.items():
+        exp, control = escape(name), escape(analysis.control)
+        if analysis.srm is not None:
+            srm.append((f'experiment="{exp}"', analysis.srm))
+        for branch, by_name in analysis.percentiles.items():
+            prefix = f'experiment="{exp}",branch="{escape(branch)}",percentile='
+            percentiles.extend(
+                f'abtest_branch_latency_percentile_seconds{{{prefix}"{key[1:]}"}} {v!r}\n'
+                for key, v in by_name.items()
+            )
+        for branch, found in analysis.comparisons.items():
+            base = f'experiment="{exp}",control="{control}",branch="{escape(branch)}"'
+            labels.extend(f'{base},metric="{m.metric}",event="{escape(m.event)}"' for m in found)
+            comparisons.extend(found)
+            if branch in analysis.latency:
+                label = f'{base},metric="latency_distribution",event=""'
+                latency.append((label, analysis.latency[branch]))
+    out = Writer(openmetrics=False)
+    if srm:
+        out.header("abtest_srm_p_value", "gauge", SRM_HELP)
+        out.lines("abtest_srm_p_value", (s for s, _ in srm), (repr(r.p_value) for _, r in srm))
+        out.header("abtest_srm_detected", "gauge", "1 when the sample-ratio mismatch test fails.")
+        out.lines(
+            "abtest_srm_detected", (s for s, _ in srm), ("1" if r.detected else "0" for _, r in srm)
+        )
+    if percentiles:
+        out.header(
+            "abtest_branch_latency_percentile_seconds",
+            "gauge",
+            "Latency percentile estimated from the histogram buckets, within the observed "
+            "min and max.",
+        )
+        out.parts.append("".join(percentiles))
+    extra: dict[str, list[tuple[str, float]]] = {
+        "probability_better": [(label, d.probability_faster) for label, d in latency],
+        "fixed_horizon_p_value": [(label, d.fixed_horizon_p_value) for label, d in latency],
+    }
+    for gauge, help_text in COMPARISON_GAUGES:
+        name = f"abtest_comparison_{gauge}"
+        values: list[Any] = [getattr(m, gauge) for m in comparisons]
+        if gauge == "significant":
+            values = [int(v) for v in values]
+        lines = [
+            f"{name}{{{label}}} {value!r}\n"
+            for label, value in zip(labels, values, strict=True)
+            if value is not None
+        ]
+        lines.extend(f"{name}{{{label}}} {value!r}\n" for label, value in extra.get(gauge, ()))
+        if lines:
+            out.header(name, "gauge", help_text)
+            out.parts.append("".join(lines))
+    return "".join(out.parts)
+
+
+SRM_HELP = (
+    "Sample-ratio mismatch: chi-square p-value of branch query counts against the "
+    "configured allocation (default equal). Below 0.001 the split is broken."
+)

@@ -22,6 +22,7 @@ from .aggregate import (
     Records,
     View,
 )
+from .analysis import ExperimentAnalysis, analyse
 from .comparison import BranchComparison, compare
 from .config import ExperimentConfig
 from .results import (
@@ -217,10 +218,26 @@ class ABMetrics:
     def compare_branches(
         self, experiment: str, branch_a: str, branch_b: str
     ) -> BranchComparison | None:
-        metrics = self.get_experiment_metrics(experiment)
-        if metrics is None:
-            return None
-        return compare(metrics, branch_a, branch_b, self.get_config(experiment))
+        """B against A with every metric's statistics (A is treated as the control)."""
+        with self._lock:
+            self._fold_locked()
+            view = self._aggregate.live_view()
+            config = self.get_config(experiment)
+            metrics = build_experiment(view, experiment, config, self._clock())
+            if metrics is None:
+                return None
+            analysis = analyse(view, self._configs, [experiment], {experiment: branch_a})
+        return compare(metrics, analysis[experiment], branch_a, branch_b)
+
+    def analyse(self, experiment: str | None = None) -> dict[str, ExperimentAnalysis]:
+        """Every treatment against the control, SRM and percentiles (default: all
+        experiments, computed from a snapshot so the lock is held only to copy)."""
+        if experiment is None:
+            snapshot = self.snapshot()
+            return analyse(snapshot.view, snapshot.configs)
+        with self._lock:
+            self._fold_locked()
+            return analyse(self._aggregate.live_view(), self._configs, [experiment])
 
     def get_summary(self, experiment: str) -> ExperimentSummary | None:
         with self._lock:

@@ -103,6 +103,13 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/experiments/{experiment}/analysis": {
+                "get": {
+                    "summary": "Every treatment against the control: all metrics, SRM, percentiles",
+                    "parameters": experiment,
+                    "responses": {"200": _json({"type": "object"}, "Analysis."), "404": _NOT_FOUND},
+                }
+            },
             "/api/v1/experiments/{experiment}/config": {
                 "get": {
                     "summary": "How the experiment is analysed",

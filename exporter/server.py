@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import html
 import json
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from .config import ExperimentConfig
+from .engine import ComparisonEngine
 from .exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -32,6 +35,9 @@ from .version import __version__
 METRICS = web.AppKey("metrics", ABMetrics)
 SELF = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", ComparisonEngine)
+
+log = logging.getLogger(__name__)
 
 # Batches larger than this are applied on a worker thread so the loop stays responsive.
 _INLINE_RECORDS = 2000
@@ -159,6 +165,12 @@ async def compare(request: web.Request) -> web.Response:
     return json_response(result) if result else error(404, "no such branch")
 
 
+async def get_analysis(request: web.Request) -> web.Response:
+    experiment = _name(request, "experiment")
+    found = request.app[METRICS].analyse(experiment).get(experiment)
+    return json_response(found) if found else error(404, "no such experiment")
+
+
 async def get_config(request: web.Request) -> web.Response:
     return json_response(request.app[METRICS].get_config(_name(request, "experiment")))
 
@@ -193,14 +205,15 @@ async def get_stats(request: web.Request) -> web.Response:
 def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> bytes:
     """Snapshot, render and (maybe) compress: runs on a worker thread."""
     started = time.perf_counter()
-    metrics, self_metrics = app[METRICS], app[SELF]
+    metrics, self_metrics, engine = app[METRICS], app[SELF], app[ENGINE]
     snapshot = metrics.snapshot()
+    latest = engine.latest
     extra = self_metrics.families(
         snapshot.stats.total_branches_tracked,
         len([k for k in snapshot.view.event_keys if k is not None]),
         snapshot.stats.experiments_tracked,
     )
-    payload = render(snapshot, extra, openmetrics).encode()
+    payload = render(snapshot, extra + engine.families(), openmetrics, latest.text).encode()
     if compress:
         payload = gzip.compress(payload, compresslevel=1)
     self_metrics.scraped(time.perf_counter() - started)
@@ -257,6 +270,24 @@ async def landing(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
+async def _keep_comparisons_fresh(app: web.Application) -> AsyncIterator[None]:
+    engine, interval = app[ENGINE], app[SETTINGS].stats_interval
+
+    async def loop() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(engine.refresh)
+            except Exception:  # a bad recomputation must not stop the next ones
+                log.exception("recomputing comparisons failed")
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(
     metrics: ABMetrics | None = None,
     settings: Settings | None = None,
@@ -267,6 +298,8 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics or ABMetrics(settings.buckets, configs=settings.experiments)
     app[SELF] = self_metrics or SelfMetrics()
+    app[ENGINE] = ComparisonEngine(app[METRICS])
+    app.cleanup_ctx.append(_keep_comparisons_fresh)
     experiment = "/api/v1/experiments/{experiment}"
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", get_metrics)
@@ -281,6 +314,7 @@ def create_app(
     app.router.add_get(experiment + "/branches/{branch}", get_branch)
     app.router.add_get(experiment + "/summary", get_summary)
     app.router.add_get(experiment + "/compare", compare)
+    app.router.add_get(experiment + "/analysis", get_analysis)
     app.router.add_get(experiment + "/config", get_config)
     app.router.add_put(experiment + "/config", put_config)
     app.router.add_get("/api/v1/stats", get_stats)

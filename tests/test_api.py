@@ -264,3 +264,48 @@ async def test_landing_health_ready_and_openapi(client: Client) -> None:
         info = route.resource.canonical if route.resource else ""
         if info.startswith("/api/") and route.method != "HEAD":
             assert (info, route.method.lower()) in routes, info
+
+
+async def test_compare_and_analysis_carry_the_statistics(
+    client: Client, metrics: ABMetrics
+) -> None:
+    queries = [
+        {**Q, "branch": branch, "latency_ms": 10.0 + i % 7, "success": i % 4 != 0}
+        for branch in ("control", "treatment")
+        for i in range(200)
+    ]
+    await post(client, {"queries": queries})
+    comparison = await (await client.get("/api/v1/experiments/e/compare?b=treatment")).json()
+    metrics_by_name = {m["metric"]: m for m in comparison["metrics"]}
+    assert set(metrics_by_name) == {"success_ratio", "latency_mean"}
+    success = metrics_by_name["success_ratio"]
+    assert success["difference"] == 0.0 and success["significant"] is False
+    assert 0 < success["p_value"] <= 1 and success["fixed_horizon_p_value"] == 1.0
+    assert success["ci_lower"] < 0 < success["ci_upper"]
+    assert comparison["is_significant"] is False and comparison["confidence"] == 0.0
+    assert comparison["latency_distribution"]["probability_faster"] == 0.5
+    assert comparison["srm_p_value"] == 1.0 and comparison["srm_detected"] is False
+    analysis = await (await client.get("/api/v1/experiments/e/analysis")).json()
+    assert analysis["control"] == "control" and analysis["srm"]["detected"] is False
+    assert set(analysis["percentiles"]["control"]) == {"p50", "p95", "p99"}
+    assert len(analysis["comparisons"]["treatment"]) == 2
+    assert (await client.get("/api/v1/experiments/nope/analysis")).status == 404
+
+
+async def test_comparisons_are_computed_off_the_scrape_path(
+    client: Client, metrics: ABMetrics
+) -> None:
+    from exporter.server import ENGINE
+
+    engine = client.app[ENGINE]
+    await post(client, {"queries": [Q, {**Q, "branch": "treatment"}]})
+    assert engine.refresh() is True
+    assert engine.refresh() is False  # nothing changed: nothing recomputed
+    assert "abtest_comparison_difference{" in await (await client.get("/metrics")).text()
+    before = engine.latest
+    await post(client, {"queries": [{**Q, "branch": "treatment", "success": False}]})
+    text = await (await client.get("/metrics")).text()
+    assert engine.latest is before  # a scrape never recomputes
+    assert 'abtest_queries_total{experiment="e",branch="treatment"} 2' in text
+    metrics.configure("e", {"alpha": 0.01})  # a new config counts as a change
+    assert engine.refresh() is True

@@ -108,7 +108,11 @@ def test_demo_feeds_data_and_status_prints_a_table() -> None:
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("branch"))
     assert lines[header + 1].startswith("control")  # control first, then treatments
-    assert "latency" in lines[header + 2]
+    assert lines[header + 2].startswith("treatment") and lines[header + 2].endswith(" ms")
+    comparisons = next(i for i, line in enumerate(lines) if line.startswith("vs control"))
+    assert "always-valid CI" in lines[comparisons]
+    assert any(" success_ratio " in line for line in lines[comparisons:])
+    assert "SRM p=" in out
 
 
 def test_status_reports_an_unreachable_exporter() -> None:

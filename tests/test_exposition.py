@@ -12,7 +12,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter import ABMetrics
-from exporter.exposition import negotiate, render
+from exporter.exposition import negotiate, render, render_analysis
 
 from .conftest import Client, FakeClock
 
@@ -165,3 +165,44 @@ async def test_metrics_endpoint_negotiates_and_compresses(
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     body = gzip.decompress(await response.read()).decode()
     assert body.endswith("# EOF\n")
+
+
+def tricky(metrics: ABMetrics) -> None:
+    """Aggregates at the edges: n = 1, 0% and 100%, no spread, a control mean of 0."""
+    metrics.record_query("edge", "control", 5.0, True)
+    metrics.record_query("edge", "treatment", 5.0, False)
+    for _ in range(3):
+        metrics.record_query("flat", "control", 10.0, True)
+        metrics.record_query("flat", "treatment", 10.0, True)
+        metrics.record_event("flat", "control", "zero", 0.0)
+        metrics.record_event("flat", "treatment", "zero", 1.0)
+    metrics.record_query("lonely", "only", 1.0, True)
+    metrics.record_event("events-only", "control", "x", 1.0)
+    metrics.record_event("events-only", "b", "x", 2.0)
+
+
+def test_analysis_block_is_finite_and_promtool_clean(metrics: ABMetrics) -> None:
+    feed(metrics)
+    tricky(metrics)
+    text = render(metrics.snapshot(), analysis=render_analysis(metrics.analyse()))
+    assert "NaN" not in text and "Inf " not in text
+    found = samples(text)
+    assert all(math.isfinite(v) for v in found.values())
+    flat = {"experiment": "flat", "control": "control", "branch": "treatment"}
+    # identical, spread-free data: a difference of 0 and no evidence, never a division by 0
+    assert found[key("abtest_comparison_difference", metric="success_ratio", event="", **flat)] == 0
+    assert found[key("abtest_comparison_p_value", metric="success_ratio", event="", **flat)] == 1
+    assert (
+        found[key("abtest_comparison_significant", metric="success_ratio", event="", **flat)] == 0
+    )
+    assert key("abtest_comparison_ci_lower", metric="success_ratio", event="", **flat) not in found
+    # the control's event mean is 0: no relative difference
+    zero = {"metric": "event_mean", "event": "zero", **flat}
+    assert found[key("abtest_comparison_difference", **zero)] == 1.0
+    assert key("abtest_comparison_relative_difference", **zero) not in found
+    promtool = shutil.which("promtool")
+    assert promtool
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

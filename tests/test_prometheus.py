@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .helpers import Exporter, Prometheus, http
@@ -69,3 +71,56 @@ def test_prometheus_scrapes_counts_histogram_and_gauges(
     assert exporter.get("/api/v1/stats")["experiments_tracked"] == 1
     assert http(exporter.url + "/api/v1/experiments/checkout", method="DELETE")[0] == 200
     prometheus.wait_value('count(abtest_queries_total{experiment="checkout"}) or vector(0)', 0)
+
+
+def test_prometheus_reads_the_comparison_gauges(tmp_path: Path) -> None:
+    exporter = Exporter(["--stats-interval", "0.2"])
+    prometheus = Prometheus(tmp_path, [f"127.0.0.1:{exporter.port}"])
+    try:
+        rng = np.random.default_rng(42)
+        # a real effect on success (0.80 -> 0.88) and latency, and a broken 60/40 split
+        for _ in range(5):
+            queries = []
+            for branch, count, success, median in (
+                ("control", 1200, 0.80, 80.0),
+                ("treatment", 800, 0.88, 60.0),
+            ):
+                oks = (rng.random(count) < success).tolist()
+                lat = rng.lognormal(np.log(median), 0.4, count).tolist()
+                queries += [
+                    {"experiment": "checkout", "branch": branch, "latency_ms": la, "success": ok}
+                    for la, ok in zip(lat, oks, strict=True)
+                ]
+            assert exporter.post({"queries": queries})[0] == 200
+        sel = 'experiment="checkout",control="control",branch="treatment"'
+        prometheus.wait_value(f'abtest_comparison_significant{{{sel},metric="success_ratio"}}', 1)
+        assert (
+            prometheus.value(f'abtest_comparison_significant{{{sel},metric="latency_mean"}}') == 1
+        )
+        ci_lower = prometheus.value(f'abtest_comparison_ci_lower{{{sel},metric="success_ratio"}}')
+        ci_upper = prometheus.value(f'abtest_comparison_ci_upper{{{sel},metric="success_ratio"}}')
+        diff = prometheus.value(f'abtest_comparison_difference{{{sel},metric="success_ratio"}}')
+        assert 0 < ci_lower < diff < ci_upper
+        assert 0.04 < diff < 0.12
+        assert prometheus.value(f'abtest_comparison_p_value{{{sel},metric="success_ratio"}}') < 0.05
+        latency_diff = prometheus.value(
+            f'abtest_comparison_difference{{{sel},metric="latency_mean"}}'
+        )
+        assert -0.04 < latency_diff < 0  # seconds, faster
+        better = prometheus.value(
+            f'abtest_comparison_probability_better{{{sel},metric="latency_distribution"}}'
+        )
+        assert better > 0.6
+        prometheus.wait_value('abtest_srm_detected{experiment="checkout"}', 1)
+        assert prometheus.value('abtest_srm_p_value{experiment="checkout"}') < 0.001
+        p95 = prometheus.value(
+            'abtest_branch_latency_percentile_seconds{branch="control",percentile="95"}'
+        )
+        assert 0.1 < p95 < 0.25  # lognormal(80 ms, 0.4): p95 = 154 ms, at bucket resolution
+        # never NaN anywhere in what Prometheus stored
+        stored = prometheus.query('{__name__=~"abtest_.+"}')
+        assert len(stored) > 100
+        assert all(math.isfinite(float(s["value"][1])) for s in stored)
+    finally:
+        prometheus.stop()
+        exporter.stop()

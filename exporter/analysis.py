@@ -1,0 +1,359 @@
+"""Every treatment against its control, for every metric, from one snapshot.
+
+The comparisons of all experiments are laid out as one long table (a row per
+experiment x treatment x metric) so the statistics run vectorised, once; then
+p-values are adjusted within each experiment and results are packed into
+immutable objects for the API and the gauges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+import numpy as np
+
+from . import statistics as st
+from .aggregate import View
+from .config import ExperimentConfig
+from .results import control_of
+from .running import sample_variance
+
+SRM_THRESHOLD: Final = 0.001
+SRM_MIN_EXPECTED: Final = 8.0
+PERCENTILES: Final = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricComparison:
+    """One metric of a treatment against the control. Differences are treatment minus
+    control, in the metric's unit (latency in seconds). None where a figure cannot be
+    computed yet; p-values with no evidence are 1."""
+
+    metric: str  # success_ratio | latency_mean | event_rate | event_mean
+    event: str  # the event name for event metrics, else ""
+    lower_is_better: bool
+    sample_size_a: int
+    sample_size_b: int
+    value_a: float
+    value_b: float
+    difference: float
+    relative_difference: float | None
+    ci_lower: float | None  # confidence sequence: valid at every look
+    ci_upper: float | None
+    p_value: float  # always-valid (sequential)
+    fixed_horizon_p_value: float  # valid only for one look at a planned sample size
+    fixed_horizon_ci_lower: float | None
+    fixed_horizon_ci_upper: float | None
+    adjusted_p_value: float  # sequential p adjusted across the experiment's comparisons
+    probability_better: float | None
+    significant: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyDistribution:
+    """Mann-Whitney on the latency histograms: how often a treatment query is faster."""
+
+    probability_faster: float  # P(treatment < control) + half the ties, at bucket resolution
+    u_statistic: float
+    fixed_horizon_p_value: float
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRatio:
+    p_value: float
+    statistic: float
+    detected: bool
+    branches: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentAnalysis:
+    experiment: str
+    control: str
+    config: ExperimentConfig
+    srm: SampleRatio | None
+    comparisons: Mapping[str, tuple[MetricComparison, ...]]  # by treatment branch
+    latency: Mapping[str, LatencyDistribution]  # by treatment branch
+    percentiles: Mapping[str, Mapping[str, float]]  # branch -> p50/p95/p99 in seconds
+
+
+@dataclass
+class _Table:
+    """The long table: one entry per (experiment, treatment, metric) to compute."""
+
+    experiment: list[int] = field(default_factory=list)
+    branch: list[str] = field(default_factory=list)
+    metric: list[str] = field(default_factory=list)
+    event: list[str] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)  # prop | rate | mean
+    lower_is_better: list[bool] = field(default_factory=list)
+    n_a: list[float] = field(default_factory=list)
+    n_b: list[float] = field(default_factory=list)
+    x_a: list[float] = field(default_factory=list)  # successes or events (prop, rate)
+    x_b: list[float] = field(default_factory=list)
+    mean_a: list[float] = field(default_factory=list)  # (mean)
+    mean_b: list[float] = field(default_factory=list)
+    var_a: list[float] = field(default_factory=list)
+    var_b: list[float] = field(default_factory=list)
+
+    def add(self, *values: Any) -> None:
+        for column, value in zip(self._columns(), values, strict=True):
+            column.append(value)
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (
+            self.experiment, self.branch, self.metric, self.event, self.kind,
+            self.lower_is_better, self.n_a, self.n_b, self.x_a, self.x_b,
+            self.mean_a, self.mean_b, self.var_a, self.var_b,
+        )  # fmt: skip
+
+
+def analyse(
+    view: View,
+    configs: Mapping[str, ExperimentConfig],
+    experiments: Iterable[str] | None = None,
+    controls: Mapping[str, str] | None = None,
+) -> dict[str, ExperimentAnalysis]:
+    """Analyse the named experiments (default all); `controls` overrides the control."""
+    names = list(view.experiments if experiments is None else experiments)
+    names = [e for e in names if e in view.experiments]
+    setup: list[tuple[str, str, ExperimentConfig]] = []
+    table = _Table()
+    c = view.branch
+    for index, experiment in enumerate(names):
+        config = configs.get(experiment, ExperimentConfig())
+        rows = view.experiments[experiment]
+        control = (controls or {}).get(experiment) or control_of(rows, config)
+        setup.append((experiment, control, config))
+        if control not in rows:
+            continue
+        events = _event_stats(view, experiment)
+        a = rows[control]
+        for branch, b in rows.items():
+            if branch != control:
+                _add_rows(
+                    table, index, branch, c, a, b, events.get(control, {}), events.get(branch, {})
+                )
+    results = _compute(table, [cfg for _, _, cfg in setup])
+    return {
+        experiment: ExperimentAnalysis(
+            experiment=experiment,
+            control=control,
+            config=config,
+            srm=_srm(view, experiment, config),
+            comparisons=MappingProxyType(results.get(i, {})),
+            latency=MappingProxyType(_latency(view, experiment, control)),
+            percentiles=MappingProxyType(_percentiles(view, experiment)),
+        )
+        for i, (experiment, control, config) in enumerate(setup)
+    }
+
+
+def _event_stats(view: View, experiment: str) -> dict[str, dict[str, tuple[int, float, float]]]:
+    """branch -> event -> (count, mean, variance)."""
+    out: dict[str, dict[str, tuple[int, float, float]]] = {}
+    e = view.event
+    for row in view.experiment_events.get(experiment, ()):
+        key = view.event_keys[row]
+        assert key is not None
+        count = int(e["count"][row])
+        out.setdefault(key[1], {})[key[2]] = (
+            count,
+            float(e["mean"][row]),
+            sample_variance(count, float(e["m2"][row])),
+        )
+    return out
+
+
+def _add_rows(
+    table: _Table,
+    index: int,
+    branch: str,
+    c: Mapping[str, Any],
+    a: int,
+    b: int,
+    events_a: Mapping[str, tuple[int, float, float]],
+    events_b: Mapping[str, tuple[int, float, float]],
+) -> None:
+    n_a, n_b = int(c["n"][a]), int(c["n"][b])
+    nan = float("nan")
+    if n_a and n_b:
+        table.add(
+            index,
+            branch,
+            "success_ratio",
+            "",
+            "prop",
+            False,
+            n_a,
+            n_b,
+            int(c["ok"][a]),
+            int(c["ok"][b]),
+            nan,
+            nan,
+            nan,
+            nan,
+        )
+    if n_a >= 2 and n_b >= 2:
+        table.add(index, branch, "latency_mean", "", "mean", True, n_a, n_b, nan, nan,
+                  float(c["mean"][a]) / 1000, float(c["mean"][b]) / 1000,
+                  sample_variance(n_a, float(c["m2"][a])) / 1e6,
+                  sample_variance(n_b, float(c["m2"][b])) / 1e6)  # fmt: skip
+    for event in sorted(set(events_a) | set(events_b)):
+        count_a, mean_a, var_a = events_a.get(event, (0, 0.0, 0.0))
+        count_b, mean_b, var_b = events_b.get(event, (0, 0.0, 0.0))
+        if n_a and n_b:
+            kind = "prop" if count_a <= n_a and count_b <= n_b else "rate"
+            table.add(index, branch, "event_rate", event, kind, False, n_a, n_b,
+                      count_a, count_b, nan, nan, nan, nan)  # fmt: skip
+        if count_a >= 2 and count_b >= 2:
+            table.add(index, branch, "event_mean", event, "mean", False, count_a, count_b,
+                      nan, nan, mean_a, mean_b, var_a, var_b)  # fmt: skip
+
+
+def _compute(
+    table: _Table, configs: list[ExperimentConfig]
+) -> dict[int, dict[str, tuple[MetricComparison, ...]]]:
+    if not table.experiment:
+        return {}
+    exp = np.array(table.experiment)
+    kind = np.array(table.kind)
+    lower = np.array(table.lower_is_better)
+    n_a, n_b = np.array(table.n_a, dtype=float), np.array(table.n_b, dtype=float)
+    x_a, x_b = np.array(table.x_a, dtype=float), np.array(table.x_b, dtype=float)
+    mean_a, mean_b = np.array(table.mean_a), np.array(table.mean_b)
+    var_a, var_b = np.array(table.var_a), np.array(table.var_b)
+    alpha = np.array([configs[i].alpha for i in table.experiment])
+    tuning = np.array([configs[i].sequential_tuning for i in table.experiment])
+    min_size = np.array([configs[i].min_sample_size for i in table.experiment])
+
+    size = len(exp)
+    difference, variance = np.zeros(size), np.zeros(size)
+    fixed_p, fixed_lo, fixed_hi = np.ones(size), np.full(size, np.nan), np.full(size, np.nan)
+    better = np.full(size, np.nan)
+    # per-observation means and variances, for the relative difference
+    unit_mean_a, unit_mean_b = mean_a.copy(), mean_b.copy()
+    unit_var_a, unit_var_b = var_a.copy(), var_b.copy()
+    for name, test in (("prop", st.two_proportions), ("rate", st.two_rates)):
+        m = kind == name
+        if m.any():
+            est, fixed = test(n_a[m], x_a[m], n_b[m], x_b[m], alpha[m])
+            difference[m], variance[m] = est.difference, est.variance
+            fixed_p[m], fixed_lo[m], fixed_hi[m] = fixed.p_value, fixed.ci_lower, fixed.ci_upper
+            unit_mean_a[m], unit_mean_b[m] = x_a[m] / n_a[m], x_b[m] / n_b[m]
+            if name == "prop":
+                p_a, p_b = unit_mean_a[m], unit_mean_b[m]
+                unit_var_a[m], unit_var_b[m] = p_a * (1 - p_a), p_b * (1 - p_b)
+                better[m] = st.beta_probability_better(n_a[m], x_a[m], n_b[m], x_b[m])
+            else:
+                unit_var_a[m], unit_var_b[m] = unit_mean_a[m], unit_mean_b[m]
+                better[m] = st.probability_better(est, lower[m])
+    m = kind == "mean"
+    if m.any():
+        est, fixed = st.welch(n_a[m], mean_a[m], var_a[m], n_b[m], mean_b[m], var_b[m], alpha[m])
+        difference[m], variance[m] = est.difference, est.variance
+        fixed_p[m], fixed_lo[m], fixed_hi[m] = fixed.p_value, fixed.ci_lower, fixed.ci_upper
+        better[m] = st.probability_better(est, lower[m])
+
+    estimate = st.Estimate(difference, variance)
+    seq = st.sequential(estimate, n_a + n_b, alpha, tuning)
+    relative, _ = st.relative_difference(n_a, unit_mean_a, unit_var_a, n_b, unit_mean_b, unit_var_b)
+    adjusted = np.ones(size)
+    for index in np.unique(exp):
+        group = exp == index
+        adjusted[group] = st.adjust(seq.p_value[group], configs[index].correction)
+    significant = (adjusted < alpha) & (n_a >= min_size) & (n_b >= min_size)
+
+    out: dict[int, dict[str, list[MetricComparison]]] = {}
+    for i in range(size):
+        value_a = unit_mean_a[i]
+        value_b = unit_mean_b[i]
+        out.setdefault(table.experiment[i], {}).setdefault(table.branch[i], []).append(
+            MetricComparison(
+                metric=table.metric[i],
+                event=table.event[i],
+                lower_is_better=bool(lower[i]),
+                sample_size_a=int(n_a[i]),
+                sample_size_b=int(n_b[i]),
+                value_a=float(value_a),
+                value_b=float(value_b),
+                difference=float(difference[i]),
+                relative_difference=_finite(relative[i]),
+                ci_lower=_finite(seq.ci_lower[i]),
+                ci_upper=_finite(seq.ci_upper[i]),
+                p_value=float(seq.p_value[i]),
+                fixed_horizon_p_value=float(fixed_p[i]),
+                fixed_horizon_ci_lower=_finite(fixed_lo[i]),
+                fixed_horizon_ci_upper=_finite(fixed_hi[i]),
+                adjusted_p_value=float(adjusted[i]),
+                probability_better=_finite(better[i]),
+                significant=bool(significant[i]),
+            )
+        )
+    return {e: {b: tuple(ms) for b, ms in by.items()} for e, by in out.items()}
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _srm(view: View, experiment: str, config: ExperimentConfig) -> SampleRatio | None:
+    rows = view.experiments[experiment]
+    if config.allocation is not None:
+        branches = tuple(config.allocation)
+        weights = np.array([config.allocation[b] for b in branches])
+    else:
+        branches = tuple(rows)
+        weights = np.ones(len(branches))
+    counts = np.array(
+        [view.branch["n"][rows[b]] if b in rows else 0 for b in branches], dtype=float
+    )
+    check = st.sample_ratio(counts, weights)
+    if check is None:
+        return None
+    detected = check.p_value < SRM_THRESHOLD and check.min_expected >= SRM_MIN_EXPECTED
+    return SampleRatio(check.p_value, check.statistic, detected, branches)
+
+
+def _latency(view: View, experiment: str, control: str) -> dict[str, LatencyDistribution]:
+    rows = view.experiments[experiment]
+    c = view.branch
+    if control not in rows or not c["n"][rows[control]]:
+        return {}
+    treatments = [b for b, r in rows.items() if b != control and c["n"][r]]
+    if not treatments:
+        return {}
+    a = np.repeat(c["buckets"][[rows[control]]], len(treatments), axis=0)
+    b = c["buckets"][[rows[t] for t in treatments]]
+    test = st.mann_whitney(a, b)
+    return {
+        t: LatencyDistribution(1.0 - float(test.auc[i]), float(test.u[i]), float(test.p_value[i]))
+        for i, t in enumerate(treatments)
+        if np.isfinite(test.p_value[i])
+    }
+
+
+def _percentiles(view: View, experiment: str) -> dict[str, Mapping[str, float]]:
+    rows = view.experiments[experiment]
+    c = view.branch
+    seen = [(b, r) for b, r in rows.items() if c["n"][r]]
+    if not seen:
+        return {}
+    index = [r for _, r in seen]
+    values = st.bucket_percentiles(
+        c["buckets"][index],
+        np.array(view.bounds),
+        c["lo"][index] / 1000,
+        c["hi"][index] / 1000,
+        np.array([q for _, q in PERCENTILES]),
+    )
+    return {
+        branch: MappingProxyType(
+            {name: float(values[i, j]) for j, (name, _) in enumerate(PERCENTILES)}
+        )
+        for i, (branch, _) in enumerate(seen)
+    }

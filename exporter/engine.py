@@ -1,0 +1,78 @@
+"""Comparisons kept fresh off the scrape path.
+
+Recomputed in the background when the aggregate has changed, at most once per
+interval; every scrape in between reuses the last result and its rendered
+text, so a scrape of a thousand experiments costs no statistics at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .analysis import ExperimentAnalysis, analyse
+from .exposition import Family, Sample, render_analysis
+from .manager import ABMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    version: int
+    analyses: Mapping[str, ExperimentAnalysis] = field(default_factory=dict)
+    text: str = ""
+    computed_at: float = 0.0
+    seconds: float = 0.0
+
+
+class ComparisonEngine:
+    def __init__(self, metrics: ABMetrics) -> None:
+        self._metrics = metrics
+        self.latest = Computed(version=-1)  # replaced whole, so readers never see a mix
+
+    def refresh(self) -> bool:
+        """Recompute if the aggregate or a config changed; True if it did."""
+        snapshot = self._metrics.snapshot()
+        if snapshot.version == self.latest.version:
+            return False
+        started = time.perf_counter()
+        analyses = analyse(snapshot.view, snapshot.configs)
+        text = render_analysis(analyses)
+        self.latest = Computed(
+            snapshot.version,
+            MappingProxyType(analyses),
+            text,
+            snapshot.taken_at,
+            time.perf_counter() - started,
+        )
+        return True
+
+    def families(self) -> list[Family]:
+        latest = self.latest
+        comparisons = sum(
+            len(metrics) for a in latest.analyses.values() for metrics in a.comparisons.values()
+        )
+        return [
+            Family(
+                "abtest_exporter_comparison_duration_seconds",
+                "gauge",
+                "Time the latest recomputation of all comparisons took.",
+                [Sample((), latest.seconds)],
+            ),
+            Family(
+                "abtest_exporter_comparison_timestamp_seconds",
+                "gauge",
+                "Unix time of the data the published comparisons were computed from.",
+                [Sample((), latest.computed_at)] if latest.computed_at else [],
+            ),
+            Family(
+                "abtest_exporter_comparisons",
+                "gauge",
+                "Metric comparisons published (treatments x metrics).",
+                [Sample((), comparisons)],
+            ),
+        ]
