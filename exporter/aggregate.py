@@ -87,6 +87,77 @@ EVENT_SPEC: ColumnSpec = {
 }
 
 
+@dataclass(slots=True)
+class BranchParts:
+    """Pre-aggregated query increments (from OTLP histograms or the store), one per entry;
+    latency in ms, buckets in the aggregate's layout (non-cumulative, +Inf last)."""
+
+    keys: list[BranchKey] = field(default_factory=list)
+    n: list[int] = field(default_factory=list)
+    ok: list[int] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
+    m2: list[float] = field(default_factory=list)
+    lo: list[float] = field(default_factory=list)
+    hi: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)
+    last: list[float] = field(default_factory=list)
+    buckets: list[list[int]] = field(default_factory=list)
+
+    def add(
+        self,
+        key: BranchKey,
+        n: int,
+        ok: int,
+        total_ms: float,
+        m2: float,
+        lo: float,
+        hi: float,
+        first: float,
+        last: float,
+        buckets: list[int],
+    ) -> None:
+        self.keys.append(key)
+        self.n.append(n)
+        self.ok.append(ok)
+        self.total_ms.append(total_ms)
+        self.m2.append(m2)
+        self.lo.append(lo)
+        self.hi.append(hi)
+        self.first.append(first)
+        self.last.append(last)
+        self.buckets.append(buckets)
+
+
+@dataclass(slots=True)
+class EventParts:
+    keys: list[EventKey] = field(default_factory=list)
+    count: list[int] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    m2: list[float] = field(default_factory=list)
+
+    def add(self, key: EventKey, count: int, total: float, m2: float) -> None:
+        self.keys.append(key)
+        self.count.append(count)
+        self.total.append(total)
+        self.m2.append(m2)
+
+
+def _group_min(
+    groups: npt.NDArray[np.intp], values: npt.NDArray[Any], count: int
+) -> npt.NDArray[Any]:
+    out = np.full(count, np.inf)
+    np.minimum.at(out, groups, values)
+    return out
+
+
+def _group_max(
+    groups: npt.NDArray[np.intp], values: npt.NDArray[Any], count: int
+) -> npt.NDArray[Any]:
+    out = np.full(count, -np.inf)
+    np.maximum.at(out, groups, values)
+    return out
+
+
 def escape(value: str) -> str:
     """Escape a label value for the exposition formats."""
     if "\\" in value or '"' in value or "\n" in value:
@@ -149,44 +220,93 @@ class Aggregate:
         success: Sequence[bool],
         when: Sequence[float],
     ) -> None:
-        """Fold queries (as parallel columns) into the branch rows they name."""
+        """Fold single queries (as parallel columns) into the branch rows they name."""
         if not rows:
             return
         unique, groups, count = self._group(rows)
         lat = np.array(latency_ms, dtype=np.float64)
+        ts = np.array(when, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
         total = np.bincount(groups, lat, count)
         mean = total / n
-        m2 = np.bincount(groups, np.square(lat - mean[groups]), count)
-        lo = np.full(count, np.inf)
-        np.minimum.at(lo, groups, lat)
-        hi = np.full(count, -np.inf)
-        np.maximum.at(hi, groups, lat)
-        ts = np.array(when, dtype=np.float64)
-        first = np.full(count, np.inf)
-        np.minimum.at(first, groups, ts)
-        last = np.full(count, -np.inf)
-        np.maximum.at(last, groups, ts)
         width = len(self.bounds) + 1
         slot = np.searchsorted(self._bounds_array, lat / 1000.0, side="left")
-        buckets = np.bincount(groups * width + slot, minlength=count * width).reshape(count, width)
-        ok = np.bincount(groups, np.array(success, dtype=np.float64), count).astype(np.int64)
-
-        c = self.branches.columns
-        c["n"][unique], c["mean"][unique], c["m2"][unique] = merge_moments(
-            c["n"][unique], c["mean"][unique], c["m2"][unique], n, mean, m2
+        self._merge_branches(
+            unique,
+            n,
+            np.bincount(groups, np.array(success, dtype=np.float64), count).astype(np.int64),
+            total,
+            mean,
+            np.bincount(groups, np.square(lat - mean[groups]), count),
+            _group_min(groups, lat, count),
+            _group_max(groups, lat, count),
+            _group_min(groups, ts, count),
+            _group_max(groups, ts, count),
+            np.bincount(groups * width + slot, minlength=count * width).reshape(count, width),
         )
-        c["ok"][unique] += ok
-        c["total"][unique] += total
-        c["lo"][unique] = np.minimum(c["lo"][unique], lo)
-        c["hi"][unique] = np.maximum(c["hi"][unique], hi)
-        c["first"][unique] = np.minimum(c["first"][unique], first)
-        c["last"][unique] = np.maximum(c["last"][unique], last)
-        c["buckets"][unique] += buckets
+
+    def add_branch_parts(self, rows: Sequence[int], parts: BranchParts) -> None:
+        """Fold pre-aggregated increments (several may name the same row)."""
+        if not rows:
+            return
+        unique, groups, count = self._group(rows)
+        n_part = np.array(parts.n, dtype=np.int64)
+        total_part = np.array(parts.total_ms, dtype=np.float64)
+        n = np.bincount(groups, n_part, count).astype(np.int64)
+        total = np.bincount(groups, total_part, count)
+        mean = total / np.where(n == 0, 1, n)
+        # Chan et al.: the parts' own spread plus the spread of their means
+        part_mean = total_part / np.where(n_part == 0, 1, n_part)
+        m2 = np.bincount(
+            groups,
+            np.array(parts.m2, dtype=np.float64) + n_part * np.square(part_mean - mean[groups]),
+            count,
+        )
+        buckets = np.zeros((count, len(self.bounds) + 1), dtype=np.int64)
+        np.add.at(buckets, groups, np.array(parts.buckets, dtype=np.int64))
+        self._merge_branches(
+            unique,
+            n,
+            np.bincount(groups, np.array(parts.ok, dtype=np.float64), count).astype(np.int64),
+            total,
+            mean,
+            m2,
+            _group_min(groups, np.array(parts.lo, dtype=np.float64), count),
+            _group_max(groups, np.array(parts.hi, dtype=np.float64), count),
+            _group_min(groups, np.array(parts.first, dtype=np.float64), count),
+            _group_max(groups, np.array(parts.last, dtype=np.float64), count),
+            buckets,
+        )
+
+    def _merge_branches(
+        self,
+        rows: npt.NDArray[np.intp],
+        n: npt.NDArray[Any],
+        ok: npt.NDArray[Any],
+        total: npt.NDArray[Any],
+        mean: npt.NDArray[Any],
+        m2: npt.NDArray[Any],
+        lo: npt.NDArray[Any],
+        hi: npt.NDArray[Any],
+        first: npt.NDArray[Any],
+        last: npt.NDArray[Any],
+        buckets: npt.NDArray[Any],
+    ) -> None:
+        c = self.branches.columns
+        c["n"][rows], c["mean"][rows], c["m2"][rows] = merge_moments(
+            c["n"][rows], c["mean"][rows], c["m2"][rows], n, mean, m2
+        )
+        c["ok"][rows] += ok
+        c["total"][rows] += total
+        c["lo"][rows] = np.minimum(c["lo"][rows], lo)
+        c["hi"][rows] = np.maximum(c["hi"][rows], hi)
+        c["first"][rows] = np.minimum(c["first"][rows], first)
+        c["last"][rows] = np.maximum(c["last"][rows], last)
+        c["buckets"][rows] += buckets
         self.version += 1
 
     def add_events(self, rows: Sequence[int], values: Sequence[float]) -> None:
-        """Fold event values into the event rows they name."""
+        """Fold single event values into the event rows they name."""
         if not rows:
             return
         unique, groups, count = self._group(rows)
@@ -195,11 +315,38 @@ class Aggregate:
         total = np.bincount(groups, v, count)
         mean = total / n
         m2 = np.bincount(groups, np.square(v - mean[groups]), count)
-        c = self.events.columns
-        c["count"][unique], c["mean"][unique], c["m2"][unique] = merge_moments(
-            c["count"][unique], c["mean"][unique], c["m2"][unique], n, mean, m2
+        self._merge_events(unique, n, total, mean, m2)
+
+    def add_event_parts(self, rows: Sequence[int], parts: EventParts) -> None:
+        if not rows:
+            return
+        unique, groups, count = self._group(rows)
+        n_part = np.array(parts.count, dtype=np.int64)
+        total_part = np.array(parts.total, dtype=np.float64)
+        n = np.bincount(groups, n_part, count).astype(np.int64)
+        total = np.bincount(groups, total_part, count)
+        mean = total / np.where(n == 0, 1, n)
+        part_mean = total_part / np.where(n_part == 0, 1, n_part)
+        m2 = np.bincount(
+            groups,
+            np.array(parts.m2, dtype=np.float64) + n_part * np.square(part_mean - mean[groups]),
+            count,
         )
-        c["total"][unique] += total
+        self._merge_events(unique, n, total, mean, m2)
+
+    def _merge_events(
+        self,
+        rows: npt.NDArray[np.intp],
+        n: npt.NDArray[Any],
+        total: npt.NDArray[Any],
+        mean: npt.NDArray[Any],
+        m2: npt.NDArray[Any],
+    ) -> None:
+        c = self.events.columns
+        c["count"][rows], c["mean"][rows], c["m2"][rows] = merge_moments(
+            c["count"][rows], c["mean"][rows], c["m2"][rows], n, mean, m2
+        )
+        c["total"][rows] += total
         self.version += 1
 
     def add(self, records: Records) -> None:
@@ -207,6 +354,10 @@ class Aggregate:
             self.branch_rows(records.query_keys), records.latency_ms, records.success, records.when
         )
         self.add_events(self.event_rows(records.event_keys), records.event_values)
+
+    def add_parts(self, branches: BranchParts, events: EventParts) -> None:
+        self.add_branch_parts(self.branch_rows(branches.keys), branches)
+        self.add_event_parts(self.event_rows(events.keys), events)
 
     def remove_experiment(self, experiment: str) -> bool:
         branches = self.experiments.pop(experiment, None)

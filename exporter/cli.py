@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import urllib.parse
 import urllib.request
@@ -51,6 +53,12 @@ def _serve_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParse
         help="recompute comparisons at most this often, in seconds (default 5)",
     )
     parser.add_argument(
+        "--otlp-port",
+        type=int,
+        default=_env("otlp_port"),
+        help="also listen here for OTLP/HTTP (4318 is its usual port); default: off",
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         default=(_env("demo") or "").lower() in ("1", "true", "yes"),
@@ -85,7 +93,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     port = int(args.port) if args.port is not None else None
     buckets = parse_buckets(args.buckets) if isinstance(args.buckets, str) else args.buckets
     interval = float(args.stats_interval) if args.stats_interval is not None else None
-    return settings.with_values(host=args.host, port=port, buckets=buckets, stats_interval=interval)
+    otlp_port = int(args.otlp_port) if args.otlp_port is not None else None
+    return settings.with_values(
+        host=args.host, port=port, buckets=buckets, stats_interval=interval, otlp_port=otlp_port
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -100,10 +111,27 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(settings=settings)
     if args.demo or args.command == "demo":
         app.cleanup_ctx.append(demo_context())
-    log.info("listening on %s:%s", settings.host, settings.port)
-    # run_app turns SIGINT and SIGTERM into a graceful shutdown.
-    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    asyncio.run(run(app, settings))
     return 0
+
+
+async def run(app: web.Application, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (in-flight requests finish)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ports = [settings.port] + ([settings.otlp_port] if settings.otlp_port else [])
+    for port in ports:
+        await web.TCPSite(runner, settings.host, port).start()
+        log.info("listening on %s:%s", settings.host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
 
 
 def fetch(url: str) -> Any:

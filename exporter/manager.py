@@ -18,7 +18,9 @@ from .aggregate import (
     DEFAULT_BUCKETS,
     Aggregate,
     BranchKey,
+    BranchParts,
     EventKey,
+    EventParts,
     Records,
     View,
 )
@@ -134,6 +136,12 @@ class ABMetrics:
         with self._lock:
             self._fold_locked()
             self._aggregate.add(records)
+
+    def record_parts(self, branches: BranchParts, events: EventParts) -> None:
+        """Apply pre-aggregated increments (OTLP, restore) together, like record_batch."""
+        with self._lock:
+            self._fold_locked()
+            self._aggregate.add_parts(branches, events)
 
     def now(self) -> float:
         return self._clock()

@@ -18,6 +18,7 @@ class SelfMetrics:
         self._lock = threading.Lock()
         self.accepted: Counter[tuple[str, str]] = Counter()  # (source, kind)
         self.rejected: Counter[tuple[str, str]] = Counter()  # (source, reason)
+        self.duplicate_points: Counter[str] = Counter()  # by source
         self.scrapes = 0
         self.last_render_seconds = 0.0
         self.started = time.time()
@@ -31,6 +32,11 @@ class SelfMetrics:
         with self._lock:
             self.rejected[source, reason] += count
 
+    def duplicates(self, source: str, count: int) -> None:
+        if count:
+            with self._lock:
+                self.duplicate_points[source] += count
+
     def scraped(self, render_seconds: float) -> None:
         with self._lock:
             self.scrapes += 1
@@ -41,6 +47,7 @@ class SelfMetrics:
             accepted = sorted(self.accepted.items())
             rejected = sorted(self.rejected.items())
             scrapes, render_seconds = self.scrapes, self.last_render_seconds
+            duplicates = sorted(self.duplicate_points.items())
         return [
             Family(
                 "abtest_exporter_build_info",
@@ -67,6 +74,13 @@ class SelfMetrics:
                 "Records refused, by source and reason; nothing of a refused batch is applied.",
                 [Sample((("source", s), ("reason", r)), n) for (s, r), n in rejected]
                 or [Sample((("source", "http"), ("reason", "invalid_json")), 0)],
+            ),
+            Family(
+                "abtest_exporter_duplicate_points_total",
+                "counter",
+                "OTLP points skipped as retries or late arrivals already counted, by source.",
+                [Sample((("source", s),), n) for s, n in duplicates]
+                or [Sample((("source", "otlp"),), 0)],
             ),
             Family(
                 "abtest_exporter_series",

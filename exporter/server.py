@@ -14,7 +14,10 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from google.protobuf import json_format
+from google.rpc.status_pb2 import Status
 
+from . import otlp
 from .config import ExperimentConfig
 from .engine import ComparisonEngine
 from .exposition import (
@@ -36,6 +39,7 @@ METRICS = web.AppKey("metrics", ABMetrics)
 SELF = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", ComparisonEngine)
+RECEIVER = web.AppKey("otlp_receiver", otlp.Receiver)
 
 log = logging.getLogger(__name__)
 
@@ -70,40 +74,86 @@ def _name(request: web.Request, key: str) -> str:
     return value
 
 
-async def _read_json(request: web.Request, source: str) -> Any:
-    """The decoded JSON body, or a 4xx naming what is wrong (counted as rejected)."""
+def _refuse(error: type[web.HTTPException], message: str, **kwargs: Any) -> web.HTTPException:
+    return error(text=json.dumps({"error": message}), content_type="application/json", **kwargs)
+
+
+async def _read_body(request: web.Request, source: str, limit: int) -> bytes:
+    """The (decompressed) body, or a 4xx naming what is wrong, counted as rejected."""
     self_metrics = request.app[SELF]
-    if request.content_type != "application/json":
-        self_metrics.reject(source, "unsupported_media_type")
-        raise web.HTTPUnsupportedMediaType(
-            text=json.dumps({"error": "Content-Type must be application/json"}),
-            content_type="application/json",
-        )
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        self_metrics.reject(source, "body_too_large")
-        limit = request.app[SETTINGS].max_body_bytes
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=limit,
-            actual_size=request.content_length or limit + 1,
-            text=json.dumps({"error": f"body larger than the limit of {limit} bytes"}),
-            content_type="application/json",
-        ) from None
+        body = None
     except RequestPayloadError:
         self_metrics.reject(source, "invalid_encoding")
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "body could not be decoded (bad Content-Encoding data)"}),
-            content_type="application/json",
+        raise _refuse(
+            web.HTTPBadRequest, "body could not be decoded (bad Content-Encoding data)"
         ) from None
+    if body is None or len(body) > limit:
+        self_metrics.reject(source, "body_too_large")
+        raise _refuse(
+            web.HTTPRequestEntityTooLarge,
+            f"body larger than the limit of {limit} bytes (after decompression)",
+            max_size=limit,
+            actual_size=len(body) if body is not None else limit + 1,
+        )
+    return body
+
+
+async def _read_json(request: web.Request, source: str) -> Any:
+    """The decoded JSON body, or a 4xx naming what is wrong (counted as rejected)."""
+    if request.content_type != "application/json":
+        request.app[SELF].reject(source, "unsupported_media_type")
+        raise _refuse(web.HTTPUnsupportedMediaType, "Content-Type must be application/json")
+    body = await _read_body(request, source, request.app[SETTINGS].max_body_bytes)
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
-        self_metrics.reject(source, "invalid_json")
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"body is not valid JSON: {exc}"[:500]}),
-            content_type="application/json",
-        ) from None
+        request.app[SELF].reject(source, "invalid_json")
+        raise _refuse(web.HTTPBadRequest, f"body is not valid JSON: {exc}"[:500]) from None
+
+
+OTLP_TYPES = ("application/x-protobuf", "application/json")
+
+
+async def post_otlp(request: web.Request) -> web.Response:
+    """OTLP/HTTP metrics export, answered as the OTLP specification asks."""
+    app = request.app
+    self_metrics = app[SELF]
+    content_type = request.content_type
+    if content_type not in OTLP_TYPES:
+        self_metrics.reject("otlp", "unsupported_media_type")
+        return web.Response(
+            status=415, text="Content-Type must be application/x-protobuf or application/json"
+        )
+    body = await _read_body(request, "otlp", app[SETTINGS].otlp_max_body_bytes)
+    try:
+        decoded = otlp.decode(body, content_type)
+    except otlp.DecodeError as exc:
+        self_metrics.reject("otlp", "malformed")
+        status = Status(code=3, message=str(exc))  # 3: INVALID_ARGUMENT
+        payload = (
+            status.SerializeToString()
+            if content_type == "application/x-protobuf"
+            else json_format.MessageToJson(status, indent=None).encode()
+        )
+        return web.Response(status=400, body=payload, content_type=content_type)
+    big = len(body) > 1_000_000
+    received = (
+        await asyncio.to_thread(app[RECEIVER].receive, decoded)
+        if big
+        else app[RECEIVER].receive(decoded)
+    )
+    app[METRICS].record_parts(received.branches, received.events)
+    self_metrics.accept("otlp", "query", received.queries)
+    self_metrics.accept("otlp", "event", received.event_count)
+    for reason, count in received.reasons.items():
+        self_metrics.reject("otlp", reason, count)
+    self_metrics.duplicates("otlp", received.duplicates)
+    return web.Response(
+        body=otlp.encode(received.response(), content_type), content_type=content_type
+    )
 
 
 async def post_records(request: web.Request) -> web.Response:
@@ -294,11 +344,14 @@ def create_app(
     self_metrics: SelfMetrics | None = None,
 ) -> web.Application:
     settings = settings or Settings()
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        client_max_size=max(settings.max_body_bytes, settings.otlp_max_body_bytes)
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics or ABMetrics(settings.buckets, configs=settings.experiments)
     app[SELF] = self_metrics or SelfMetrics()
     app[ENGINE] = ComparisonEngine(app[METRICS])
+    app[RECEIVER] = otlp.Receiver(app[METRICS].buckets)
     app.cleanup_ctx.append(_keep_comparisons_fresh)
     experiment = "/api/v1/experiments/{experiment}"
     app.router.add_get("/", landing)
@@ -318,4 +371,5 @@ def create_app(
     app.router.add_get(experiment + "/config", get_config)
     app.router.add_put(experiment + "/config", put_config)
     app.router.add_get("/api/v1/stats", get_stats)
+    app.router.add_post("/v1/metrics", post_otlp)
     return app

@@ -25,6 +25,9 @@ class Settings:
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch_records: int = 100_000
+    otlp_max_body_bytes: int = 64 * 1024 * 1024
+    # a second listener for OTLP/HTTP (4318 is its well-known port); None: only `port`
+    otlp_port: int | None = None
     # how often comparisons are recomputed at most (seconds)
     stats_interval: float = 5.0
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
@@ -48,7 +51,14 @@ def load_file(path: str | Path) -> dict[str, Any]:
     server = data.get("server", {})
     if not isinstance(server, dict):
         raise ValueError(f"{path}: [server] must be a table")
-    known = {"host": str, "port": int, "max_body_bytes": int, "max_batch_records": int}
+    known = {
+        "host": str,
+        "port": int,
+        "max_body_bytes": int,
+        "max_batch_records": int,
+        "otlp_max_body_bytes": int,
+        "otlp_port": int,
+    }
     for key, value in server.items():
         if key == "buckets":
             values["buckets"] = check_buckets(value)

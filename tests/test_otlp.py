@@ -1,0 +1,446 @@
+"""OTLP in: the real OpenTelemetry SDK pushing to a running exporter, and hand-written
+bodies for every rule of the specification the receiver must follow."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+
+from exporter import ABMetrics
+from exporter.aggregate import DEFAULT_BUCKETS
+from exporter.otlp import Receiver, Streams
+
+from .conftest import Client
+from .helpers import Exporter
+from .test_exposition import key, samples
+
+OURS_MS = [b * 1000 for b in DEFAULT_BUCKETS]
+
+
+class App:
+    """An instrumented app: the stock SDK, its OTLP/HTTP exporter, our conventions."""
+
+    def __init__(self, url: str, temporality: AggregationTemporality, our_buckets: bool) -> None:
+        exporter = OTLPMetricExporter(
+            endpoint=f"{url}/v1/metrics",
+            preferred_temporality={Histogram: temporality},
+        )
+        self.reader = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
+        views = (
+            [
+                View(
+                    instrument_name="abtest.*",
+                    aggregation=ExplicitBucketHistogramAggregation(OURS_MS),
+                )
+            ]
+            if our_buckets
+            else []
+        )
+        self.provider = MeterProvider(
+            metric_readers=[self.reader],
+            resource=Resource.create({"service.name": "shop"}),
+            views=views,
+        )
+        meter = self.provider.get_meter("shop")
+        self.duration = meter.create_histogram("abtest.query.duration", unit="ms")
+        self.value = meter.create_histogram("abtest.event.value")
+
+    def query(self, branch: str, ms: int, ok: bool) -> None:
+        self.duration.record(
+            ms,
+            {
+                "abtest.experiment": "checkout",
+                "abtest.branch": branch,
+                "abtest.outcome": "success" if ok else "failure",
+            },
+        )
+
+    def event(self, branch: str, name: str, value: float) -> None:
+        self.value.record(
+            value, {"abtest.experiment": "checkout", "abtest.branch": branch, "abtest.event": name}
+        )
+
+    def flush(self) -> None:
+        assert self.provider.force_flush(10_000)
+
+    def stop(self) -> None:
+        self.provider.shutdown()
+
+
+@pytest.fixture
+def running() -> Iterator[Exporter]:
+    process = Exporter()
+    yield process
+    process.stop()
+
+
+def scrape(exporter: Exporter) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from .helpers import http
+
+    status, raw = http(exporter.url + "/metrics")
+    assert status == 200
+    return samples(raw.decode())
+
+
+@pytest.mark.parametrize(
+    "temporality", [AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA]
+)
+def test_sdk_push_is_exact_across_flushes_and_app_restarts(
+    running: Exporter, temporality: AggregationTemporality
+) -> None:
+    recorded: dict[str, list[tuple[int, bool]]] = {"control": [], "treatment": []}
+    revenue: list[float] = []
+    for generation in range(2):  # the second MeterProvider is the app after a restart
+        app = App(running.url, temporality, our_buckets=True)
+        for flush in range(3):
+            for i in range(40):
+                branch = "control" if i % 2 else "treatment"
+                ms, ok = 3 + (i * 7 + flush * 13 + generation) % 400, i % 5 != 0
+                app.query(branch, ms, ok)
+                recorded[branch].append((ms, ok))
+                if i % 4 == 0:
+                    app.event(branch, "revenue", 2.5 * i)
+                    if branch == "treatment":
+                        revenue.append(2.5 * i)
+            app.flush()
+            app.flush()  # a flush with nothing new: must not count again
+        app.stop()
+
+    found = scrape(running)
+    for branch, queries in recorded.items():
+        labels = {"experiment": "checkout", "branch": branch}
+        assert found[key("abtest_queries_total", **labels)] == len(queries)
+        assert found[key("abtest_query_failures_total", **labels)] == sum(
+            not ok for _, ok in queries
+        )
+        assert found[key("abtest_query_duration_seconds_sum", **labels)] == pytest.approx(
+            sum(ms for ms, _ in queries) / 1000, rel=1e-12
+        )
+        assert (
+            found[key("abtest_branch_latency_min_seconds", **labels)]
+            == min(q[0] for q in queries) / 1000
+        )
+        assert (
+            found[key("abtest_branch_latency_max_seconds", **labels)]
+            == max(q[0] for q in queries) / 1000
+        )
+        # the app used our bounds: every bucket is exact
+        for bound in DEFAULT_BUCKETS:
+            expected = sum(ms / 1000 <= bound for ms, _ in queries)
+            le = repr(bound)
+            assert found[key("abtest_query_duration_seconds_bucket", le=le, **labels)] == expected
+    t = {"experiment": "checkout", "branch": "treatment", "event": "revenue"}
+    assert found[key("abtest_event_value_count", **t)] == len(revenue)
+    assert found[key("abtest_event_value_sum", **t)] == pytest.approx(sum(revenue), rel=1e-12)
+    rejected = [
+        v for (name, _), v in found.items() if name == "abtest_exporter_rejected_records_total"
+    ]
+    assert sum(rejected) == 0
+
+
+def test_sdk_default_buckets_are_rebinned_conservatively(running: Exporter) -> None:
+    app = App(running.url, AggregationTemporality.CUMULATIVE, our_buckets=False)
+    latencies = [1, 4, 7, 9, 30, 60, 80, 120, 400, 900, 3000, 12000]
+    for ms in latencies:
+        app.query("control", ms, True)
+    app.flush()
+    app.stop()
+    found = scrape(running)
+    labels = {"experiment": "checkout", "branch": "control"}
+    assert found[key("abtest_queries_total", **labels)] == len(latencies)
+    for bound in DEFAULT_BUCKETS:
+        got = found[key("abtest_query_duration_seconds_bucket", le=repr(bound), **labels)]
+        # never more than the truth below a bound (values only ever move up a bucket)
+        assert got <= sum(ms / 1000 <= bound for ms in latencies)
+    # where the SDK's default bounds (0, 5, 10, 25, 50, 75, 100, 250, ... ms) meet ours, exact
+    for bound in (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0):
+        got = found[key("abtest_query_duration_seconds_bucket", le=repr(bound), **labels)]
+        assert got == sum(ms / 1000 <= bound for ms in latencies)
+
+
+# -- hand-written bodies --------------------------------------------------------------
+
+
+def point(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "attributes": [
+            {"key": "abtest.experiment", "value": {"stringValue": "e"}},
+            {"key": "abtest.branch", "value": {"stringValue": "control"}},
+            {"key": "abtest.outcome", "value": {"stringValue": "success"}},
+        ],
+        "startTimeUnixNano": "1700000000000000000",
+        "timeUnixNano": "1700000010000000000",
+        "count": "3",
+        "sum": 0.06,
+        "bucketCounts": ["1", "2", "0"],
+        "explicitBounds": [0.01, 0.025],
+        "min": 0.005,
+        "max": 0.02,
+    }
+    body.update(overrides)
+    return body
+
+
+def request(points: list[dict[str, Any]], name: str = "abtest.query.duration",
+            unit: str = "s", temporality: int = 2) -> dict[str, Any]:  # fmt: skip
+    return {
+        "resourceMetrics": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "x"}}]
+                },
+                "scopeMetrics": [
+                    {
+                        "scope": {"name": "manual"},
+                        "metrics": [
+                            {
+                                "name": name,
+                                "unit": unit,
+                                "histogram": {
+                                    "dataPoints": points,
+                                    "aggregationTemporality": temporality,
+                                },
+                                "someFutureField": {"ignored": True},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+
+
+async def send(client: Client, body: Any, **headers: str) -> tuple[int, Any]:
+    response = await client.post(
+        "/v1/metrics",
+        data=json.dumps(body),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    return response.status, await response.json()
+
+
+async def test_json_body_with_int64_as_strings(client: Client, metrics: ABMetrics) -> None:
+    status, reply = await send(client, request([point()]))
+    assert (status, reply) == (200, {})
+    branch = metrics.get_branch_metrics("e", "control")
+    assert branch is not None
+    assert (branch.query_count, branch.success_count) == (3, 3)
+    assert branch.total_latency_ms == pytest.approx(60.0)
+    assert (branch.min_latency_ms, branch.max_latency_ms) == (5.0, 20.0)
+    assert branch.latency_buckets[3][1] == 1  # le=0.01 (our 4th bound)
+    assert branch.latency_buckets[4][1] == 3  # le=0.025
+
+
+async def test_invalid_points_are_rejected_and_the_rest_applied(
+    client: Client, metrics: ABMetrics
+) -> None:
+    no_branch = point(attributes=point()["attributes"][:1] + point()["attributes"][2:])
+    nan_sum = point(sum="NaN", timeUnixNano="1700000020000000000")
+    attributes = point()["attributes"]
+    attributes[1] = {"key": "abtest.branch", "value": {"intValue": "7"}}
+    number_branch = point(attributes=attributes)
+    body = request([point(), no_branch, nan_sum, number_branch])
+    body["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].append(
+        {
+            "name": "http.server.duration",
+            "histogram": {"dataPoints": [point()], "aggregationTemporality": 2},
+        }
+    )
+    status, reply = await send(client, body)
+    assert status == 200
+    partial = reply["partialSuccess"]
+    assert partial["rejectedDataPoints"] == "4"  # int64 as a string, as OTLP/JSON says
+    for words in ("abtest.branch", "finite", "not an abtest metric"):
+        assert words in partial["errorMessage"]
+    branch = metrics.get_branch_metrics("e", "control")
+    assert branch is not None and branch.query_count == 3
+    text = await (await client.get("/metrics")).text()
+    assert (
+        'abtest_exporter_rejected_records_total{source="otlp",reason="missing_attribute"} 2' in text
+    )
+    assert 'abtest_exporter_rejected_records_total{source="otlp",reason="unknown_metric"} 1' in text
+    assert 'abtest_exporter_accepted_records_total{source="otlp",kind="query"} 3' in text
+
+
+async def test_wrong_unit_and_temporality_are_rejected(client: Client, metrics: ABMetrics) -> None:
+    _, reply = await send(client, request([point()], unit="us"))
+    assert reply["partialSuccess"]["rejectedDataPoints"] == "1"
+    _, reply = await send(client, request([point()], temporality=0))
+    assert "temporality" in reply["partialSuccess"]["errorMessage"]
+    assert metrics.stats().total_queries_recorded == 0
+
+
+async def test_cumulative_points_become_increments(client: Client, metrics: ABMetrics) -> None:
+    await send(client, request([point()]))
+    later = point(
+        timeUnixNano="1700000020000000000", count="5", sum=0.1, bucketCounts=["2", "3", "0"]
+    )
+    await send(client, request([later]))
+    await send(client, request([later]))  # a retry: same point again
+    await send(client, request([point()]))  # a late, older point
+    branch = metrics.get_branch_metrics("e", "control")
+    assert branch is not None and branch.query_count == 5
+    assert branch.total_latency_ms == pytest.approx(100.0)
+    # the app restarted: a new start time, counts from zero again
+    restarted = point(startTimeUnixNano="1700000030000000000", timeUnixNano="1700000040000000000",
+                      count="2", sum=0.03, bucketCounts=["1", "1", "0"])  # fmt: skip
+    await send(client, request([restarted]))
+    branch = metrics.get_branch_metrics("e", "control")
+    assert branch is not None and branch.query_count == 7
+    # same start time but a value went down: also a restart
+    lower = point(startTimeUnixNano="1700000030000000000", timeUnixNano="1700000050000000000",
+                  count="1", sum=0.005, bucketCounts=["1", "0", "0"])  # fmt: skip
+    await send(client, request([lower]))
+    branch = metrics.get_branch_metrics("e", "control")
+    assert branch is not None and branch.query_count == 8
+    text = await (await client.get("/metrics")).text()
+    assert 'abtest_exporter_duplicate_points_total{source="otlp"} 2' in text
+
+
+async def test_delta_points_add_up_and_retries_do_not(client: Client, metrics: ABMetrics) -> None:
+    first = point()
+    second = point(startTimeUnixNano="1700000010000000000", timeUnixNano="1700000020000000000")
+    await send(client, request([first], temporality=1))
+    await send(client, request([second], temporality=1))
+    await send(client, request([first], temporality=1))  # retried after a lost reply
+    branch = metrics.get_branch_metrics("e", "control")
+    assert branch is not None and branch.query_count == 6
+    overlapping = point(startTimeUnixNano="1700000005000000000", timeUnixNano="1700000015000000000")
+    _, reply = await send(client, request([overlapping], temporality=1))
+    assert "overlaps" in reply["partialSuccess"]["errorMessage"]
+    backwards = point(startTimeUnixNano="1700000090000000000", timeUnixNano="1700000080000000000")
+    _, reply = await send(client, request([backwards], temporality=1))
+    assert "ends before it starts" in reply["partialSuccess"]["errorMessage"]
+    late = point(startTimeUnixNano="1699999990000000000", timeUnixNano="1700000000000000000")
+    await send(client, request([late], temporality=1))  # late but new: counted
+    branch = metrics.get_branch_metrics("e", "control")
+    assert branch is not None and branch.query_count == 9
+
+
+async def test_event_histograms(client: Client, metrics: ABMetrics) -> None:
+    attributes = [
+        {"key": "abtest.experiment", "value": {"stringValue": "e"}},
+        {"key": "abtest.branch", "value": {"stringValue": "t"}},
+        {"key": "abtest.event", "value": {"stringValue": "revenue"}},
+    ]
+    body = request(
+        [
+            point(
+                attributes=attributes,
+                count="2",
+                sum=50.0,
+                bucketCounts=["2"],
+                explicitBounds=[],
+                min=10.0,
+                max=40.0,
+            )
+        ],
+        name="abtest.event.value",
+        unit="",
+        temporality=1,
+    )
+    assert (await send(client, body))[0] == 200
+    branch = metrics.get_branch_metrics("e", "t")
+    assert branch is not None
+    assert branch.events["revenue"].count == 2 and branch.events["revenue"].total == 50.0
+    assert branch.events["revenue"].mean == 25.0
+    # no buckets: the values are taken as spread evenly between min and max
+    assert branch.events["revenue"].variance == pytest.approx(2 * 30**2 / 12)
+
+
+async def test_protobuf_reply_in_the_request_encoding(client: Client, metrics: ABMetrics) -> None:
+    message = ExportMetricsServiceRequest()
+    from google.protobuf import json_format
+
+    json_format.ParseDict(
+        request([point(), point(attributes=[])]), message, ignore_unknown_fields=True
+    )
+    response = await client.post(
+        "/v1/metrics",
+        data=gzip.compress(message.SerializeToString()),
+        headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"},
+    )
+    assert response.status == 200
+    assert response.content_type == "application/x-protobuf"
+    reply = ExportMetricsServiceResponse.FromString(await response.read())
+    assert reply.partial_success.rejected_data_points == 1
+    assert metrics.stats().total_queries_recorded == 3
+
+
+async def test_status_codes(client: Client, metrics: ABMetrics) -> None:
+    empty = await client.post(
+        "/v1/metrics", data=b"", headers={"Content-Type": "application/x-protobuf"}
+    )
+    assert empty.status == 200 and await empty.read() == b""
+    empty_json = await client.post(
+        "/v1/metrics", data=b"{}", headers={"Content-Type": "application/json"}
+    )
+    assert empty_json.status == 200
+    assert (
+        await client.post("/v1/metrics", data=b"x", headers={"Content-Type": "text/plain"})
+    ).status == 415
+    assert (await client.get("/v1/metrics")).status == 405
+    bad = await client.post(
+        "/v1/metrics", data=b"\xff\xff\xff", headers={"Content-Type": "application/x-protobuf"}
+    )
+    assert bad.status == 400
+    from google.rpc.status_pb2 import Status
+
+    status = Status.FromString(await bad.read())
+    assert status.code == 3 and "cannot decode" in status.message
+    bad_json = await client.post(
+        "/v1/metrics", data=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert bad_json.status == 400 and "cannot decode" in (await bad_json.json())["message"]
+    assert metrics.stats().total_queries_recorded == 0
+
+
+async def test_body_limit_applies_after_decompression(aiohttp_client: Any) -> None:
+    from exporter.server import create_app
+    from exporter.settings import Settings
+
+    client = await aiohttp_client(create_app(settings=Settings(otlp_max_body_bytes=10_000)))
+    body = json.dumps(request([point()] * 200)).encode()
+    assert len(gzip.compress(body)) < 10_000 < len(body)
+    response = await client.post(
+        "/v1/metrics",
+        data=gzip.compress(body),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert response.status == 413
+
+
+def test_stream_state_is_bounded_and_expires() -> None:
+    now = [0.0]
+    streams = Streams(max_streams=2, ttl=60.0, clock=lambda: now[0])
+    receiver = Receiver(DEFAULT_BUCKETS, streams)
+    from google.protobuf import json_format
+
+    for branch in ("a", "b", "c"):
+        message = ExportMetricsServiceRequest()
+        attributes = [*point()["attributes"]]
+        attributes[1] = {"key": "abtest.branch", "value": {"stringValue": branch}}
+        json_format.ParseDict(
+            request([point(attributes=attributes)]), message, ignore_unknown_fields=True
+        )
+        receiver.receive(message)
+    assert len(streams) == 2 and streams.evicted == 1
+    now[0] = 1000.0
+    message = ExportMetricsServiceRequest()
+    json_format.ParseDict(request([point()]), message, ignore_unknown_fields=True)
+    receiver.receive(message)
+    assert len(streams) == 1  # the two idle ones expired
