@@ -106,10 +106,21 @@ class _Table:
 
     def _columns(self) -> tuple[list[Any], ...]:
         return (
-            self.experiment, self.branch, self.metric, self.event, self.kind,
-            self.lower_is_better, self.n_a, self.n_b, self.x_a, self.x_b,
-            self.mean_a, self.mean_b, self.var_a, self.var_b,
-        )  # fmt: skip
+            self.experiment,
+            self.branch,
+            self.metric,
+            self.event,
+            self.kind,
+            self.lower_is_better,
+            self.n_a,
+            self.n_b,
+            self.x_a,
+            self.x_b,
+            self.mean_a,
+            self.mean_b,
+            self.var_a,
+            self.var_b,
+        )
 
 
 def analyse(
@@ -199,20 +210,60 @@ def _add_rows(
             nan,
         )
     if n_a >= 2 and n_b >= 2:
-        table.add(index, branch, "latency_mean", "", "mean", True, n_a, n_b, nan, nan,
-                  float(c["mean"][a]) / 1000, float(c["mean"][b]) / 1000,
-                  sample_variance(n_a, float(c["m2"][a])) / 1e6,
-                  sample_variance(n_b, float(c["m2"][b])) / 1e6)  # fmt: skip
+        table.add(
+            index,
+            branch,
+            "latency_mean",
+            "",
+            "mean",
+            True,
+            n_a,
+            n_b,
+            nan,
+            nan,
+            float(c["mean"][a]) / 1000,
+            float(c["mean"][b]) / 1000,
+            sample_variance(n_a, float(c["m2"][a])) / 1e6,
+            sample_variance(n_b, float(c["m2"][b])) / 1e6,
+        )
     for event in sorted(set(events_a) | set(events_b)):
         count_a, mean_a, var_a = events_a.get(event, (0, 0.0, 0.0))
         count_b, mean_b, var_b = events_b.get(event, (0, 0.0, 0.0))
         if n_a and n_b:
             kind = "prop" if count_a <= n_a and count_b <= n_b else "rate"
-            table.add(index, branch, "event_rate", event, kind, False, n_a, n_b,
-                      count_a, count_b, nan, nan, nan, nan)  # fmt: skip
+            table.add(
+                index,
+                branch,
+                "event_rate",
+                event,
+                kind,
+                False,
+                n_a,
+                n_b,
+                count_a,
+                count_b,
+                nan,
+                nan,
+                nan,
+                nan,
+            )
         if count_a >= 2 and count_b >= 2:
-            table.add(index, branch, "event_mean", event, "mean", False, count_a, count_b,
-                      nan, nan, mean_a, mean_b, var_a, var_b)  # fmt: skip
+            table.add(
+                index,
+                branch,
+                "event_mean",
+                event,
+                "mean",
+                False,
+                count_a,
+                count_b,
+                nan,
+                nan,
+                mean_a,
+                mean_b,
+                var_a,
+                var_b,
+            )
 
 
 def _compute(

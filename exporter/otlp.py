@@ -25,6 +25,7 @@ import bisect
 import contextlib
 import json
 import math
+import operator
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -54,6 +55,9 @@ EVENT: Final = "abtest.event"
 _UNIT_TO_MS: Final = {"s": 1000.0, "ms": 1.0}
 _DELTA, _CUMULATIVE = 1, 2
 _NO_RECORDED_VALUE = 1
+_QUERY_KEYS: Final = (EXPERIMENT, BRANCH)
+_EVENT_KEYS: Final = (EXPERIMENT, BRANCH, EVENT)
+_CONVENTION_KEYS: Final = frozenset((EXPERIMENT, BRANCH, OUTCOME, EVENT))
 _MAX_MESSAGES = 5
 _WINDOWS = 64
 
@@ -189,6 +193,8 @@ class Receiver:
         self.streams = streams if streams is not None else Streams()
         self._lock = threading.Lock()
         self._rebin: dict[tuple[tuple[float, ...], float], list[int]] = {}
+        self._shapes: dict[tuple[float, ...], _Shape | None] = {}
+        self._good_names: set[str] = set()
 
     def receive(self, request: ExportMetricsServiceRequest) -> Received:
         out = Received()
@@ -248,52 +254,62 @@ class Receiver:
         factor: float,
         point: HistogramDataPoint,
     ) -> tuple[str, str] | None:
-        attributes = {kv.key: kv.value for kv in point.attributes}
-        names: list[str] = []
-        wanted = (EXPERIMENT, BRANCH, EVENT) if name == EVENT_METRIC else (EXPERIMENT, BRANCH)
-        for key in wanted:
-            value = attributes.get(key)
-            if value is None or value.WhichOneof("value") != "string_value":
+        # one pass over the attributes: ours must be strings, the rest only identify the stream
+        ours: dict[str, str | None] = {}
+        others: list[tuple[str, bytes]] = []
+        for kv in point.attributes:
+            key, value = kv.key, kv.value
+            if key in _CONVENTION_KEYS:
+                is_text = value.WhichOneof("value") == "string_value"
+                ours[key] = value.string_value if is_text else None
+            else:
+                others.append((key, value.SerializeToString(deterministic=True)))
+        wanted = _EVENT_KEYS if name == EVENT_METRIC else _QUERY_KEYS
+        names = [ours.get(key) for key in wanted]
+        for key, text in zip(wanted, names, strict=True):
+            if text is None:
                 return "missing_attribute", f"{name}: attribute {key} (a string) is required"
-            problem = name_problem(value.string_value)
-            if problem:
-                return "invalid_name", f"{name}: attribute {key} {problem}"
-            names.append(value.string_value)
+            if text not in self._good_names:
+                problem = name_problem(text)
+                if problem:
+                    return "invalid_name", f"{name}: attribute {key} {problem}"
+                if len(self._good_names) < 100_000:
+                    self._good_names.add(text)
         success = True
         if name == QUERY_METRIC:
-            outcome = attributes.get(OUTCOME)
-            text = outcome.string_value if outcome is not None else ""
-            if text not in ("success", "failure"):
+            outcome = ours.get(OUTCOME)
+            if outcome not in ("success", "failure"):
                 return (
                     "missing_attribute",
                     f"{name}: attribute {OUTCOME} must be success or failure",
                 )
-            success = text == "success"
+            success = outcome == "success"
         bounds = tuple(point.explicit_bounds)
+        shape = self._shape(bounds)
+        if shape is None:
+            return "invalid_point", f"{name}: explicit_bounds must be finite and increasing"
         buckets = list(point.bucket_counts)
-        if buckets and len(buckets) != len(bounds) + 1:
+        if not buckets:
+            buckets = [point.count] if not bounds else []
+        if len(buckets) != len(bounds) + 1:
             return (
                 "invalid_point",
                 f"{name}: bucket_counts must have one more entry than explicit_bounds",
             )
-        if buckets and sum(buckets) != point.count:
+        if sum(buckets) != point.count:
             return "invalid_point", f"{name}: bucket_counts must add up to count"
-        if any(b >= c for b, c in pairwise(bounds)) or not all(math.isfinite(b) for b in bounds):
-            return "invalid_point", f"{name}: explicit_bounds must be finite and increasing"
-        has_sum, has_min, has_max = (point.HasField(f) for f in ("sum", "min", "max"))
-        numbers = [
-            v
-            for v, has in ((point.sum, has_sum), (point.min, has_min), (point.max, has_max))
-            if has
-        ]
-        if not all(math.isfinite(v) for v in numbers):
-            return "invalid_value", f"{name}: sum, min and max must be finite (no NaN)"
-        if name == QUERY_METRIC and any(v < 0 for v in numbers):
-            return "invalid_value", f"{name}: durations must be >= 0"
-        if not buckets:
-            buckets = [point.count]
+        has_sum, has_min, has_max = (
+            point.HasField("sum"),
+            point.HasField("min"),
+            point.HasField("max"),
+        )
+        for has, number in ((has_sum, point.sum), (has_min, point.min), (has_max, point.max)):
+            if has and not math.isfinite(number):
+                return "invalid_value", f"{name}: sum, min and max must be finite (no NaN)"
+            if has and number < 0 and name == QUERY_METRIC:
+                return "invalid_value", f"{name}: durations must be >= 0"
 
-        stream = (*stream_prefix, _attribute_key(point.attributes))
+        stream = (*stream_prefix, *names, ours.get(OUTCOME), tuple(sorted(others)))
         state = self.streams.get(stream)
         start, end = point.start_time_unix_nano, point.time_unix_nano
         count, total, increments = point.count, point.sum if has_sum else math.nan, buckets
@@ -318,12 +334,12 @@ class Receiver:
                 start != state.start
                 or point.count < state.count
                 or bounds != state.bounds
-                or any(n < o for n, o in zip(buckets, state.buckets, strict=False))
+                or any(map(operator.lt, buckets, state.buckets))
             )
             if not restarted:
                 count = point.count - state.count
                 total = total - state.total
-                increments = [n - o for n, o in zip(buckets, state.buckets, strict=True)]
+                increments = list(map(operator.sub, buckets, state.buckets))
         latest = max(end, state.time) if state is not None else end
         self.streams.put(
             stream,
@@ -333,42 +349,52 @@ class Receiver:
         )
         if count <= 0:
             return None
-        low = point.min if has_min else None
-        high = point.max if has_max else None
-        lowers, uppers, edges = _bucket_edges(bounds, increments, low, high)
-        mids = [(a + b) / 2.0 for a, b in zip(lowers, uppers, strict=True)]
-        if math.isnan(total):  # no sum sent: estimate it from the midpoints
-            total = sum(c * m for c, m in zip(increments, mids, strict=True))
-        mean = total / count
-        # grouped data: each bucket's values spread evenly around its midpoint
-        m2 = sum(
-            c * ((m - mean) ** 2 + (b - a) ** 2 / 12.0)
-            for c, m, a, b in zip(increments, mids, lowers, uppers, strict=True)
-            if c
+        low, high, m2, total = _spread(
+            shape,
+            increments,
+            count,
+            total,
+            point.min if has_min else None,
+            point.max if has_max else None,
         )
-        when = point.time_unix_nano / 1e9
+        when = end / 1e9
         if name == QUERY_METRIC:
-            target = self._targets(bounds, factor)
-            ours = [0] * (len(self._bounds) + 1)
-            for index, c in zip(target, increments, strict=True):
-                ours[index] += c
+            binned = [0] * (len(self._bounds) + 1)
+            for index, c in zip(self._targets(bounds, factor), increments, strict=True):
+                if c:
+                    binned[index] += c
             out.branches.add(
-                (names[0], names[1]),
+                (names[0], names[1]),  # type: ignore[arg-type]
                 count,
                 count if success else 0,
                 total * factor,
                 m2 * factor * factor,
-                edges[0] * factor,
-                edges[1] * factor,
+                low * factor,
+                high * factor,
                 when,
                 when,
-                ours,
+                binned,
             )
             out.queries += count
         else:
-            out.events.add((names[0], names[1], names[2]), count, total, m2)
+            out.events.add((names[0], names[1], names[2]), count, total, m2)  # type: ignore[arg-type]
             out.event_count += count
         return None
+
+    def _shape(self, bounds: tuple[float, ...]) -> _Shape | None:
+        """Checked once per distinct set of bounds: the bucket edges (the open outer edges
+        provisional until min/max are known), midpoints and within-bucket variances."""
+        found = self._shapes.get(bounds)
+        if found is None and bounds not in self._shapes:
+            if any(a >= b for a, b in pairwise(bounds)) or not all(map(math.isfinite, bounds)):
+                found = None
+            elif not bounds:
+                found = _Shape([0.0], [0.0])
+            else:
+                found = _Shape([min(0.0, bounds[0]), *bounds], [*bounds, bounds[-1]])
+            if len(self._shapes) < 1000:
+                self._shapes[bounds] = found
+        return found
 
     def _targets(self, bounds: tuple[float, ...], factor: float) -> list[int]:
         """Our bucket for each source bucket: the first whose bound is >= the source's."""
@@ -383,26 +409,55 @@ class Receiver:
         return found
 
 
-def _bucket_edges(
-    bounds: tuple[float, ...], counts: Sequence[int], low: float | None, high: float | None
-) -> tuple[list[float], list[float], tuple[float, float]]:
-    """Each bucket's lower and upper edge (the open outer ones closed by min and max when
-    sent), and the (min, max) of the values: sent, or the outermost non-empty edges."""
-    if not bounds:
-        lo = low if low is not None else 0.0
-        hi = high if high is not None else lo
-        return [lo], [hi], (lo, hi)
-    lowers = [low if low is not None else min(0.0, bounds[0]), *bounds]
-    uppers = [*bounds, high if high is not None else bounds[-1]]
-    lowers[0] = min(lowers[0], uppers[0])
-    uppers[-1] = max(uppers[-1], lowers[-1])
-    filled = [i for i, c in enumerate(counts) if c]
-    lo = low if low is not None else (lowers[filled[0]] if filled else 0.0)
-    hi = high if high is not None else (uppers[filled[-1]] if filled else 0.0)
-    return lowers, uppers, (lo, hi)
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    lowers: list[float]
+    uppers: list[float]
+
+
+def _spread(
+    shape: _Shape,
+    counts: Sequence[int],
+    count: int,
+    total: float,
+    low: float | None,
+    high: float | None,
+) -> tuple[float, float, float, float]:
+    """(min, max, M2, sum) of bucketed values: the outer edges closed by min and max when
+    sent, each bucket's values spread evenly around its midpoint (grouped data); the sum
+    estimated from the midpoints when it was not sent."""
+    lowers, uppers = shape.lowers, shape.uppers
+    if low is not None or high is not None:
+        lowers, uppers = lowers.copy(), uppers.copy()
+        if low is not None:
+            lowers[0] = low
+        if high is not None:
+            uppers[-1] = high
+        lowers[0] = min(lowers[0], uppers[0])
+        uppers[-1] = max(uppers[-1], lowers[-1])
+    if math.isnan(total):
+        total = sum(c * (a + b) / 2.0 for c, a, b in zip(counts, lowers, uppers, strict=True))
+    mean = total / count
+    m2 = 0.0
+    first = last = -1
+    for index, (c, a, b) in enumerate(zip(counts, lowers, uppers, strict=True)):
+        if c:
+            d = (a + b) / 2.0 - mean
+            width = b - a
+            m2 += c * (d * d + width * width / 12.0)
+            last = index
+            if first < 0:
+                first = index
+    return (
+        low if low is not None else lowers[first],
+        high if high is not None else uppers[last],
+        m2,
+        total,
+    )
 
 
 def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], ...]:
+    """Identity of a resource: its attributes, order-independent."""
     return tuple(
         sorted((kv.key, kv.value.SerializeToString(deterministic=True)) for kv in attributes)
     )

@@ -213,16 +213,28 @@ def test_pre_aggregated_parts_merge_like_the_records_they_summarise() -> None:
         buckets = [0, 0, 0, 0]
         for value in chunk:
             buckets[sum(value / 1000 > b for b in (0.01, 0.05, 0.1))] += 1
-        parts.add(("e", branch), len(chunk), sum(v < 60 for v in chunk), sum(chunk), m2,
-                  min(chunk), max(chunk), 0.0, 0.0, buckets)  # fmt: skip
+        parts.add(
+            ("e", branch),
+            len(chunk),
+            sum(v < 60 for v in chunk),
+            sum(chunk),
+            m2,
+            min(chunk),
+            max(chunk),
+            0.0,
+            0.0,
+            buckets,
+        )
         events.add(("e", branch, "v"), len(chunk), sum(chunk), m2)
     parted.record_parts(parts, events)
     for branch in ("b0", "b1", "b2"):
         a, b = direct.get_branch_metrics("e", branch), parted.get_branch_metrics("e", branch)
         assert a is not None and b is not None
         assert (a.query_count, a.success_count, a.latency_buckets) == (
-            b.query_count, b.success_count, b.latency_buckets,
-        )  # fmt: skip
+            b.query_count,
+            b.success_count,
+            b.latency_buckets,
+        )
         assert b.latency_variance_ms2 == pytest.approx(a.latency_variance_ms2, rel=1e-9)
         assert b.avg_latency_ms == pytest.approx(a.avg_latency_ms, rel=1e-12)
         assert (b.min_latency_ms, b.max_latency_ms) == (a.min_latency_ms, a.max_latency_ms)

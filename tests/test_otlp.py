@@ -195,8 +195,12 @@ def point(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def request(points: list[dict[str, Any]], name: str = "abtest.query.duration",
-            unit: str = "s", temporality: int = 2) -> dict[str, Any]:  # fmt: skip
+def request(
+    points: list[dict[str, Any]],
+    name: str = "abtest.query.duration",
+    unit: str = "s",
+    temporality: int = 2,
+) -> dict[str, Any]:
     return {
         "resourceMetrics": [
             {
@@ -296,14 +300,24 @@ async def test_cumulative_points_become_increments(client: Client, metrics: ABMe
     assert branch is not None and branch.query_count == 5
     assert branch.total_latency_ms == pytest.approx(100.0)
     # the app restarted: a new start time, counts from zero again
-    restarted = point(startTimeUnixNano="1700000030000000000", timeUnixNano="1700000040000000000",
-                      count="2", sum=0.03, bucketCounts=["1", "1", "0"])  # fmt: skip
+    restarted = point(
+        startTimeUnixNano="1700000030000000000",
+        timeUnixNano="1700000040000000000",
+        count="2",
+        sum=0.03,
+        bucketCounts=["1", "1", "0"],
+    )
     await send(client, request([restarted]))
     branch = metrics.get_branch_metrics("e", "control")
     assert branch is not None and branch.query_count == 7
     # same start time but a value went down: also a restart
-    lower = point(startTimeUnixNano="1700000030000000000", timeUnixNano="1700000050000000000",
-                  count="1", sum=0.005, bucketCounts=["1", "0", "0"])  # fmt: skip
+    lower = point(
+        startTimeUnixNano="1700000030000000000",
+        timeUnixNano="1700000050000000000",
+        count="1",
+        sum=0.005,
+        bucketCounts=["1", "0", "0"],
+    )
     await send(client, request([lower]))
     branch = metrics.get_branch_metrics("e", "control")
     assert branch is not None and branch.query_count == 8

@@ -1,0 +1,465 @@
+"""A small client for apps: buffer records, send them in batches, retry politely.
+
+    from exporter.client import Client
+
+    with Client("http://127.0.0.1:9470") as ab:
+        with ab.track("checkout", "treatment"):      # times the block; failure if it raises
+            handle_request()
+        ab.record_event("checkout", "treatment", "revenue", 42.0)
+
+Records go into a bounded in-memory buffer (recording never blocks on the network
+and never raises for the server's sake); a background flusher sends batches when
+`batch_size` records are waiting or every `flush_interval` seconds. 429, 5xx and
+connection errors are retried with exponential backoff and full jitter, honouring
+Retry-After; other 4xx mean the batch itself is wrong and it is dropped (counted,
+logged). When the buffer is full, `on_full="drop_oldest"` (the default) drops the
+oldest record and counts it; `"block"` makes the caller wait for room. `close()`
+(also at exit) flushes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import contextlib
+import functools
+import inspect
+import json
+import logging
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Record = tuple[
+    Any, ...
+]  # ("q", experiment, branch, latency_ms, success) | ("e", ..., event, value)
+OnFull = Literal["drop_oldest", "block"]
+
+
+@dataclass
+class ClientStats:
+    """What happened to recorded records: they end up sent, dropped or refused."""
+
+    sent: int = 0
+    dropped_full: int = 0  # the buffer was full (drop_oldest)
+    refused: int = 0  # the server answered 4xx: the batch was invalid
+    failed: int = 0  # retries ran out
+    retries: int = 0
+
+
+class _Send:
+    """The outcome of one attempt: done, retry (after a delay), or give up."""
+
+    DONE, RETRY, REFUSED = "done", "retry", "refused"
+
+
+def backoff(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Full-jitter exponential backoff; the server's Retry-After wins when given."""
+    if retry_after is not None:
+        return min(cap, retry_after)
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _classify(status: int) -> str:
+    if status < 300:
+        return _Send.DONE
+    if status == 429 or status >= 500:
+        return _Send.RETRY
+    return _Send.REFUSED
+
+
+def _body(batch: list[Record]) -> bytes:
+    queries = [
+        {"experiment": r[1], "branch": r[2], "latency_ms": r[3], "success": r[4]}
+        for r in batch
+        if r[0] == "q"
+    ]
+    events = [
+        {"experiment": r[1], "branch": r[2], "event": r[3], "value": r[4]}
+        for r in batch
+        if r[0] == "e"
+    ]
+    return json.dumps({"queries": queries, "events": events}).encode()
+
+
+class _Tracker:
+    """`track()`: a context manager and a decorator that time a block and record it."""
+
+    __slots__ = ("_branch", "_experiment", "_record", "_started")
+
+    def __init__(
+        self, record: Callable[[str, str, float, bool], None], experiment: str, branch: str
+    ) -> None:
+        self._record = record
+        self._experiment = experiment
+        self._branch = branch
+        self._started = 0.0
+
+    def __enter__(self) -> _Tracker:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        elapsed = (time.perf_counter() - self._started) * 1000.0
+        self._record(self._experiment, self._branch, elapsed, kind is None)
+
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
+        record, experiment, branch = self._record, self._experiment, self._branch
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def timed_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with _Tracker(record, experiment, branch):
+                    return await function(*args, **kwargs)
+
+            return timed_async  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def timed(*args: P.args, **kwargs: P.kwargs) -> R:
+            with _Tracker(record, experiment, branch):
+                return function(*args, **kwargs)
+
+        return timed
+
+
+class _Buffer:
+    """The bounded buffer both clients share, with its full-buffer policy."""
+
+    def __init__(self, capacity: int, on_full: OnFull, stats: ClientStats) -> None:
+        if on_full not in ("drop_oldest", "block"):
+            raise ValueError("on_full must be 'drop_oldest' or 'block'")
+        self._items: collections.deque[Record] = collections.deque()
+        self._capacity = capacity
+        self._on_full = on_full
+        self._stats = stats
+        self._room = threading.Condition()
+        self.wanted = threading.Event()  # set when a batch is ready to go
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, record: Record, batch_size: int) -> None:
+        items = self._items
+        if len(items) >= self._capacity:
+            with self._room:
+                if self._on_full == "block":
+                    self.wanted.set()
+                    while len(items) >= self._capacity:
+                        self._room.wait(0.1)
+                else:
+                    while len(items) >= self._capacity:
+                        items.popleft()
+                        self._stats.dropped_full += 1
+        items.append(record)
+        if len(items) >= batch_size:
+            self.wanted.set()
+
+    def take(self, count: int) -> list[Record]:
+        items, batch = self._items, list[Record]()
+        with self._room:
+            while items and len(batch) < count:
+                batch.append(items.popleft())
+            self._room.notify_all()
+        return batch
+
+
+class _Recording:
+    """record_query / record_event / track, on top of a buffer."""
+
+    _buffer: _Buffer
+    _batch_size: int
+
+    def record_query(self, experiment: str, branch: str, latency_ms: float, success: bool) -> None:
+        self._buffer.put(("q", experiment, branch, latency_ms, success), self._batch_size)
+
+    def record_event(self, experiment: str, branch: str, event: str, value: float) -> None:
+        self._buffer.put(("e", experiment, branch, event, value), self._batch_size)
+
+    def track(self, experiment: str, branch: str) -> _Tracker:
+        """Time a block (or every call of a decorated function): success unless it raises."""
+        return _Tracker(self.record_query, experiment, branch)
+
+
+class Client(_Recording):
+    """Synchronous client with a background flusher thread."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 1.0,
+        max_buffer: int = 100_000,
+        on_full: OnFull = "drop_oldest",
+        timeout: float = 10.0,
+        retry_base: float = 0.1,
+        retry_cap: float = 10.0,
+        give_up_after: float = 300.0,
+        token: str | None = None,
+    ) -> None:
+        self.url = url.rstrip("/") + "/api/v1/records"
+        self.stats = ClientStats()
+        self._buffer = _Buffer(max_buffer, on_full, self.stats)
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._timeout = timeout
+        self._retry = (retry_base, retry_cap, give_up_after)
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._send_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="abtest-client", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def flush(self) -> None:
+        """Send everything recorded so far (retrying as configured) before returning."""
+        while len(self._buffer):
+            self._send_batch()
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._buffer.wanted.set()
+            self._thread.join()
+            self.flush()
+            atexit.unregister(self.close)
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._buffer.wanted.wait(self._interval)
+            self._buffer.wanted.clear()
+            if self._closed.is_set():
+                return
+            while len(self._buffer) and not self._closed.is_set():
+                self._send_batch()
+
+    def _send_batch(self) -> None:
+        with self._send_lock:
+            batch = self._buffer.take(self._batch_size)
+            if batch:
+                self._deliver(batch)
+
+    def _deliver(self, batch: list[Record]) -> None:
+        body, base, cap, give_up = _body(batch), *self._retry
+        deadline = time.monotonic() + give_up
+        attempt = 0
+        while True:
+            outcome, retry_after = self._post(body)
+            if outcome == _Send.DONE:
+                self.stats.sent += len(batch)
+                return
+            if outcome == _Send.REFUSED:
+                self.stats.refused += len(batch)
+                return
+            delay = backoff(attempt, base, cap, retry_after)
+            if time.monotonic() + delay > deadline:
+                self.stats.failed += len(batch)
+                log.warning("giving up on %d records after %d attempts", len(batch), attempt + 1)
+                return
+            self.stats.retries += 1
+            attempt += 1
+            time.sleep(delay)
+
+    def _post(self, body: bytes) -> tuple[str, float | None]:
+        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                return _classify(response.status), None
+        except urllib.error.HTTPError as exc:
+            outcome = _classify(exc.code)
+            if outcome == _Send.REFUSED:
+                log.error("the exporter refused a batch: %s %s", exc.code, exc.read()[:500])
+            return outcome, parse_retry_after(exc.headers.get("Retry-After"))
+        except (urllib.error.URLError, OSError):
+            return _Send.RETRY, None
+
+
+class AsyncClient(_Recording):
+    """asyncio client: recording is a plain call, sending happens in a background task."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 1.0,
+        max_buffer: int = 100_000,
+        timeout: float = 10.0,
+        retry_base: float = 0.1,
+        retry_cap: float = 10.0,
+        give_up_after: float = 300.0,
+        token: str | None = None,
+    ) -> None:
+        self.url = url.rstrip("/") + "/api/v1/records"
+        self.stats = ClientStats()
+        # blocking would stall the event loop: an async client always drops the oldest
+        self._buffer = _Buffer(max_buffer, "drop_oldest", self.stats)
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._timeout = timeout
+        self._retry = (retry_base, retry_cap, give_up_after)
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._task: asyncio.Task[None] | None = None
+        self._session: Any = None
+        self._send_lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+        self._send_lock = asyncio.Lock()
+        self._task = asyncio.create_task(self._run())
+
+    async def flush(self) -> None:
+        while len(self._buffer):
+            await self._send_batch()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            await self.flush()
+            await self._session.close()
+
+    async def _run(self) -> None:
+        while True:
+            await _wait_event(self._buffer.wanted, self._interval)
+            self._buffer.wanted.clear()
+            while len(self._buffer):
+                await self._send_batch()
+
+    async def _send_batch(self) -> None:
+        assert self._send_lock is not None
+        async with self._send_lock:
+            batch = self._buffer.take(self._batch_size)
+            if batch:
+                await self._deliver(batch)
+
+    async def _deliver(self, batch: list[Record]) -> None:
+        body, base, cap, give_up = _body(batch), *self._retry
+        deadline = time.monotonic() + give_up
+        attempt = 0
+        while True:
+            outcome, retry_after = await self._post(body)
+            if outcome == _Send.DONE:
+                self.stats.sent += len(batch)
+                return
+            if outcome == _Send.REFUSED:
+                self.stats.refused += len(batch)
+                return
+            delay = backoff(attempt, base, cap, retry_after)
+            if time.monotonic() + delay > deadline:
+                self.stats.failed += len(batch)
+                return
+            self.stats.retries += 1
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _post(self, body: bytes) -> tuple[str, float | None]:
+        import aiohttp
+
+        try:
+            async with self._session.post(self.url, data=body, headers=self._headers) as response:
+                outcome = _classify(response.status)
+                if outcome == _Send.REFUSED:
+                    log.error("the exporter refused a batch: %s", await response.text())
+                return outcome, parse_retry_after(response.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return _Send.RETRY, None
+
+
+async def _wait_event(event: threading.Event, timeout: float) -> None:
+    """Wait for a threading.Event from asyncio without a thread: poll it briefly."""
+    deadline = time.monotonic() + timeout
+    while not event.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(min(0.01, timeout))
+
+
+def otel_instruments(meter: Any, unit: str = "ms") -> OtelInstruments:
+    """The conventional instruments on an OpenTelemetry `Meter`, for apps that prefer the
+    SDK: push them with its OTLP exporter to this exporter's /v1/metrics."""
+    if unit not in ("ms", "s"):
+        raise ValueError("unit must be 'ms' or 's'")
+    return OtelInstruments(
+        meter.create_histogram("abtest.query.duration", unit=unit, description="A/B query latency"),
+        meter.create_histogram("abtest.event.value", description="A/B custom event values"),
+        1.0 if unit == "ms" else 0.001,
+    )
+
+
+@dataclass(frozen=True)
+class OtelInstruments:
+    duration: Any
+    value: Any
+    scale: float  # from milliseconds to the duration instrument's unit
+
+    def record_query(self, experiment: str, branch: str, latency_ms: float, success: bool) -> None:
+        self.duration.record(
+            latency_ms * self.scale,
+            {
+                "abtest.experiment": experiment,
+                "abtest.branch": branch,
+                "abtest.outcome": "success" if success else "failure",
+            },
+        )
+
+    def record_event(self, experiment: str, branch: str, event: str, value: float) -> None:
+        self.value.record(
+            value, {"abtest.experiment": experiment, "abtest.branch": branch, "abtest.event": event}
+        )
+
+    def track(self, experiment: str, branch: str) -> _Tracker:
+        return _Tracker(self.record_query, experiment, branch)
+
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientStats",
+    "OtelInstruments",
+    "otel_instruments",
+]
