@@ -59,6 +59,17 @@ def _serve_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParse
         help="also listen here for OTLP/HTTP (4318 is its usual port); default: off",
     )
     parser.add_argument(
+        "--otlp-push-endpoint",
+        default=_env("otlp_push_endpoint"),
+        help="push the aggregate by OTLP/HTTP to this URL (e.g. http://collector:4318/v1/metrics)",
+    )
+    parser.add_argument(
+        "--otlp-push-interval",
+        type=float,
+        default=_env("otlp_push_interval"),
+        help="seconds between pushes (default 60)",
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         default=(_env("demo") or "").lower() in ("1", "true", "yes"),
@@ -94,8 +105,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
     buckets = parse_buckets(args.buckets) if isinstance(args.buckets, str) else args.buckets
     interval = float(args.stats_interval) if args.stats_interval is not None else None
     otlp_port = int(args.otlp_port) if args.otlp_port is not None else None
+    push_interval = float(args.otlp_push_interval) if args.otlp_push_interval is not None else None
     return settings.with_values(
-        host=args.host, port=port, buckets=buckets, stats_interval=interval, otlp_port=otlp_port
+        host=args.host,
+        port=port,
+        buckets=buckets,
+        stats_interval=interval,
+        otlp_port=otlp_port,
+        otlp_push_endpoint=args.otlp_push_endpoint,
+        otlp_push_interval=push_interval,
     )
 
 

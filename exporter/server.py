@@ -338,6 +338,18 @@ async def _keep_comparisons_fresh(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _push_otlp(app: web.Application) -> AsyncIterator[None]:
+    from .otlp_push import start_push
+
+    settings = app[SETTINGS]
+    assert settings.otlp_push_endpoint is not None
+    provider = start_push(
+        app[METRICS], settings.otlp_push_endpoint, settings.otlp_push_interval, app[ENGINE]
+    )
+    yield
+    await asyncio.to_thread(provider.shutdown)  # one last push
+
+
 def create_app(
     metrics: ABMetrics | None = None,
     settings: Settings | None = None,
@@ -353,6 +365,8 @@ def create_app(
     app[ENGINE] = ComparisonEngine(app[METRICS])
     app[RECEIVER] = otlp.Receiver(app[METRICS].buckets)
     app.cleanup_ctx.append(_keep_comparisons_fresh)
+    if settings.otlp_push_endpoint:
+        app.cleanup_ctx.append(_push_otlp)
     experiment = "/api/v1/experiments/{experiment}"
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", get_metrics)

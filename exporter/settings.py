@@ -28,6 +28,9 @@ class Settings:
     otlp_max_body_bytes: int = 64 * 1024 * 1024
     # a second listener for OTLP/HTTP (4318 is its well-known port); None: only `port`
     otlp_port: int | None = None
+    # push the aggregate by OTLP/HTTP to this endpoint (…/v1/metrics); None: off
+    otlp_push_endpoint: str | None = None
+    otlp_push_interval: float = 60.0
     # how often comparisons are recomputed at most (seconds)
     stats_interval: float = 5.0
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
@@ -58,12 +61,13 @@ def load_file(path: str | Path) -> dict[str, Any]:
         "max_batch_records": int,
         "otlp_max_body_bytes": int,
         "otlp_port": int,
+        "otlp_push_endpoint": str,
     }
     for key, value in server.items():
         if key == "buckets":
             values["buckets"] = check_buckets(value)
-        elif key == "stats_interval":
-            values["stats_interval"] = float(value)
+        elif key in ("stats_interval", "otlp_push_interval"):
+            values[key] = float(value)
         elif key in known:
             if not isinstance(value, known[key]):
                 raise ValueError(f"{path}: server.{key} must be a {known[key].__name__}")

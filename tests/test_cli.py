@@ -124,3 +124,19 @@ def test_status_reports_an_unreachable_exporter() -> None:
         check=False,
     )
     assert result.returncode == 1 and "cannot reach" in result.stderr
+
+
+def test_second_listener_for_otlp() -> None:
+    import json
+
+    from .helpers import free_port, http
+    from .test_otlp import point, request
+
+    otlp_port = free_port()
+    process = Exporter(["--otlp-port", str(otlp_port)])
+    try:
+        status, raw = http(f"http://127.0.0.1:{otlp_port}/v1/metrics", request([point()]))
+        assert (status, json.loads(raw)) == (200, {})
+        assert process.get("/api/v1/stats")["total_queries_recorded"] == 3
+    finally:
+        process.stop()
