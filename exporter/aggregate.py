@@ -8,7 +8,7 @@ owns the lock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -99,6 +99,19 @@ EVENT_SPEC: ColumnSpec = {
     "mean": (np.float64, 0.0, ()),
     "m2": (np.float64, 0.0, ()),
 }
+
+
+@dataclass(slots=True)
+class Changes:
+    """Rows touched and experiments removed since the store last looked."""
+
+    branches: set[int] = field(default_factory=set)
+    events: set[int] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    cleared: bool = False  # everything went: the store starts over
+
+    def __bool__(self) -> bool:
+        return bool(self.branches or self.events or self.removed or self.cleared)
 
 
 @dataclass(slots=True)
@@ -213,6 +226,8 @@ class View:
     experiments: dict[str, dict[str, int]]
     # experiment -> event rows
     experiment_events: dict[str, list[int]]
+    # experiment -> unix time of its latest write
+    touched: dict[str, float]
 
 
 class Aggregate:
@@ -223,6 +238,13 @@ class Aggregate:
         self.events: Table[EventKey] = Table(EVENT_SPEC, event_label)
         self.experiments: dict[str, dict[str, int]] = {}
         self.experiment_events: dict[str, list[int]] = {}
+        # experiment -> unix time of its latest write of any kind (events and OTLP too)
+        self.touched: dict[str, float] = {}
+        # experiment -> event name -> how many branches have it (for the limits)
+        self.event_names: dict[str, dict[str, int]] = {}
+        # What changed since the store last took it (rows, and experiments removed),
+        # so persisting writes per-series state, never per-record history.
+        self.changes = Changes()
         self.version = 0  # bumped on every change; lets caches and stats skip idle work
 
     # -- writing ----------------------------------------------------------
@@ -317,6 +339,7 @@ class Aggregate:
         c["first"][rows] = np.minimum(c["first"][rows], first)
         c["last"][rows] = np.maximum(c["last"][rows], last)
         c["buckets"][rows] += buckets
+        self.changes.branches.update(rows.tolist())
         self.version += 1
 
     def add_events(self, rows: Sequence[int], values: Sequence[float]) -> None:
@@ -361,6 +384,7 @@ class Aggregate:
             c["count"][rows], c["mean"][rows], c["m2"][rows], n, mean, m2
         )
         c["total"][rows] += total
+        self.changes.events.update(rows.tolist())
         self.version += 1
 
     def add(self, records: Records) -> None:
@@ -383,6 +407,9 @@ class Aggregate:
             key = self.events.keys[row]
             assert key is not None
             self.events.remove(key)
+        self.event_names.pop(experiment, None)
+        self.touched.pop(experiment, None)
+        self.changes.removed.add(experiment)
         self.version += 1
         return True
 
@@ -391,7 +418,20 @@ class Aggregate:
         self.events.clear()
         self.experiments.clear()
         self.experiment_events.clear()
+        self.event_names.clear()
+        self.touched.clear()
+        self.changes = Changes(cleared=True)
         self.version += 1
+
+    def touch(self, experiments: Iterable[str], now: float) -> None:
+        touched = self.touched
+        for experiment in experiments:
+            touched[experiment] = now
+
+    def take_changes(self) -> Changes:
+        """Hand what changed to the store and start afresh (under the owner's lock)."""
+        taken, self.changes = self.changes, Changes()
+        return taken
 
     # -- reading ----------------------------------------------------------
 
@@ -407,6 +447,7 @@ class Aggregate:
             self.events.columns,
             self.experiments,
             self.experiment_events,
+            self.touched,
         )
 
     def snapshot(self) -> View:
@@ -422,6 +463,7 @@ class Aggregate:
             {k: v[:event_size].copy() for k, v in self.events.columns.items()},
             {e: dict(b) for e, b in self.experiments.items()},
             {e: list(rows) for e, rows in self.experiment_events.items()},
+            dict(self.touched),
         )
 
     # -- internals --------------------------------------------------------
@@ -465,4 +507,6 @@ class Aggregate:
             self.branch_row((key[0], key[1]))
             row = self.events.row(key)
             self.experiment_events.setdefault(key[0], []).append(row)
+            names = self.event_names.setdefault(key[0], {})
+            names[key[2]] = names.get(key[2], 0) + 1
         return row

@@ -206,10 +206,11 @@ def _experiment_families(out: Writer, snapshot: Snapshot) -> None:
             continue
         exp = (("experiment", experiment),)
         info.append(Sample((*exp, ("control", summary.control)), 1))
-        if summary.started_at is not None and summary.last_activity is not None:
+        if summary.started_at is not None:
             start.append(Sample(exp, summary.started_at))
-            last.append(Sample(exp, summary.last_activity))
             duration.append(Sample(exp, summary.duration_seconds or 0.0))
+        if summary.last_activity is not None:
+            last.append(Sample(exp, summary.last_activity))
         if summary.best_branch is not None:
             best.append(Sample((*exp, ("branch", summary.best_branch)), 1))
     for family in (
@@ -225,7 +226,8 @@ def _experiment_families(out: Writer, snapshot: Snapshot) -> None:
         Family(
             "abtest_experiment_last_activity_timestamp_seconds",
             "gauge",
-            "Unix time of the experiment's latest query; idle experiments may expire.",
+            "Unix time of the experiment's latest write (queries, events, OTLP); idle "
+            "experiments expire after --expire-after.",
             last,
         ),
         Family(

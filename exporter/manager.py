@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from . import limits
 from .aggregate import (
     DEFAULT_BUCKETS,
     Aggregate,
     BranchKey,
     BranchParts,
+    Changes,
     EventKey,
     EventParts,
     Records,
@@ -27,6 +30,7 @@ from .aggregate import (
 from .analysis import ExperimentAnalysis, analyse
 from .comparison import BranchComparison, compare
 from .config import ExperimentConfig
+from .limits import Limits
 from .results import (
     BranchMetrics,
     ExperimentMetrics,
@@ -46,8 +50,26 @@ from .validation import (
 )
 
 Clock = Callable[[], float]
+_BRANCH_PART_FIELDS = ("keys", "n", "ok", "total_ms", "m2", "lo", "hi", "first", "last", "buckets")
+_EVENT_PART_FIELDS = ("keys", "count", "total", "m2")
 T = TypeVar("T")
-_FOLD_AT = 4096 * 4  # flat list entries: 4096 queries
+_FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBatch:
+    """What the store must write to catch up with version `version`."""
+
+    version: int
+    changes: Changes
+    # (experiment, branch, n, ok, total_ms, lo, hi, m2, first, last, buckets)
+    branches: list[tuple[Any, ...]]
+    # (experiment, branch, event, count, total, m2)
+    events: list[tuple[Any, ...]]
+    configs: dict[str, ExperimentConfig | None]
+
+    def __bool__(self) -> bool:
+        return bool(self.branches or self.events or self.changes or self.configs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +97,14 @@ class ABMetrics:
         *,
         clock: Clock = time.time,
         configs: Mapping[str, ExperimentConfig] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._aggregate = Aggregate(buckets)
+        self.limits = limits or Limits()
         self._clock = clock
         self._lock = threading.Lock()
         # Pending records, flat: [slot, latency, success, time, slot, ...] and
-        # [slot, value, ...]. A slot is a one-item list holding the series' row,
+        # [slot, value, time, ...]. A slot is a one-item list holding the series' row,
         # set to -1 when the series is cleared, so a record racing a clear is dropped
         # rather than landing in a reused row.
         self._queries: list[Any] = []
@@ -88,6 +112,7 @@ class ABMetrics:
         self._branch_slots: dict[BranchKey, list[int]] = {}
         self._event_slots: dict[EventKey, list[int]] = {}
         self._configs: dict[str, ExperimentConfig] = dict(configs or {})
+        self._changed_configs: set[str] = set()  # set since the store last looked
         self.record_query, self.record_event = self._recorders()
 
     @property
@@ -125,23 +150,69 @@ class ABMetrics:
             if problem:
                 raise ValidationError("invalid_value", f"value {problem}")
             key = (experiment, branch, event)
-            add_event((event_slots.get(key) or self._admit_event(key), value))
+            add_event((event_slots.get(key) or self._admit_event(key), value, clock()))
             if len(events) >= _FOLD_AT:
                 fold()
 
         return record_query, record_event
 
-    def record_batch(self, records: Records) -> None:
-        """Apply already-validated records together: a read sees all of them or none."""
+    def record_batch(self, records: Records) -> int:
+        """Apply already-validated records together: a read sees all of them or none.
+        Returns the version that includes them (to wait for their persistence).
+        Raises LimitError, applying nothing, if new series would cross a limit."""
         with self._lock:
             self._fold_locked()
+            limits.check(self._aggregate, self.limits, records.query_keys, records.event_keys)
             self._aggregate.add(records)
+            self._touch(records.query_keys, records.event_keys)
+            return self._aggregate.version
 
-    def record_parts(self, branches: BranchParts, events: EventParts) -> None:
-        """Apply pre-aggregated increments (OTLP, restore) together, like record_batch."""
+    def record_parts(
+        self, branches: BranchParts, events: EventParts, check_limits: bool = True
+    ) -> tuple[int, Counter[str]]:
+        """Apply pre-aggregated increments (OTLP, restore) together, like record_batch,
+        leaving out the parts whose new series would cross a limit. Returns the version
+        and the refused part counts by reason."""
+        refused: Counter[str] = Counter()
         with self._lock:
             self._fold_locked()
+            if check_limits:
+                branches, events = self._within_limits(branches, events, refused)
             self._aggregate.add_parts(branches, events)
+            self._touch(branches.keys, events.keys)
+            return self._aggregate.version, refused
+
+    def _touch(self, *key_lists: Sequence[tuple[str, ...]]) -> None:
+        self._aggregate.touch({k[0] for keys in key_lists for k in keys}, self._clock())
+
+    def _within_limits(
+        self, branches: BranchParts, events: EventParts, refused: Counter[str]
+    ) -> tuple[BranchParts, EventParts]:
+        try:
+            limits.check(self._aggregate, self.limits, branches.keys, events.keys)
+            return branches, events
+        except limits.LimitError:
+            pass  # some part crosses a limit: admit them one by one
+        kept_branches, kept_events = BranchParts(), EventParts()
+        admitted_b: set[BranchKey] = set()
+        admitted_e: set[EventKey] = set()
+        for i, key in enumerate(branches.keys):
+            try:
+                limits.check(self._aggregate, self.limits, [*admitted_b, key], admitted_e)
+            except limits.LimitError as error:
+                refused[error.reason] += 1
+                continue
+            admitted_b.add(key)
+            kept_branches.add(*(getattr(branches, f)[i] for f in _BRANCH_PART_FIELDS))
+        for i, event_key in enumerate(events.keys):
+            try:
+                limits.check(self._aggregate, self.limits, admitted_b, [*admitted_e, event_key])
+            except limits.LimitError as error:
+                refused[error.reason] += 1
+                continue
+            admitted_e.add(event_key)
+            kept_events.add(*(getattr(events, f)[i] for f in _EVENT_PART_FIELDS))
+        return kept_branches, kept_events
 
     def now(self) -> float:
         return self._clock()
@@ -152,6 +223,7 @@ class ABMetrics:
         with self._lock:
             slot = self._branch_slots.get(key)
             if slot is None:
+                limits.check(self._aggregate, self.limits, [key], ())
                 slot = self._branch_slots[key] = [self._aggregate.branch_row(key)]
             return slot
 
@@ -162,6 +234,7 @@ class ABMetrics:
         with self._lock:
             slot = self._event_slots.get(key)
             if slot is None:
+                limits.check(self._aggregate, self.limits, (), [key])
                 slot = self._event_slots[key] = [self._aggregate.event_row(key)]
             return slot
 
@@ -180,12 +253,19 @@ class ABMetrics:
             self._aggregate.add_queries(rows, queries[1::4], queries[2::4], queries[3::4])
         events = _take(self._events)
         if events:
-            rows = [slot[0] for slot in events[0::2]]
+            rows = [slot[0] for slot in events[0::3]]
             if min(rows) < 0:
                 live = [i for i, row in enumerate(rows) if row >= 0]
-                events = [events[2 * i + k] for i in live for k in range(2)]
+                events = [events[3 * i + k] for i in live for k in range(3)]
                 rows = [rows[i] for i in live]
-            self._aggregate.add_events(rows, events[1::2])
+            self._aggregate.add_events(rows, events[1::3])
+            keys, latest = self._aggregate.events.keys, dict[str, float]()
+            for row, when in zip(rows, events[2::3], strict=True):
+                if (key := keys[row]) is not None and when > latest.get(key[0], -1.0):
+                    latest[key[0]] = when
+            touched = self._aggregate.touched
+            for experiment, when in latest.items():
+                touched[experiment] = max(when, touched.get(experiment, when))
 
     # -- configuration ------------------------------------------------------
 
@@ -196,6 +276,69 @@ class ABMetrics:
             config = ExperimentConfig.from_mapping(config)
         with self._lock:
             self._configs[experiment] = config
+            self._changed_configs.add(experiment)
+            self._aggregate.version += 1
+
+    # -- persistence -----------------------------------------------------------
+
+    def changes_for_store(self) -> StoreBatch:
+        """Everything changed since the last call, copied under the lock: the state of
+        each touched series (not the records that led there), removals, configs."""
+        with self._lock:
+            self._fold_locked()
+            agg = self._aggregate
+            changes = agg.take_changes()
+            configs = {e: self._configs.get(e) for e in self._changed_configs}
+            self._changed_configs = set()
+            b, e = agg.branches.columns, agg.events.columns
+            branches = [
+                (
+                    key[0],
+                    key[1],
+                    int(b["n"][r]),
+                    int(b["ok"][r]),
+                    float(b["total"][r]),
+                    float(b["lo"][r]),
+                    float(b["hi"][r]),
+                    float(b["m2"][r]),
+                    float(b["first"][r]),
+                    float(b["last"][r]),
+                    b["buckets"][r].tolist(),
+                )
+                for r in sorted(changes.branches)
+                if (key := agg.branches.keys[r]) is not None
+            ]
+            events = [
+                (
+                    event[0],
+                    event[1],
+                    event[2],
+                    int(e["count"][r]),
+                    float(e["total"][r]),
+                    float(e["m2"][r]),
+                )
+                for r in sorted(changes.events)
+                if (event := agg.events.keys[r]) is not None
+            ]
+            return StoreBatch(agg.version, changes, branches, events, configs)
+
+    def return_changes(self, batch: StoreBatch) -> None:
+        """A store write failed: mark what it carried as changed again, for the next try."""
+        with self._lock:
+            agg = self._aggregate
+            for branch in batch.branches:
+                if (row := agg.branches.ids.get((branch[0], branch[1]))) is not None:
+                    agg.changes.branches.add(row)
+            for event in batch.events:
+                if (row := agg.events.ids.get((event[0], event[1], event[2]))) is not None:
+                    agg.changes.events.add(row)
+            agg.changes.removed |= batch.changes.removed
+            agg.changes.cleared |= batch.changes.cleared
+            self._changed_configs |= set(batch.configs)
+
+    def restore_configs(self, configs: Mapping[str, ExperimentConfig]) -> None:
+        with self._lock:
+            self._configs.update(configs)
             self._aggregate.version += 1
 
     def get_config(self, experiment: str) -> ExperimentConfig:
@@ -275,6 +418,20 @@ class ABMetrics:
                     slots.pop(key)[0] = -1  # type: ignore[arg-type]
             return self._aggregate.remove_experiment(experiment)
 
+    def expire(self, idle_for: float) -> list[str]:
+        """Remove experiments with no write for `idle_for` seconds; returns their names."""
+        with self._lock:
+            self._fold_locked()
+            view, cutoff = self._aggregate.live_view(), self._clock() - idle_for
+            idle = [
+                e
+                for e, rows in view.experiments.items()
+                if (last := _latest_write(view, e, rows)) is None or last < cutoff
+            ]
+        for experiment in idle:
+            self.clear_experiment(experiment)
+        return idle
+
     def clear_all(self) -> None:
         with self._lock:
             self._fold_locked()
@@ -327,3 +484,10 @@ def _take(pending: list[T]) -> list[T]:
     batch = pending[:count]
     del pending[:count]
     return batch
+
+
+def _latest_write(view: View, experiment: str, rows: Mapping[str, int]) -> float | None:
+    c = view.branch
+    seen = [float(c["last"][r]) for r in rows.values() if c["n"][r]]
+    touched = view.touched.get(experiment)
+    return max([*seen, *([touched] if touched is not None else [])], default=None)

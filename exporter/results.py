@@ -155,7 +155,7 @@ def build_experiment(
     branches = {
         name: build_branch(view, row, name, grouped.get(name, [])) for name, row in rows.items()
     }
-    started, last = _activity(view, rows)
+    started, last = _activity(view, experiment, rows)
     return ExperimentMetrics(
         experiment=experiment,
         control=control_of(rows, config),
@@ -167,12 +167,17 @@ def build_experiment(
     )
 
 
-def _activity(view: View, rows: Mapping[str, int]) -> tuple[float | None, float | None]:
+def _activity(
+    view: View, experiment: str, rows: Mapping[str, int]
+) -> tuple[float | None, float | None]:
+    """(first query, latest write): the latest of its queries and of any other write."""
     c = view.branch
     seen = [r for r in rows.values() if c["n"][r]]
+    touched = view.touched.get(experiment)
     if not seen:
-        return None, None
-    return float(min(c["first"][seen])), float(max(c["last"][seen]))
+        return None, touched
+    last = float(max(c["last"][seen]))
+    return float(min(c["first"][seen])), max(last, touched) if touched is not None else last
 
 
 def best_branch(candidates: Iterable[tuple[str, int, int]]) -> tuple[str, float] | None:
@@ -197,7 +202,7 @@ def summarise(
     counts = c["n"][index].tolist()
     best = best_branch(zip(rows, counts, c["ok"][index].tolist(), strict=True))
     total = sum(counts)
-    started, last = _activity(view, rows)
+    started, last = _activity(view, experiment, rows)
     return ExperimentSummary(
         experiment=experiment,
         control=control_of(rows, config),

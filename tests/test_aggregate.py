@@ -68,7 +68,7 @@ def test_first_and_last_query_times(metrics: ABMetrics, clock: FakeClock) -> Non
     metrics.record_query("e", "b", 1.0, True)
     clock.now += 5
     metrics.record_query("e", "a", 1.0, True)
-    metrics.record_event("e", "a", "x", 1.0)  # events do not count as query activity
+    metrics.record_event("e", "a", "x", 1.0)  # a write at the same time as the last query
     clock.now += 100
     experiment = metrics.get_experiment_metrics("e")
     assert experiment is not None
