@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import urllib.parse
 import urllib.request
@@ -16,12 +17,18 @@ from typing import Any
 
 from aiohttp import web
 
-from .settings import DEFAULT_PORT, Settings, load_file, parse_buckets
+from .settings import (
+    DEFAULT_PORT,
+    ENV_PREFIX,
+    OPTIONS,
+    Settings,
+    from_environment,
+    load_file,
+)
+from .store import StoreError
 from .version import __version__
 
 log = logging.getLogger("abtest_exporter")
-
-ENV_PREFIX = "ABTEST_EXPORTER_"
 
 
 def _env(name: str) -> str | None:
@@ -32,43 +39,16 @@ def _serve_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParse
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help_text,
-        description=f"{help_text} Every flag can also be set as {ENV_PREFIX}<FLAG> "
-        f"(for example {ENV_PREFIX}PORT=9470).",
-    )
-    parser.add_argument("--host", default=_env("host"), help="listen address (default 0.0.0.0)")
-    parser.add_argument(
-        "--port", type=int, default=_env("port"), help=f"listen port (default {DEFAULT_PORT})"
-    )
-    parser.add_argument(
-        "--buckets",
-        type=parse_buckets,
-        default=_env("buckets"),
-        help="latency histogram bounds in seconds, comma-separated",
+        description=f"{help_text} Every flag can also be set as {ENV_PREFIX}<FLAG> (for example "
+        f"{ENV_PREFIX}PORT=9470) or in the config file's [server] table. Tokens come from "
+        f"{ENV_PREFIX}TOKEN / {ENV_PREFIX}METRICS_TOKEN or the files named by "
+        f"{ENV_PREFIX}TOKEN_FILE / {ENV_PREFIX}METRICS_TOKEN_FILE, never from a flag.",
     )
     parser.add_argument("--config", default=_env("config"), help="TOML config file")
-    parser.add_argument(
-        "--stats-interval",
-        type=float,
-        default=_env("stats_interval"),
-        help="recompute comparisons at most this often, in seconds (default 5)",
-    )
-    parser.add_argument(
-        "--otlp-port",
-        type=int,
-        default=_env("otlp_port"),
-        help="also listen here for OTLP/HTTP (4318 is its usual port); default: off",
-    )
-    parser.add_argument(
-        "--otlp-push-endpoint",
-        default=_env("otlp_push_endpoint"),
-        help="push the aggregate by OTLP/HTTP to this URL (e.g. http://collector:4318/v1/metrics)",
-    )
-    parser.add_argument(
-        "--otlp-push-interval",
-        type=float,
-        default=_env("otlp_push_interval"),
-        help="seconds between pushes (default 60)",
-    )
+    for option in OPTIONS:
+        parser.add_argument(
+            "--" + option.name.replace("_", "-"), type=option.parse, default=None, help=option.help
+        )
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -97,24 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    settings = Settings()
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults < config file < environment < flags. The CLI keeps data in ./data."""
+    settings = Settings(data_dir="./data")
     if args.config:
         settings = settings.with_values(**load_file(args.config))
-    port = int(args.port) if args.port is not None else None
-    buckets = parse_buckets(args.buckets) if isinstance(args.buckets, str) else args.buckets
-    interval = float(args.stats_interval) if args.stats_interval is not None else None
-    otlp_port = int(args.otlp_port) if args.otlp_port is not None else None
-    push_interval = float(args.otlp_push_interval) if args.otlp_push_interval is not None else None
-    return settings.with_values(
-        host=args.host,
-        port=port,
-        buckets=buckets,
-        stats_interval=interval,
-        otlp_port=otlp_port,
-        otlp_push_endpoint=args.otlp_push_endpoint,
-        otlp_push_interval=push_interval,
-    )
+    settings = settings.with_values(**from_environment(environ))
+    flags = {option.name: getattr(args, option.name) for option in OPTIONS}
+    return settings.with_values(**flags)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -123,24 +93,42 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_from(args)
+        ssl_context = tls_context(settings)
     except (OSError, ValueError) as exc:
         print(f"abtest-exporter: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings=settings)
     if args.demo or args.command == "demo":
         app.cleanup_ctx.append(demo_context())
-    asyncio.run(run(app, settings))
+    try:
+        asyncio.run(run(app, settings, ssl_context))
+    except StoreError as exc:
+        print(f"abtest-exporter: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
-async def run(app: web.Application, settings: Settings) -> None:
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert and not settings.tls_key:
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+async def run(
+    app: web.Application, settings: Settings, ssl_context: ssl.SSLContext | None = None
+) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully (in-flight requests finish)."""
     runner = web.AppRunner(app)
-    await runner.setup()
+    await runner.setup()  # restores the data file first: a bad one stops the start here
     ports = [settings.port] + ([settings.otlp_port] if settings.otlp_port else [])
+    scheme = "https" if ssl_context else "http"
     for port in ports:
-        await web.TCPSite(runner, settings.host, port).start()
-        log.info("listening on %s:%s", settings.host, port)
+        await web.TCPSite(runner, settings.host, port, ssl_context=ssl_context).start()
+        log.info("listening on %s://%s:%s", scheme, settings.host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

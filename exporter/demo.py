@@ -57,7 +57,7 @@ def demo_context(
     """An aiohttp cleanup context that feeds the demo at `rate` queries per second."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        from .server import METRICS
+        from .keys import METRICS
 
         async def feed() -> None:
             rng = random.Random(seed)

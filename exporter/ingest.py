@@ -24,18 +24,26 @@ MAX_REPORTED_ERRORS: Final = 100
 
 Check = Callable[[object], "str | None"]
 
-_QUERY_FIELDS: Final[dict[str, tuple[Check, str]]] = {
-    "experiment": (name_problem, "invalid_name"),
-    "branch": (name_problem, "invalid_name"),
-    "latency_ms": (latency_problem, "invalid_latency"),
-    "success": (success_problem, "invalid_success"),
-}
-_EVENT_FIELDS: Final[dict[str, tuple[Check, str]]] = {
-    "experiment": (name_problem, "invalid_name"),
-    "branch": (name_problem, "invalid_name"),
-    "event": (name_problem, "invalid_name"),
-    "value": (event_value_problem, "invalid_value"),
-}
+Fields = dict[str, tuple[Check, str]]
+
+
+def _fields(max_name_length: int) -> tuple[Fields, Fields]:
+    def name(value: object) -> str | None:
+        return name_problem(value, max_name_length)
+
+    queries: Fields = {
+        "experiment": (name, "invalid_name"),
+        "branch": (name, "invalid_name"),
+        "latency_ms": (latency_problem, "invalid_latency"),
+        "success": (success_problem, "invalid_success"),
+    }
+    events: Fields = {
+        "experiment": (name, "invalid_name"),
+        "branch": (name, "invalid_name"),
+        "event": (name, "invalid_name"),
+        "value": (event_value_problem, "invalid_value"),
+    }
+    return queries, events
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Batch:
     records: Records = field(default_factory=Records)
     errors: list[dict[str, str]] = field(default_factory=list)
     error_count: int = 0
+    too_large: bool = False  # over the records-per-batch limit: answered with 413
     # rejected records by reason, for the self-metrics
     reasons: Counter[str] = field(default_factory=Counter)
 
@@ -53,9 +62,12 @@ class Batch:
             self.errors.append({"field": path, "message": message})
 
 
-def parse_batch(body: object, now: float, max_records: int) -> Batch:
+def parse_batch(
+    body: object, now: float, max_records: int, max_name_length: int = MAX_NAME_LENGTH
+) -> Batch:
     """Validate a decoded `{"queries": [...], "events": [...]}` document."""
     batch = Batch()
+    query_fields, event_fields = _fields(max_name_length)
     if not isinstance(body, Mapping):
         batch.fail("$", "the body must be a JSON object", "invalid_type")
         return batch
@@ -72,9 +84,10 @@ def parse_batch(body: object, now: float, max_records: int) -> Batch:
     total = sum(len(v) for v in lists.values())
     if total > max_records:
         batch.fail("$", f"too many records: {total} > limit {max_records}", "too_many_records")
+        batch.too_large = True
         return batch
     for index, record in enumerate(lists.get("queries", [])):
-        if _check_record(batch, f"queries[{index}]", record, _QUERY_FIELDS):
+        if _check_record(batch, f"queries[{index}]", record, query_fields):
             batch.records.add_query(
                 (record["experiment"], record["branch"]),
                 float(record["latency_ms"]),
@@ -82,7 +95,7 @@ def parse_batch(body: object, now: float, max_records: int) -> Batch:
                 now,
             )
     for index, record in enumerate(lists.get("events", [])):
-        if _check_record(batch, f"events[{index}]", record, _EVENT_FIELDS):
+        if _check_record(batch, f"events[{index}]", record, event_fields):
             batch.records.add_event(
                 (record["experiment"], record["branch"], record["event"]), float(record["value"])
             )

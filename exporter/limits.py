@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .aggregate import Aggregate, BranchKey, EventKey
-from .validation import ValidationError
+from .validation import MAX_NAME_LENGTH, ValidationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,7 @@ class Limits:
     max_experiments: int = 10_000
     max_branches: int = 100  # per experiment
     max_events: int = 100  # distinct event names per experiment
+    max_name_length: int = MAX_NAME_LENGTH
 
 
 class LimitError(ValidationError):

@@ -218,8 +218,9 @@ class ABMetrics:
         return self._clock()
 
     def _admit_branch(self, key: BranchKey) -> list[int]:
-        check_name("experiment", key[0])
-        check_name("branch", key[1])
+        length = self.limits.max_name_length
+        check_name("experiment", key[0], length)
+        check_name("branch", key[1], length)
         with self._lock:
             slot = self._branch_slots.get(key)
             if slot is None:
@@ -228,9 +229,10 @@ class ABMetrics:
             return slot
 
     def _admit_event(self, key: EventKey) -> list[int]:
-        check_name("experiment", key[0])
-        check_name("branch", key[1])
-        check_name("event", key[2])
+        length = self.limits.max_name_length
+        check_name("experiment", key[0], length)
+        check_name("branch", key[1], length)
+        check_name("event", key[2], length)
         with self._lock:
             slot = self._event_slots.get(key)
             if slot is None:

@@ -44,7 +44,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import HistogramDataPoint, Metric
 
 from .aggregate import BranchParts, EventParts
-from .validation import name_problem
+from .validation import MAX_NAME_LENGTH, name_problem
 
 QUERY_METRIC: Final = "abtest.query.duration"
 EVENT_METRIC: Final = "abtest.event.value"
@@ -188,7 +188,13 @@ class Received:
 class Receiver:
     """Turns OTLP requests into increments; holds the per-stream state."""
 
-    def __init__(self, bounds: Sequence[float], streams: Streams | None = None) -> None:
+    def __init__(
+        self,
+        bounds: Sequence[float],
+        streams: Streams | None = None,
+        max_name_length: int = MAX_NAME_LENGTH,
+    ) -> None:
+        self._max_name_length = max_name_length
         self._bounds = tuple(bounds)
         self.streams = streams if streams is not None else Streams()
         self._lock = threading.Lock()
@@ -270,7 +276,7 @@ class Receiver:
             if text is None:
                 return "missing_attribute", f"{name}: attribute {key} (a string) is required"
             if text not in self._good_names:
-                problem = name_problem(text)
+                problem = name_problem(text, self._max_name_length)
                 if problem:
                     return "invalid_name", f"{name}: attribute {key} {problem}"
                 if len(self._good_names) < 100_000:

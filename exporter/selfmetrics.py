@@ -19,6 +19,7 @@ class SelfMetrics:
         self.accepted: Counter[tuple[str, str]] = Counter()  # (source, kind)
         self.rejected: Counter[tuple[str, str]] = Counter()  # (source, reason)
         self.duplicate_points: Counter[str] = Counter()  # by source
+        self.expired_experiments = 0
         self.scrapes = 0
         self.last_render_seconds = 0.0
         self.started = time.time()
@@ -36,6 +37,10 @@ class SelfMetrics:
         if count:
             with self._lock:
                 self.duplicate_points[source] += count
+
+    def expired(self) -> None:
+        with self._lock:
+            self.expired_experiments += 1
 
     def scraped(self, render_seconds: float) -> None:
         with self._lock:
@@ -96,6 +101,12 @@ class SelfMetrics:
                 "gauge",
                 "Experiments held in memory.",
                 [Sample((), experiments)],
+            ),
+            Family(
+                "abtest_exporter_expired_experiments_total",
+                "counter",
+                "Experiments removed after going without writes for --expire-after.",
+                [Sample((), self.expired_experiments)],
             ),
             Family(
                 "abtest_exporter_scrapes_total",

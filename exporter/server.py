@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import html
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +16,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from google.rpc.status_pb2 import Status
 
-from . import otlp
+from . import background, guard, otlp
 from .config import ExperimentConfig
 from .engine import ComparisonEngine
 from .exposition import (
@@ -27,19 +26,16 @@ from .exposition import (
     render,
 )
 from .ingest import parse_batch
+from .keys import ENGINE, METRICS, READINESS, RECEIVER, SELF, SETTINGS, STORE, Readiness
+from .limits import LimitError
 from .manager import ABMetrics
 from .openapi import document
 from .results import to_json
 from .selfmetrics import SelfMetrics
 from .settings import Settings
+from .store import Durability, Store
 from .validation import ValidationError, name_problem
 from .version import __version__
-
-METRICS = web.AppKey("metrics", ABMetrics)
-SELF = web.AppKey("self_metrics", SelfMetrics)
-SETTINGS = web.AppKey("settings", Settings)
-ENGINE = web.AppKey("engine", ComparisonEngine)
-RECEIVER = web.AppKey("otlp_receiver", otlp.Receiver)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +124,9 @@ async def post_otlp(request: web.Request) -> web.Response:
             status=415, text="Content-Type must be application/x-protobuf or application/json"
         )
     body = await _read_body(request, "otlp", app[SETTINGS].otlp_max_body_bytes)
+    refusal = guard.admit_write(request)
+    if refusal is not None:
+        return refusal
     try:
         decoded = otlp.decode(body, content_type)
     except otlp.DecodeError as exc:
@@ -145,12 +144,17 @@ async def post_otlp(request: web.Request) -> web.Response:
         if big
         else app[RECEIVER].receive(decoded)
     )
-    app[METRICS].record_parts(received.branches, received.events)
+    version, refused = app[METRICS].record_parts(received.branches, received.events)
+    for reason, count in refused.items():
+        received.reject(reason, f"{reason.replace('_', ' ')}: points refused", count)
     self_metrics.accept("otlp", "query", received.queries)
     self_metrics.accept("otlp", "event", received.event_count)
     for reason, count in received.reasons.items():
         self_metrics.reject("otlp", reason, count)
     self_metrics.duplicates("otlp", received.duplicates)
+    waited = await guard.durable(request, version)
+    if waited is not None:
+        return waited
     return web.Response(
         body=otlp.encode(received.response(), content_type), content_type=content_type
     )
@@ -158,21 +162,32 @@ async def post_otlp(request: web.Request) -> web.Response:
 
 async def post_records(request: web.Request) -> web.Response:
     app = request.app
-    metrics, self_metrics = app[METRICS], app[SELF]
+    metrics, self_metrics, settings = app[METRICS], app[SELF], app[SETTINGS]
     body = await _read_json(request, "http")
-    batch = parse_batch(body, metrics.now(), app[SETTINGS].max_batch_records)
+    batch = parse_batch(body, metrics.now(), settings.max_batch_records, settings.max_name_length)
     if batch.error_count:
         for reason, count in batch.reasons.items():
             self_metrics.reject("http", reason, count)
         message = f"batch refused, nothing applied: {batch.error_count} problem(s)"
-        return error(400, message, batch.errors)
+        return error(413 if batch.too_large else 400, message, batch.errors)
+    refusal = guard.admit_write(request)
+    if refusal is not None:
+        return refusal
     records = batch.records
-    if records.queries + records.events > _INLINE_RECORDS:
-        await asyncio.to_thread(metrics.record_batch, records)
-    else:
-        metrics.record_batch(records)
+    size = records.queries + records.events
+    try:
+        if size > _INLINE_RECORDS:
+            version = await asyncio.to_thread(metrics.record_batch, records)
+        else:
+            version = metrics.record_batch(records)
+    except LimitError as exc:
+        self_metrics.reject("http", exc.reason, size)
+        return error(422, f"batch refused, nothing applied: {exc.message}")
     self_metrics.accept("http", "query", records.queries)
     self_metrics.accept("http", "event", records.events)
+    waited = await guard.durable(request, version)
+    if waited is not None:
+        return waited
     return json_response({"accepted": {"queries": records.queries, "events": records.events}})
 
 
@@ -233,19 +248,24 @@ async def put_config(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return error(400, f"config refused, nothing changed: {exc.message}")
     request.app[METRICS].configure(experiment, config)
-    return json_response(config)
+    waited = await guard.durable(request, request.app[METRICS].version)
+    return waited or json_response(config)
 
 
 async def delete_experiment(request: web.Request) -> web.Response:
     experiment = _name(request, "experiment")
     if not request.app[METRICS].clear_experiment(experiment):
         return error(404, "no such experiment")
-    return json_response({"cleared": experiment})
+    waited = await guard.durable(request, request.app[METRICS].version)
+    return waited or json_response({"cleared": experiment})
 
 
 async def delete_all(request: web.Request) -> web.Response:
+    if not request.app[SETTINGS].allow_clear_all:
+        return error(403, "clearing everything is disabled on this exporter (allow_clear_all)")
     request.app[METRICS].clear_all()
-    return json_response({"cleared": "all"})
+    waited = await guard.durable(request, request.app[METRICS].version)
+    return waited or json_response({"cleared": "all"})
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -263,7 +283,9 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
         len([k for k in snapshot.view.event_keys if k is not None]),
         snapshot.stats.experiments_tracked,
     )
-    payload = render(snapshot, extra + engine.families(), openmetrics, latest.text).encode()
+    store = app.get(STORE)
+    families = extra + engine.families() + (store.families() if store is not None else [])
+    payload = render(snapshot, families, openmetrics, latest.text).encode()
     if compress:
         payload = gzip.compress(payload, compresslevel=1)
     self_metrics.scraped(time.perf_counter() - started)
@@ -292,6 +314,8 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    if not request.app[READINESS].ready:
+        return web.Response(status=503, text="restoring\n")
     return web.Response(text="OK\n")
 
 
@@ -320,36 +344,6 @@ async def landing(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
-async def _keep_comparisons_fresh(app: web.Application) -> AsyncIterator[None]:
-    engine, interval = app[ENGINE], app[SETTINGS].stats_interval
-
-    async def loop() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(engine.refresh)
-            except Exception:  # a bad recomputation must not stop the next ones
-                log.exception("recomputing comparisons failed")
-            await asyncio.sleep(interval)
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _push_otlp(app: web.Application) -> AsyncIterator[None]:
-    from .otlp_push import start_push
-
-    settings = app[SETTINGS]
-    assert settings.otlp_push_endpoint is not None
-    provider = start_push(
-        app[METRICS], settings.otlp_push_endpoint, settings.otlp_push_interval, app[ENGINE]
-    )
-    yield
-    await asyncio.to_thread(provider.shutdown)  # one last push
-
-
 def create_app(
     metrics: ABMetrics | None = None,
     settings: Settings | None = None,
@@ -357,16 +351,32 @@ def create_app(
 ) -> web.Application:
     settings = settings or Settings()
     app = web.Application(
-        client_max_size=max(settings.max_body_bytes, settings.otlp_max_body_bytes)
+        client_max_size=max(settings.max_body_bytes, settings.otlp_max_body_bytes),
+        middlewares=[guard.authenticate],
     )
     app[SETTINGS] = settings
-    app[METRICS] = metrics or ABMetrics(settings.buckets, configs=settings.experiments)
+    app[METRICS] = metrics or ABMetrics(
+        settings.buckets, configs=settings.experiments, limits=settings.limits
+    )
     app[SELF] = self_metrics or SelfMetrics()
     app[ENGINE] = ComparisonEngine(app[METRICS])
-    app[RECEIVER] = otlp.Receiver(app[METRICS].buckets)
-    app.cleanup_ctx.append(_keep_comparisons_fresh)
+    app[RECEIVER] = otlp.Receiver(app[METRICS].buckets, max_name_length=settings.max_name_length)
+    app[READINESS] = Readiness()
+    if settings.persistent:
+        assert settings.data_dir is not None
+        durability: Durability = "interval" if settings.durability == "interval" else "sync"
+        app[STORE] = Store(settings.data_dir, app[METRICS], durability, settings.flush_interval)
+    app.cleanup_ctx.append(background.persistence)
+    app.cleanup_ctx.append(background.comparisons)
+    if settings.expire_after:
+        app.cleanup_ctx.append(background.expiry)
     if settings.otlp_push_endpoint:
-        app.cleanup_ctx.append(_push_otlp)
+        app.cleanup_ctx.append(background.otlp_push)
+    _routes(app)
+    return app
+
+
+def _routes(app: web.Application) -> None:
     experiment = "/api/v1/experiments/{experiment}"
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", get_metrics)
@@ -386,4 +396,3 @@ def create_app(
     app.router.add_put(experiment + "/config", put_config)
     app.router.add_get("/api/v1/stats", get_stats)
     app.router.add_post("/v1/metrics", post_otlp)
-    return app

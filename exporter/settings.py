@@ -1,21 +1,29 @@
 """Server settings: defaults, the TOML config file, environment variables, flags.
 
-Precedence, lowest first: defaults, config file, environment
-(`ABTEST_EXPORTER_<FLAG>`), command-line flags.
+Precedence, lowest first: defaults, config file ([server] table), environment
+(`ABTEST_EXPORTER_<FLAG>`), command-line flags. One table (`OPTIONS`) describes
+every setting for all three, so they cannot drift apart. Secrets (tokens) are
+read from files or the environment, never from flags: command lines are visible
+to every user of the machine.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .aggregate import DEFAULT_BUCKETS, check_buckets
 from .config import ExperimentConfig
-from .validation import ValidationError, check_name
+from .limits import Limits
+from .validation import MAX_NAME_LENGTH, ValidationError, check_name
 
 DEFAULT_PORT = 9470
+ENV_PREFIX = "ABTEST_EXPORTER_"
+DURABILITY = ("sync", "interval", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,20 +31,47 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    stats_interval: float = 5.0
+    # persistence: None keeps everything in memory only
+    data_dir: str | None = None
+    durability: str = "sync"
+    flush_interval: float = 1.0
+    durable_timeout: float = 30.0
+    max_pending_writes: int = 10_000
+    # input limits
     max_body_bytes: int = 16 * 1024 * 1024
-    max_batch_records: int = 100_000
     otlp_max_body_bytes: int = 64 * 1024 * 1024
-    # a second listener for OTLP/HTTP (4318 is its well-known port); None: only `port`
+    max_batch_records: int = 100_000
+    max_experiments: int = 10_000
+    max_branches: int = 100
+    max_events: int = 100
+    max_name_length: int = MAX_NAME_LENGTH
+    max_memory_bytes: int | None = None
+    expire_after: float | None = None
+    # OTLP
     otlp_port: int | None = None
-    # push the aggregate by OTLP/HTTP to this endpoint (…/v1/metrics); None: off
     otlp_push_endpoint: str | None = None
     otlp_push_interval: float = 60.0
-    # how often comparisons are recomputed at most (seconds)
-    stats_interval: float = 5.0
+    # security
+    token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_clear_all: bool = True
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
 
     def with_values(self, **values: Any) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            self.max_experiments, self.max_branches, self.max_events, self.max_name_length
+        )
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.data_dir) and self.durability != "off"
 
 
 def parse_buckets(text: str) -> tuple[float, ...]:
@@ -44,6 +79,109 @@ def parse_buckets(text: str) -> tuple[float, ...]:
         return check_buckets([float(part) for part in text.split(",") if part.strip()])
     except ValueError as error:
         raise ValueError(f"buckets: {error}") from None
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _durability(text: str) -> str:
+    if text not in DURABILITY:
+        raise ValueError(f"must be one of {', '.join(DURABILITY)}")
+    return text
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {text}")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str  # the Settings field; the flag is --name-with-dashes
+    parse: Callable[[str], Any]
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "listen address (default 0.0.0.0)"),
+    Option("port", _positive(int), f"listen port (default {DEFAULT_PORT})"),
+    Option("buckets", parse_buckets, "latency histogram bounds in seconds, comma-separated"),
+    Option("stats_interval", _positive(float), "recompute comparisons at most this often (s, 5)"),
+    Option("data_dir", str, "directory of the data file (CLI default ./data)"),
+    Option("durability", _durability, "sync (answer after the write is on disk), interval, off"),
+    Option(
+        "flush_interval", _positive(float), "with --durability interval: seconds between writes"
+    ),
+    Option("max_body_bytes", _positive(int), "JSON body limit after decompression (16 MiB)"),
+    Option("otlp_max_body_bytes", _positive(int), "OTLP body limit after decompression (64 MiB)"),
+    Option("max_batch_records", _positive(int), "records per batch (100000)"),
+    Option("max_experiments", _positive(int), "experiments held (10000)"),
+    Option("max_branches", _positive(int), "branches per experiment (100)"),
+    Option("max_events", _positive(int), "event names per experiment (100)"),
+    Option("max_name_length", _positive(int), f"characters in a name ({MAX_NAME_LENGTH})"),
+    Option("max_memory_bytes", _positive(int), "refuse writes (503) above this RSS (off)"),
+    Option("max_pending_writes", _positive(int), "requests waiting for the disk before 429"),
+    Option("expire_after", _positive(float), "remove experiments idle this many seconds (off)"),
+    Option("otlp_port", _positive(int), "a second listener for OTLP/HTTP (4318 is usual; off)"),
+    Option("otlp_push_endpoint", str, "push the aggregate by OTLP/HTTP to this URL (off)"),
+    Option("otlp_push_interval", _positive(float), "seconds between OTLP pushes (60)"),
+    Option("tls_cert", str, "TLS certificate file (PEM); with --tls-key serves HTTPS"),
+    Option("tls_key", str, "TLS private key file (PEM)"),
+    Option("allow_clear_all", _flag, "allow DELETE /api/v1/experiments (true)"),
+)
+
+
+def env_name(option: str) -> str:
+    return ENV_PREFIX + option.upper()
+
+
+def from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Settings values from ABTEST_EXPORTER_* variables, parsed and checked."""
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        text = environ.get(env_name(option.name))
+        if text is not None and text != "":
+            values[option.name] = _parse(option, text, env_name(option.name))
+    return values | read_tokens(environ)
+
+
+def _parse(option: Option, text: str, where: str) -> Any:
+    try:
+        return option.parse(text)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def read_tokens(environ: dict[str, str]) -> dict[str, Any]:
+    """Tokens from ABTEST_EXPORTER_TOKEN(_FILE) and ABTEST_EXPORTER_METRICS_TOKEN(_FILE)."""
+    values: dict[str, Any] = {}
+    for name in ("token", "metrics_token"):
+        direct = environ.get(env_name(name))
+        path = environ.get(env_name(name) + "_FILE")
+        if direct:
+            values[name] = direct
+        elif path:
+            values[name] = read_secret(path)
+    return values
+
+
+def read_secret(path: str) -> str:
+    secret = Path(path).read_text().strip()
+    if not secret:
+        raise ValueError(f"{path}: the token file is empty")
+    return secret
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -54,24 +192,20 @@ def load_file(path: str | Path) -> dict[str, Any]:
     server = data.get("server", {})
     if not isinstance(server, dict):
         raise ValueError(f"{path}: [server] must be a table")
-    known = {
-        "host": str,
-        "port": int,
-        "max_body_bytes": int,
-        "max_batch_records": int,
-        "otlp_max_body_bytes": int,
-        "otlp_port": int,
-        "otlp_push_endpoint": str,
-    }
+    by_name = {option.name: option for option in OPTIONS}
     for key, value in server.items():
         if key == "buckets":
             values["buckets"] = check_buckets(value)
-        elif key in ("stats_interval", "otlp_push_interval"):
-            values[key] = float(value)
-        elif key in known:
-            if not isinstance(value, known[key]):
-                raise ValueError(f"{path}: server.{key} must be a {known[key].__name__}")
-            values[key] = value
+        elif key in ("token_file", "metrics_token_file"):
+            values[key.removesuffix("_file")] = read_secret(str(value))
+        elif key in by_name:
+            if isinstance(value, dict | list):
+                raise ValueError(f"{path}: server.{key} must be a single value")
+            values[key] = _parse(
+                by_name[key],
+                str(value).lower() if isinstance(value, bool) else str(value),
+                f"{path}: server.{key}",
+            )
         else:
             raise ValueError(f"{path}: unknown key server.{key}")
     experiments = data.get("experiments", {})

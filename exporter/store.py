@@ -28,6 +28,7 @@ from typing import Literal
 
 from .aggregate import BranchParts, EventParts
 from .config import ExperimentConfig
+from .exposition import Family, Sample
 from .manager import ABMetrics, StoreBatch
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class Store:
             experiment: ExperimentConfig.from_mapping(json.loads(text))
             for experiment, text in connection.execute("SELECT * FROM configs")
         }
-        self._metrics.record_parts(branches, events)
+        self._metrics.record_parts(branches, events, check_limits=False)
         self._metrics.restore_configs(configs)
         restored = self._metrics.changes_for_store()  # already on disk: nothing to write
         self._durable = restored.version
@@ -257,6 +258,41 @@ class Store:
             self._waiters = [w for w in self._waiters if w[0] > durable]
         for _, loop, future in ready:
             loop.call_soon_threadsafe(_resolve, future)
+
+    def families(self) -> list[Family]:
+        stats = self.stats
+        return [
+            Family(
+                "abtest_exporter_persist_last_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the latest successful write to the data file.",
+                [Sample((), stats.last_success)] if stats.last_success else [],
+            ),
+            Family(
+                "abtest_exporter_persist_duration_seconds",
+                "gauge",
+                "Time the latest write to the data file took.",
+                [Sample((), stats.last_seconds)],
+            ),
+            Family(
+                "abtest_exporter_persist_commits_total",
+                "counter",
+                "Group commits to the data file.",
+                [Sample((), stats.commits)],
+            ),
+            Family(
+                "abtest_exporter_persist_failures_total",
+                "counter",
+                "Failed writes to the data file (retried with the next commit).",
+                [Sample((), stats.failures)],
+            ),
+            Family(
+                "abtest_exporter_persist_waiting_requests",
+                "gauge",
+                "Requests waiting for their records to reach the disk.",
+                [Sample((("durability", self.durability),), self.waiting)],
+            ),
+        ]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -54,26 +55,32 @@ def http(
 class Exporter:
     """`abtest-exporter serve` as a child process on a free loopback port."""
 
-    def __init__(self, args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        data_dir: str | None = None,
+        port: int | None = None,
+        wait: bool = True,
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="abtest-data-")
+        command = [sys.executable, "-m", "exporter.cli", "serve", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--data-dir", self.data_dir, *args]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                *args,
-            ],
+            command,
             env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self.healthy, 20, "the exporter to start")
+        if wait:
+            wait_for(self.ready, 30, "the exporter to start")
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"exporter exited: {self.output()}")
+        return http(self.url + "/-/ready")[0] == 200
 
     def healthy(self) -> bool:
         if self.process.poll() is not None:

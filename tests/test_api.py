@@ -174,7 +174,7 @@ async def test_body_and_batch_limits(client: Client, metrics: ABMetrics) -> None
     )
     assert response.status == 413
     status, reply = await post(client, {"queries": [Q] * 600, "events": [EV] * 401})
-    assert status == 400 and "limit 1000" in reply["errors"][0]["message"]
+    assert status == 413 and "limit 1000" in reply["errors"][0]["message"]
     assert metrics.stats().total_queries_recorded == 0
     text = await (await client.get("/metrics")).text()
     assert (
@@ -295,7 +295,7 @@ async def test_compare_and_analysis_carry_the_statistics(
 async def test_comparisons_are_computed_off_the_scrape_path(
     client: Client, metrics: ABMetrics
 ) -> None:
-    from exporter.server import ENGINE
+    from exporter.keys import ENGINE
 
     engine = client.app[ENGINE]
     await post(client, {"queries": [Q, {**Q, "branch": "treatment"}]})

@@ -1,0 +1,81 @@
+"""The server's background work, each an aiohttp cleanup context: persistence,
+comparisons, expiry and the optional OTLP push."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from .keys import ENGINE, METRICS, READINESS, SELF, SETTINGS, STORE
+
+log = logging.getLogger(__name__)
+
+
+async def _every(interval: float, work: Callable[[], Awaitable[object]]) -> None:
+    while True:
+        try:
+            await work()
+        except Exception:  # one failed round must not stop the next ones
+            log.exception("background work failed")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def _running(coroutine: Awaitable[None]) -> AsyncIterator[None]:
+    task = asyncio.ensure_future(coroutine)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def persistence(app: web.Application) -> AsyncIterator[None]:
+    """Restore the aggregate before serving; write the rest on shutdown."""
+    store = app.get(STORE)
+    if store is not None:
+        branches, events = await asyncio.to_thread(store.open)
+        log.info("restored %d branch and %d event series from %s", branches, events, store.path)
+        store.start()
+    app[READINESS].ready = True
+    yield
+    if store is not None:
+        await asyncio.to_thread(store.close)
+
+
+async def comparisons(app: web.Application) -> AsyncIterator[None]:
+    engine = app[ENGINE]
+    work = lambda: asyncio.to_thread(engine.refresh)  # noqa: E731
+    async with _running(_every(app[SETTINGS].stats_interval, work)):
+        yield
+
+
+async def expiry(app: web.Application) -> AsyncIterator[None]:
+    idle_for = app[SETTINGS].expire_after
+    assert idle_for is not None
+    metrics, self_metrics = app[METRICS], app[SELF]
+
+    async def expire() -> None:
+        for experiment in await asyncio.to_thread(metrics.expire, idle_for):
+            log.info("experiment %r expired after %.0f s without writes", experiment, idle_for)
+            self_metrics.expired()
+
+    async with _running(_every(min(60.0, max(1.0, idle_for / 10)), expire)):
+        yield
+
+
+async def otlp_push(app: web.Application) -> AsyncIterator[None]:
+    from .otlp_push import start_push
+
+    settings = app[SETTINGS]
+    assert settings.otlp_push_endpoint is not None
+    provider = start_push(
+        app[METRICS], settings.otlp_push_endpoint, settings.otlp_push_interval, app[ENGINE]
+    )
+    yield
+    await asyncio.to_thread(provider.shutdown)  # one last push
