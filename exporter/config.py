@@ -87,6 +87,8 @@ class ExperimentConfig:
                 values["alpha"] = float(alpha)
         if "min_sample_size" in data:
             size = data["min_sample_size"]
+            if isinstance(size, float) and size.is_integer():
+                size = int(size)  # JSON has one number type: 100.0 is a whole number
             if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 10**12:
                 bad("min_sample_size", "must be a whole number between 1 and 1e12")
             else:

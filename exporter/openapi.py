@@ -1,4 +1,4 @@
-"""The OpenAPI 3.0 document the server serves at /openapi.json."""
+"""The OpenAPI 3.1 document the server serves at /openapi.json."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from .config import CORRECTIONS
 from .validation import MAX_ABS_EVENT_VALUE, MAX_LATENCY_MS, MAX_NAME_LENGTH
 from .version import __version__
 
-_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH}
+# no C0/C1 controls, line or paragraph separators (the same rule as validation.py)
+_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME_LENGTH,
+    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]+$",
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -25,12 +31,43 @@ def _path_param(name: str) -> dict[str, Any]:
 
 _ERROR = _json(_ref("Error"), "The request was refused; nothing was applied.")
 _NOT_FOUND = _json(_ref("Error"), "No such experiment or branch.")
+_BAD_NAME = _json(_ref("Error"), "A name in the path or query is not a valid name.")
+_UNAUTHORISED = {"description": "A token is configured and the request did not carry it."}
+_WRITE_ERRORS = {
+    "401": _UNAUTHORISED,
+    "413": _json(_ref("Error"), "The body or the batch is over its limit; nothing was applied."),
+    "415": _json(_ref("Error"), "The body must be JSON."),
+    "429": _json(_ref("Error"), "The disk writer is behind: retry after Retry-After seconds."),
+    "503": _json(_ref("Error"), "Short of memory, or the write did not reach the disk in time."),
+}
 
 
 def document() -> dict[str, Any]:
+    spec = _paths()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            responses.setdefault("401", _UNAUTHORISED)
+            if "{" in path or "parameters" in operation:
+                responses.setdefault("400", _BAD_NAME)
+            if method in ("post", "put", "delete"):
+                for status, response in _WRITE_ERRORS.items():
+                    if status not in ("413", "415") or "requestBody" in operation:
+                        responses.setdefault(status, response)
+            if method == "post" and path == "/api/v1/records":
+                responses.setdefault(
+                    "422", _json(_ref("Error"), "A cardinality limit would be crossed.")
+                )
+    spec["paths"]["/api/v1/experiments"]["delete"]["responses"]["403"] = _json(
+        _ref("Error"), "Clearing everything is disabled on this exporter."
+    )
+    return spec
+
+
+def _paths() -> dict[str, Any]:
     experiment = [_path_param("experiment")]
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "abtest-exporter",
             "version": __version__,
@@ -195,19 +232,25 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "control": {**_NAME, "nullable": True},
+                "control": {"anyOf": [_NAME, {"type": "null"}]},
                 "allocation": {
-                    "type": "object",
-                    "nullable": True,
-                    "additionalProperties": {
-                        "type": "number",
-                        "exclusiveMinimum": True,
-                        "minimum": 0,
-                    },
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "minProperties": 1,
+                            "propertyNames": _NAME,
+                            "additionalProperties": {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "maximum": 1e12,
+                            },
+                        },
+                        {"type": "null"},
+                    ]
                 },
-                "alpha": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
-                "min_sample_size": {"type": "integer", "minimum": 1},
-                "sequential_tuning": {"type": "number", "minimum": 1},
+                "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "min_sample_size": {"type": "integer", "minimum": 1, "maximum": 10**12},
+                "sequential_tuning": {"type": "number", "minimum": 1, "maximum": 1e12},
                 "correction": {"type": "string", "enum": list(CORRECTIONS)},
             },
         },

@@ -355,9 +355,10 @@ def create_app(
         middlewares=[guard.authenticate],
     )
     app[SETTINGS] = settings
-    app[METRICS] = metrics or ABMetrics(
-        settings.buckets, configs=settings.experiments, limits=settings.limits
-    )
+    if metrics is None:
+        metrics = ABMetrics(settings.buckets, configs=settings.experiments)
+    metrics.limits = settings.limits  # the server's settings govern what it accepts
+    app[METRICS] = metrics
     app[SELF] = self_metrics or SelfMetrics()
     app[ENGINE] = ComparisonEngine(app[METRICS])
     app[RECEIVER] = otlp.Receiver(app[METRICS].buckets, max_name_length=settings.max_name_length)

@@ -189,7 +189,7 @@ class Store:
         if batch:
             try:
                 self._write(batch)
-            except sqlite3.Error:
+            except Exception:  # the writer must outlive any failure: retry next round
                 log.exception("persisting failed; will retry")
                 self.stats.failures += 1
                 self._metrics.return_changes(batch)

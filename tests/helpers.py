@@ -68,12 +68,15 @@ class Exporter:
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="abtest-data-")
         command = [sys.executable, "-m", "exporter.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--data-dir", self.data_dir, *args]
-        self.process = subprocess.Popen(
-            command,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        # the log goes to a file: an unread pipe fills up and blocks the server
+        self.log = Path(tempfile.mkstemp(prefix="abtest-log-")[1])
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if wait:
             wait_for(self.ready, 30, "the exporter to start")
 
@@ -101,10 +104,7 @@ class Exporter:
         return self.process.wait(timeout=20)
 
     def output(self) -> str:
-        if self.process.poll() is None:
-            return ""
-        assert self.process.stdout is not None
-        return self.process.stdout.read().decode(errors="replace")
+        return self.log.read_text(errors="replace")
 
 
 def prometheus_binary() -> str:
