@@ -97,6 +97,9 @@ def serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"abtest-exporter: {exc}", file=sys.stderr)
         return 2
+    # The disk writer and the render worker are threads: hand the GIL over every 1 ms
+    # (not 5) so a request waiting for its group commit is not left waiting for the GIL.
+    sys.setswitchinterval(0.001)
     app = create_app(settings=settings)
     if args.demo or args.command == "demo":
         app.cleanup_ctx.append(demo_context())

@@ -52,6 +52,7 @@ from .validation import (
 Clock = Callable[[], float]
 _BRANCH_PART_FIELDS = ("keys", "n", "ok", "total_ms", "m2", "lo", "hi", "first", "last", "buckets")
 _EVENT_PART_FIELDS = ("keys", "count", "total", "m2")
+_STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "first", "last")
 T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
 
@@ -62,7 +63,7 @@ class StoreBatch:
 
     version: int
     changes: Changes
-    # (experiment, branch, n, ok, total_ms, lo, hi, m2, first, last, buckets)
+    # (experiment, branch, n, ok, total_ms, lo, hi, m2, first, last, buckets as an array)
     branches: list[tuple[Any, ...]]
     # (experiment, branch, event, count, total, m2)
     events: list[tuple[Any, ...]]
@@ -292,36 +293,24 @@ class ABMetrics:
             changes = agg.take_changes()
             configs = {e: self._configs.get(e) for e in self._changed_configs}
             self._changed_configs = set()
+            branch_rows = [r for r in sorted(changes.branches) if agg.branches.keys[r] is not None]
+            event_rows = [r for r in sorted(changes.events) if agg.events.keys[r] is not None]
             b, e = agg.branches.columns, agg.events.columns
-            branches = [
-                (
-                    key[0],
-                    key[1],
-                    int(b["n"][r]),
-                    int(b["ok"][r]),
-                    float(b["total"][r]),
-                    float(b["lo"][r]),
-                    float(b["hi"][r]),
-                    float(b["m2"][r]),
-                    float(b["first"][r]),
-                    float(b["last"][r]),
-                    b["buckets"][r].tolist(),
+            branches = list(
+                zip(
+                    *zip(*(agg.branches.keys[r] for r in branch_rows), strict=True),
+                    *(b[name][branch_rows].tolist() for name in _STORED_BRANCH_COLUMNS),
+                    b["buckets"][branch_rows],
+                    strict=True,
                 )
-                for r in sorted(changes.branches)
-                if (key := agg.branches.keys[r]) is not None
-            ]
-            events = [
-                (
-                    event[0],
-                    event[1],
-                    event[2],
-                    int(e["count"][r]),
-                    float(e["total"][r]),
-                    float(e["m2"][r]),
+            )
+            events = list(
+                zip(
+                    *zip(*(agg.events.keys[r] for r in event_rows), strict=True),
+                    *(e[name][event_rows].tolist() for name in ("count", "total", "m2")),
+                    strict=True,
                 )
-                for r in sorted(changes.events)
-                if (event := agg.events.keys[r]) is not None
-            ]
+            )
             return StoreBatch(agg.version, changes, branches, events, configs)
 
     def return_changes(self, batch: StoreBatch) -> None:

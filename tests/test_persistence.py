@@ -4,13 +4,10 @@ cannot be trusted."""
 from __future__ import annotations
 
 import json
-import random
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import pytest
 from exporter import ABMetrics
 from exporter.store import FILE_NAME, Store, StoreError
 
+from .crashing import crash_cycle
 from .helpers import Exporter, http, wait_for
 from .test_exposition import key, samples
 
@@ -68,78 +66,14 @@ def test_restart_restores_everything_and_counters_continue(tmp_path: Path) -> No
 
 
 def test_sigkill_under_concurrent_ingest_loses_no_acknowledged_record(tmp_path: Path) -> None:
-    """Kill -9 at random moments while four clients write; every 200 must survive."""
-    data = str(tmp_path)
-    rng = random.Random(1234)
-    acknowledged = {"queries": 0, "failures": 0, "events": 0}
-    uncertain = {"queries": 0, "failures": 0, "events": 0}  # sent, but no answer came
-    lock = threading.Lock()
-    exporter = Exporter(data_dir=data)
-    port = exporter.port
-
-    def writer(seed: int, stop: threading.Event) -> None:
-        local = random.Random(seed)
-        while not stop.is_set():
-            size = local.randint(1, 300)
-            failures = local.randint(0, size)
-            body = {
-                "queries": [
-                    {
-                        "experiment": "crash",
-                        "branch": f"b{local.randint(0, 2)}",
-                        "latency_ms": local.random() * 100,
-                        "success": i >= failures,
-                    }
-                    for i in range(size)
-                ],
-                "events": [{"experiment": "crash", "branch": "b0", "event": "x", "value": 1.0}],
-            }
-            try:
-                status, _ = http(f"http://127.0.0.1:{port}/api/v1/records", body)
-            except OSError as exc:
-                if not isinstance(exc, ConnectionRefusedError) and "refused" not in str(exc):
-                    with lock:  # the kill came mid-request: applied or not, we cannot know
-                        uncertain["queries"] += size
-                        uncertain["failures"] += failures
-                        uncertain["events"] += 1
-                time.sleep(0.02)
-                continue
-            tally = acknowledged if status == 200 else uncertain
-            with lock:
-                tally["queries"] += size
-                tally["failures"] += failures
-                tally["events"] += 1
-
-    for _round in range(4):
-        stop = threading.Event()
-        threads = [threading.Thread(target=writer, args=(rng.random(), stop)) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        time.sleep(rng.uniform(0.5, 1.5))
-        exporter.process.send_signal(signal.SIGKILL)
-        exporter.process.wait(10)
-        stop.set()
-        for thread in threads:
-            thread.join()
-        exporter = Exporter(data_dir=data, port=port)
-    try:
-        found = scrape_totals(exporter)
-        totals = {
-            "queries": sum(v for (n, labels), v in found.items() if n == "abtest_queries_total"),
-            "failures": sum(
-                v for (n, labels), v in found.items() if n == "abtest_query_failures_total"
-            ),
-            "events": found[
-                key("abtest_event_value_count", experiment="crash", branch="b0", event="x")
-            ],
-        }
-        assert acknowledged["queries"] > 0
-        for what in ("queries", "failures", "events"):
-            # every acknowledged record is there; of the unanswered ones, some may be
-            low, high = acknowledged[what], acknowledged[what] + uncertain[what]
-            assert low <= totals[what] <= high, (what, totals, acknowledged, uncertain)
-    finally:
-        exporter.stop()
+    """Kill -9 at random moments while four clients write; every 200 must survive.
+    (benchmarks/crash.py runs the same with more kills.)"""
+    result = crash_cycle(str(tmp_path), kills=4, seed=1234)
+    assert result.acknowledged["queries"] > 0
+    for what in ("queries", "failures", "events"):
+        # every acknowledged record is there; of the unanswered ones, some may be
+        low, high = result.acknowledged[what], result.acknowledged[what] + result.uncertain[what]
+        assert low <= result.totals[what] <= high, (what, result)
 
 
 def test_sigkill_exact_when_nothing_is_in_flight(tmp_path: Path) -> None:

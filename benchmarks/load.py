@@ -1,0 +1,88 @@
+"""A small load generator for the exporter's HTTP ingest (loopback only)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+def batch_body(size: int, seed: int = 0) -> bytes:
+    queries = [
+        {
+            "experiment": f"bench-{(seed + i) % 20}",
+            "branch": ("control", "treatment")[i % 2],
+            "latency_ms": float((i * 37 + seed) % 500),
+            "success": i % 10 != 0,
+        }
+        for i in range(size)
+    ]
+    return json.dumps({"queries": queries}).encode()
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    records: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def drive(
+    port: int,
+    seconds: float,
+    workers: int,
+    body: bytes,
+    records_per_body: int,
+    pause: float = 0.0,
+) -> LoadResult:
+    """`workers` keep-alive connections posting `body` to 127.0.0.1:`port` for `seconds`."""
+    result = LoadResult()
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def work() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Content-Type": "application/json"}
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                connection.request("POST", "/api/v1/records", body, headers)
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == 200
+            except OSError:
+                ok = False
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            elapsed = time.perf_counter() - started
+            with lock:
+                result.requests += 1
+                result.latencies.append(elapsed)
+                if ok:
+                    result.records += records_per_body
+                else:
+                    result.errors += 1
+            if pause:
+                time.sleep(pause)
+        connection.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.monotonic() - started
+    return result
