@@ -1,0 +1,294 @@
+"""The shipped dashboards, rules and canary templates, proven on a real Prometheus: every
+PromQL expression of every panel, variable, rule and template parses and returns what the
+simulated experiments say it should."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from .helpers import Exporter, Prometheus, http, wait_for
+
+ROOT = Path(__file__).parent.parent
+GRAFANA = ROOT / "grafana"
+RULES = GRAFANA / "rules" / "abtest-rules.yaml"
+SUBSTITUTIONS = {
+    "$__rate_interval": "1m",
+    "$experiment": "checkout",
+    "$branch": ".*",
+    "$metric": "success_ratio",
+    "$job": "abtest",
+}
+
+
+def load_builder() -> Any:
+    spec = importlib.util.spec_from_file_location("grafana_dashboards", GRAFANA / "dashboards.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    return {
+        p.name: json.loads(p.read_text()) for p in sorted((GRAFANA / "dashboards").glob("*.json"))
+    }
+
+
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def substitute(expr: str) -> str:
+    for name, value in sorted(SUBSTITUTIONS.items(), key=lambda item: -len(item[0])):
+        expr = expr.replace(name, value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def variable_query(query: str) -> str:
+    """Grafana's label_values(metric, label) as the PromQL that answers it."""
+    match = re.fullmatch(r"label_values\((.+), (\w+)\)", query)
+    assert match, query
+    return f"group by ({match.group(2)}) ({match.group(1)})"
+
+
+def test_committed_dashboards_match_a_fresh_build() -> None:
+    fresh = load_builder().build()
+    committed = {p.name: p.read_text() for p in (GRAFANA / "dashboards").glob("*.json")}
+    assert fresh == committed, "run: .venv/bin/python grafana/dashboards.py"
+
+
+def test_dashboard_structure() -> None:
+    found = dashboards()
+    assert set(found) == {"abtest-overview.json", "abtest-experiment.json", "abtest-exporter.json"}
+    for name, dashboard in found.items():
+        assert dashboard["schemaVersion"] >= 39, name  # a current Grafana schema
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for variable in variables.values():
+            if variable["type"] == "query":
+                assert variable["datasource"]["uid"] == "${datasource}"
+        for panel in panels(dashboard):
+            where = f"{name}: {panel['title']}"
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            assert panel["targets"], where
+            assert panel["fieldConfig"]["defaults"].get("unit"), where
+            assert len(panel.get("description", "")) > 20, where
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}", where
+                assert target["expr"], where
+                used = set(re.findall(r"\$(\w+)", target["expr"])) - {"__rate_interval"}
+                assert used <= set(variables), (where, used)
+        text = json.dumps(dashboard)
+        assert "$__interval]" not in text  # rates use $__rate_interval
+    assert "experiment" in {
+        v["name"] for v in found["abtest-experiment.json"]["templating"]["list"]
+    }
+
+
+def test_provisioning_and_canary_files_are_well_formed() -> None:
+    provider = yaml.safe_load((GRAFANA / "provisioning/dashboards/abtest.yaml").read_text())
+    assert provider["providers"][0]["options"]["path"].endswith("/dashboards")
+    source = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yaml").read_text())
+    assert source["datasources"][0]["type"] == "prometheus"
+    flagger = list(
+        yaml.safe_load_all((GRAFANA / "canary/flagger-metric-template.yaml").read_text())
+    )
+    assert flagger[0]["kind"] == "MetricTemplate" and "{{ target }}" in flagger[0]["spec"]["query"]
+    argo = list(yaml.safe_load_all((GRAFANA / "canary/argo-analysis-template.yaml").read_text()))
+    assert argo[0]["kind"] == "AnalysisTemplate"
+    assert argo[0]["spec"]["metrics"][0]["successCondition"] == "result[0] == 0"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    assert binary, "promtool is missing: scripts/test installs Debian's prometheus package"
+    return subprocess.run([binary, *args], capture_output=True, text=True, check=False,
+                          cwd=RULES.parent)  # fmt: skip
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    checked = promtool("check", "rules", RULES.name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", "abtest-rules.test.yaml")
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def feed(exporter: Exporter, rng: np.random.Generator) -> None:
+    """One round: checkout (a real win, and a 60/40 split where 50/50 was meant) and
+    canary-demo (a canary that fails more and is slower than its primary)."""
+    queries: list[dict[str, Any]] = []
+    for experiment, branch, count, success, median in (
+        ("checkout", "control", 900, 0.85, 80.0),
+        ("checkout", "treatment", 600, 0.93, 70.0),
+        ("canary-demo", "primary", 700, 0.97, 50.0),
+        ("canary-demo", "canary", 700, 0.85, 65.0),
+    ):
+        oks = (rng.random(count) < success).tolist()
+        latency = rng.lognormal(np.log(median), 0.3, count).tolist()
+        queries += [
+            {"experiment": experiment, "branch": branch, "latency_ms": la, "success": ok}
+            for la, ok in zip(latency, oks, strict=True)
+        ]
+    events = [
+        {"experiment": "checkout", "branch": b, "event": "revenue", "value": float(v)}
+        for b in ("control", "treatment")
+        for v in rng.integers(5, 50, 60)
+    ]
+    assert exporter.post({"queries": queries, "events": events})[0] == 200
+    # something for the rejected-records panels and alert to see
+    assert exporter.post({"queries": [{"experiment": "", "branch": "b"}]})[0] == 400
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exporter, Prometheus]]:
+    exporter = Exporter(["--stats-interval", "0.2"], data_dir=str(tmp_path_factory.mktemp("data")))
+    assert http(exporter.url + "/api/v1/experiments/canary-demo/config",
+                {"control": "primary"}, method="PUT")[0] == 200  # fmt: skip
+    prometheus = Prometheus(tmp_path_factory.mktemp("prom"), [f"127.0.0.1:{exporter.port}"],
+                            rules=[RULES])  # fmt: skip
+    # Prometheus applies discovered targets a few seconds after it starts: rates need
+    # samples from before the data came, so feed only once it scrapes
+    prometheus.wait_value('up{job="abtest"}', 1, timeout=30)
+    rng = np.random.default_rng(6)
+    for _ in range(4):
+        feed(exporter, rng)
+        time.sleep(1.5)
+    # wait for the comparisons and for rule evaluation to have caught up
+    prometheus.wait_value(
+        'abtest_comparison_significant{experiment="checkout",branch="treatment",'
+        'metric="success_ratio"}',
+        1,
+        timeout=30,
+    )
+    wait_for(lambda: bool(prometheus.query("experiment_branch:abtest_queries:rate5m")), 20,
+             "recording rules")  # fmt: skip
+    yield exporter, prometheus
+    prometheus.stop()
+    exporter.stop()
+
+
+def test_every_panel_and_variable_query_returns_data(stack: tuple[Exporter, Prometheus]) -> None:
+    _, prometheus = stack
+    checked = 0
+    for name, dashboard in dashboards().items():
+        for variable in dashboard["templating"]["list"]:
+            if variable["type"] == "query":
+                result = prometheus.query(substitute(variable_query(variable["query"])))
+                assert result, (name, variable["name"])
+                checked += 1
+        for panel in panels(dashboard):
+            for target in panel["targets"]:
+                result = prometheus.query(substitute(target["expr"]))
+                assert result, (name, panel["title"], target["expr"])
+                values = [float(r["value"][1]) for r in result]
+                assert all(np.isfinite(values)), (panel["title"], values)
+                checked += 1
+    assert checked >= 35
+
+
+def test_panels_show_the_simulated_truth(stack: tuple[Exporter, Prometheus]) -> None:
+    _, prometheus = stack
+    found = {p["title"]: p for d in dashboards().values() for p in panels(d)}
+
+    def run(title: str, index: int = 0) -> list[dict[str, Any]]:
+        return prometheus.query(substitute(found[title]["targets"][index]["expr"]))
+
+    significant = {
+        (r["metric"]["experiment"], r["metric"]["branch"], r["metric"]["metric"])
+        for r in run("Significant comparisons")
+    }
+    assert ("checkout", "treatment", "success_ratio") in significant
+    assert ("canary-demo", "canary", "success_ratio") in significant
+    assert float(run("Sample-ratio mismatches")[0]["value"][1]) == 1  # checkout only
+    split = {r["metric"]["branch"]: float(r["value"][1]) for r in run("Traffic split")}
+    assert split["control"] == pytest.approx(0.6) and split["treatment"] == pytest.approx(0.4)
+    difference = {r["metric"]["branch"]: float(r["value"][1])
+                  for r in run("Difference with its confidence sequence ($metric)")}  # fmt: skip
+    lower = {r["metric"]["branch"]: float(r["value"][1])
+             for r in run("Difference with its confidence sequence ($metric)", 1)}  # fmt: skip
+    assert 0 < lower["treatment"] < difference["treatment"] < 0.14
+    better = run("Probability the treatment is better ($metric)")
+    assert float(better[0]["value"][1]) > 0.99
+    best = run("Best branch")
+    assert {r["metric"]["branch"] for r in best if r["metric"]["experiment"] == "checkout"} == {
+        "treatment"
+    }
+
+
+def rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(RULES.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+FIRING = {
+    "AbtestSampleRatioMismatch": {("checkout",)},
+    "AbtestGuardrailSuccessRatio": {("canary-demo", "canary")},
+    "AbtestGuardrailLatency": {("canary-demo", "canary")},
+    "AbtestWinnerFound": None,  # checkout's treatment, on success ratio at least
+    "AbtestExporterRejectingRecords": None,
+}
+QUIET = {"AbtestExperimentQuiet", "AbtestExporterDown", "AbtestExporterNotPersisting"}
+
+
+def test_every_rule_expression_on_real_prometheus(stack: tuple[Exporter, Prometheus]) -> None:
+    _, prometheus = stack
+    seen = set()
+    for rule in rules():
+        result = prometheus.query(rule["expr"])
+        name = rule.get("alert") or rule["record"]
+        seen.add(name)
+        if "record" in rule:
+            assert result, name
+        elif name in QUIET:
+            assert result == [], (name, result)
+        else:
+            assert result, name
+            expected = FIRING[name]
+            if expected is not None:
+                keys = {tuple(r["metric"].get(k) for k in ("experiment", "branch")
+                              if k in r["metric"]) for r in result}  # fmt: skip
+                assert keys == expected, (name, keys)
+    assert seen >= set(FIRING) | QUIET
+    winners = prometheus.query(
+        next(r["expr"] for r in rules() if r.get("alert") == "AbtestWinnerFound")
+    )
+    assert any(r["metric"]["experiment"] == "checkout" and r["metric"]["branch"] == "treatment"
+               and r["metric"]["metric"] == "success_ratio" for r in winners)  # fmt: skip
+
+
+def canary_queries() -> dict[str, str]:
+    flagger = next(
+        yaml.safe_load_all((GRAFANA / "canary/flagger-metric-template.yaml").read_text())
+    )
+    argo = next(yaml.safe_load_all((GRAFANA / "canary/argo-analysis-template.yaml").read_text()))
+    return {
+        "flagger": flagger["spec"]["query"].replace("{{ target }}", "{experiment}"),
+        "argo": argo["spec"]["metrics"][0]["provider"]["prometheus"]["query"].replace(
+            "{{args.experiment}}", "{experiment}"
+        ),
+    }
+
+
+def test_canary_templates_fail_a_bad_canary_and_never_an_empty_result(
+    stack: tuple[Exporter, Prometheus],
+) -> None:
+    _, prometheus = stack
+    for name, template in canary_queries().items():
+        bad = prometheus.query(template.replace("{experiment}", "canary-demo"))
+        assert [float(r["value"][1]) for r in bad] == [1.0], name  # significantly worse
+        unknown = prometheus.query(template.replace("{experiment}", "no-such-experiment"))
+        assert [float(r["value"][1]) for r in unknown] == [0.0], name  # no data: no failure
