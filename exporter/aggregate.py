@@ -8,10 +8,10 @@ owns the lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )
 
 Columns = dict[str, npt.NDArray[Any]]
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(slots=True)
@@ -169,6 +170,33 @@ class EventParts:
         self.m2.append(m2)
 
 
+def _resolve(ids: dict[K, int], keys: Sequence[K], make: Callable[[K], int]) -> list[int]:
+    """Rows for keys: one C-level pass of look-ups, `make` only for the new ones."""
+    rows = list(map(ids.get, keys))
+    if None in rows:
+        return [r if r is not None else make(k) for r, k in zip(rows, keys, strict=True)]
+    return rows  # type: ignore[return-value]
+
+
+def _merge_parts(
+    groups: npt.NDArray[np.intp],
+    count: int,
+    n: Sequence[int],
+    total: Sequence[float],
+    m2: Sequence[float],
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
+    """(count, sum, mean, M2) per group of pre-aggregated parts (Chan et al.: the parts'
+    own spread plus the spread of their means around the group's mean)."""
+    n_part = np.array(n, dtype=np.int64)
+    total_part = np.array(total, dtype=np.float64)
+    n_group = np.bincount(groups, n_part, count).astype(np.int64)
+    total_group = np.bincount(groups, total_part, count)
+    mean = total_group / np.where(n_group == 0, 1, n_group)
+    part_mean = total_part / np.where(n_part == 0, 1, n_part)
+    spread = np.array(m2, dtype=np.float64) + n_part * np.square(part_mean - mean[groups])
+    return n_group, total_group, mean, np.bincount(groups, spread, count)
+
+
 def _group_min(
     groups: npt.NDArray[np.intp], values: npt.NDArray[Any], count: int
 ) -> npt.NDArray[Any]:
@@ -286,18 +314,7 @@ class Aggregate:
         if not rows:
             return
         unique, groups, count = self._group(rows)
-        n_part = np.array(parts.n, dtype=np.int64)
-        total_part = np.array(parts.total_ms, dtype=np.float64)
-        n = np.bincount(groups, n_part, count).astype(np.int64)
-        total = np.bincount(groups, total_part, count)
-        mean = total / np.where(n == 0, 1, n)
-        # Chan et al.: the parts' own spread plus the spread of their means
-        part_mean = total_part / np.where(n_part == 0, 1, n_part)
-        m2 = np.bincount(
-            groups,
-            np.array(parts.m2, dtype=np.float64) + n_part * np.square(part_mean - mean[groups]),
-            count,
-        )
+        n, total, mean, m2 = _merge_parts(groups, count, parts.n, parts.total_ms, parts.m2)
         buckets = np.zeros((count, len(self.bounds) + 1), dtype=np.int64)
         np.add.at(buckets, groups, np.array(parts.buckets, dtype=np.int64))
         self._merge_branches(
@@ -358,17 +375,7 @@ class Aggregate:
         if not rows:
             return
         unique, groups, count = self._group(rows)
-        n_part = np.array(parts.count, dtype=np.int64)
-        total_part = np.array(parts.total, dtype=np.float64)
-        n = np.bincount(groups, n_part, count).astype(np.int64)
-        total = np.bincount(groups, total_part, count)
-        mean = total / np.where(n == 0, 1, n)
-        part_mean = total_part / np.where(n_part == 0, 1, n_part)
-        m2 = np.bincount(
-            groups,
-            np.array(parts.m2, dtype=np.float64) + n_part * np.square(part_mean - mean[groups]),
-            count,
-        )
+        n, total, mean, m2 = _merge_parts(groups, count, parts.count, parts.total, parts.m2)
         self._merge_events(unique, n, total, mean, m2)
 
     def _merge_events(
@@ -477,13 +484,7 @@ class Aggregate:
 
     def branch_rows(self, keys: Sequence[BranchKey]) -> list[int]:
         """Rows of these branches, created (and their experiments registered) as needed."""
-        ids = self.branches.ids
-        rows = list(map(ids.get, keys))
-        if None in rows:
-            rows = [
-                r if r is not None else self.branch_row(k) for r, k in zip(rows, keys, strict=True)
-            ]
-        return rows  # type: ignore[return-value]
+        return _resolve(self.branches.ids, keys, self.branch_row)
 
     def branch_row(self, key: BranchKey) -> int:
         row = self.branches.ids.get(key)
@@ -493,13 +494,7 @@ class Aggregate:
         return row
 
     def event_rows(self, keys: Sequence[EventKey]) -> list[int]:
-        ids = self.events.ids
-        rows = list(map(ids.get, keys))
-        if None in rows:
-            rows = [
-                r if r is not None else self.event_row(k) for r, k in zip(rows, keys, strict=True)
-            ]
-        return rows  # type: ignore[return-value]
+        return _resolve(self.events.ids, keys, self.event_row)
 
     def event_row(self, key: EventKey) -> int:
         row = self.events.ids.get(key)

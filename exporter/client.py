@@ -102,6 +102,33 @@ def _body(batch: list[Record]) -> bytes:
     return json.dumps({"queries": queries, "events": events}).encode()
 
 
+class _Attempts:
+    """One batch's delivery: after each try, the delay before the next, or None when done
+    (sent, refused, or out of time), keeping the stats."""
+
+    def __init__(self, size: int, stats: ClientStats, base: float, cap: float, give_up: float):
+        self._size, self._stats = size, stats
+        self._base, self._cap = base, cap
+        self._deadline = time.monotonic() + give_up
+        self._attempt = 0
+
+    def after(self, outcome: str, retry_after: float | None) -> float | None:
+        if outcome == _Send.DONE:
+            self._stats.sent += self._size
+            return None
+        if outcome == _Send.REFUSED:
+            self._stats.refused += self._size
+            return None
+        delay = backoff(self._attempt, self._base, self._cap, retry_after)
+        if time.monotonic() + delay > self._deadline:
+            self._stats.failed += self._size
+            log.warning("giving up on %d records after %d attempts", self._size, self._attempt + 1)
+            return None
+        self._stats.retries += 1
+        self._attempt += 1
+        return delay
+
+
 class _Tracker:
     """`track()`: a context manager and a decorator that time a block and record it."""
 
@@ -189,10 +216,32 @@ class _Buffer:
 
 
 class _Recording:
-    """record_query / record_event / track, on top of a buffer."""
+    """What both clients share: the buffer, recording, and the retry policy."""
 
-    _buffer: _Buffer
-    _batch_size: int
+    def _setup(
+        self,
+        url: str,
+        batch_size: int,
+        flush_interval: float,
+        max_buffer: int,
+        on_full: OnFull,
+        timeout: float,
+        retry: tuple[float, float, float],
+        token: str | None,
+    ) -> None:
+        self.url = url.rstrip("/") + "/api/v1/records"
+        self.stats = ClientStats()
+        self._buffer = _Buffer(max_buffer, on_full, self.stats)
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._timeout = timeout
+        self._retry = retry
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    def _attempts(self, batch: list[Record]) -> _Attempts:
+        return _Attempts(len(batch), self.stats, *self._retry)
 
     def record_query(self, experiment: str, branch: str, latency_ms: float, success: bool) -> None:
         self._buffer.put(("q", experiment, branch, latency_ms, success), self._batch_size)
@@ -222,16 +271,8 @@ class Client(_Recording):
         give_up_after: float = 300.0,
         token: str | None = None,
     ) -> None:
-        self.url = url.rstrip("/") + "/api/v1/records"
-        self.stats = ClientStats()
-        self._buffer = _Buffer(max_buffer, on_full, self.stats)
-        self._batch_size = batch_size
-        self._interval = flush_interval
-        self._timeout = timeout
-        self._retry = (retry_base, retry_cap, give_up_after)
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        retry = (retry_base, retry_cap, give_up_after)
+        self._setup(url, batch_size, flush_interval, max_buffer, on_full, timeout, retry, token)
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="abtest-client", daemon=True)
@@ -273,24 +314,8 @@ class Client(_Recording):
                 self._deliver(batch)
 
     def _deliver(self, batch: list[Record]) -> None:
-        body, base, cap, give_up = _body(batch), *self._retry
-        deadline = time.monotonic() + give_up
-        attempt = 0
-        while True:
-            outcome, retry_after = self._post(body)
-            if outcome == _Send.DONE:
-                self.stats.sent += len(batch)
-                return
-            if outcome == _Send.REFUSED:
-                self.stats.refused += len(batch)
-                return
-            delay = backoff(attempt, base, cap, retry_after)
-            if time.monotonic() + delay > deadline:
-                self.stats.failed += len(batch)
-                log.warning("giving up on %d records after %d attempts", len(batch), attempt + 1)
-                return
-            self.stats.retries += 1
-            attempt += 1
+        body, attempts = _body(batch), self._attempts(batch)
+        while (delay := attempts.after(*self._post(body))) is not None:
             time.sleep(delay)
 
     def _post(self, body: bytes) -> tuple[str, float | None]:
@@ -323,17 +348,11 @@ class AsyncClient(_Recording):
         give_up_after: float = 300.0,
         token: str | None = None,
     ) -> None:
-        self.url = url.rstrip("/") + "/api/v1/records"
-        self.stats = ClientStats()
+        retry = (retry_base, retry_cap, give_up_after)
         # blocking would stall the event loop: an async client always drops the oldest
-        self._buffer = _Buffer(max_buffer, "drop_oldest", self.stats)
-        self._batch_size = batch_size
-        self._interval = flush_interval
-        self._timeout = timeout
-        self._retry = (retry_base, retry_cap, give_up_after)
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self._setup(
+            url, batch_size, flush_interval, max_buffer, "drop_oldest", timeout, retry, token
+        )
         self._task: asyncio.Task[None] | None = None
         self._session: Any = None
         self._send_lock: asyncio.Lock | None = None
@@ -380,23 +399,8 @@ class AsyncClient(_Recording):
                 await self._deliver(batch)
 
     async def _deliver(self, batch: list[Record]) -> None:
-        body, base, cap, give_up = _body(batch), *self._retry
-        deadline = time.monotonic() + give_up
-        attempt = 0
-        while True:
-            outcome, retry_after = await self._post(body)
-            if outcome == _Send.DONE:
-                self.stats.sent += len(batch)
-                return
-            if outcome == _Send.REFUSED:
-                self.stats.refused += len(batch)
-                return
-            delay = backoff(attempt, base, cap, retry_after)
-            if time.monotonic() + delay > deadline:
-                self.stats.failed += len(batch)
-                return
-            self.stats.retries += 1
-            attempt += 1
+        body, attempts = _body(batch), self._attempts(batch)
+        while (delay := attempts.after(*await self._post(body))) is not None:
             await asyncio.sleep(delay)
 
     async def _post(self, body: bytes) -> tuple[str, float | None]:
