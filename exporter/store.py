@@ -84,7 +84,7 @@ class Store:
         self.stats = StoreStats()
         self._metrics = metrics
         self._interval = interval
-        self.commit_delay = 0.002
+        self.commit_delay = 0.005
         self._clock = clock
         self._connection: sqlite3.Connection | None = None
         self._durable = -1
