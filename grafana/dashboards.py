@@ -113,6 +113,12 @@ def overview() -> db.Dashboard:
             "Each experiment and the branch the others are compared with.",
             "short", "max by (experiment, control) (abtest_experiment_info)"))
         .with_panel(tabular(
+            "Since the last write",
+            "How long ago each experiment last received data: a running experiment stays "
+            "near zero; one idle for long has stopped or ended (and may expire).",
+            "s",
+            "time() - max by (experiment) (abtest_experiment_last_activity_timestamp_seconds)"))
+        .with_panel(tabular(
             "Sample sizes",
             "Queries recorded per branch, added up over exporter replicas.",
             "short", "sum by (experiment, branch) (abtest_queries_total)"))
