@@ -238,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     if args.command == "status":
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `status | head` ends quietly
         return status(args)
     return serve(args)
 
