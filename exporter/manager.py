@@ -464,9 +464,6 @@ class ABMetrics:
         """Changes whenever the aggregate or a config changed (pending records aside)."""
         return self._aggregate.version
 
-    def series_count(self) -> tuple[int, int]:
-        return len(self._aggregate.branches), len(self._aggregate.events)
-
 
 def _take(pending: list[T]) -> list[T]:
     """Remove and return what is pending now. Slicing then deleting the same
