@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsPartialSuccess,
@@ -129,22 +131,25 @@ class Streams:
         self.max_streams = max_streams
         self.ttl = ttl
         self._clock = clock
+        self._puts = 0
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._states)
 
     def get(self, key: tuple[Any, ...]) -> _Stream | None:
-        state = self._states.get(key)
-        if state is not None:
-            self._states.move_to_end(key)
-        return state
+        return self._states.get(key)
 
     def put(self, key: tuple[Any, ...], state: _Stream) -> None:
+        """Store as the most recently seen; drop the oldest when over the bound, and look
+        for expired ones every 1024 puts (the oldest come first, so that is cheap)."""
         state.seen = self._clock()
-        self._states[key] = state
-        self._states.move_to_end(key)
-        self._expire(state.seen)
+        states = self._states
+        states[key] = state
+        states.move_to_end(key)
+        self._puts += 1
+        if len(states) > self.max_streams or self._puts % 1024 == 0:
+            self._expire(state.seen)
 
     def _expire(self, now: float) -> None:
         states = self._states
@@ -168,6 +173,8 @@ class Received:
     duplicates: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     messages: list[str] = field(default_factory=list)
+    # points accepted but not yet turned into parts, by (metric, bounds, unit factor)
+    pending: dict[tuple[str, tuple[float, ...], float], _Pending] = field(default_factory=dict)
 
     def reject(self, reason: str, message: str, points: int = 1) -> None:
         self.rejected += points
@@ -211,6 +218,7 @@ class Receiver:
                     scope = (scope_metrics.scope.name, scope_metrics.scope.version)
                     for metric in scope_metrics.metrics:
                         self._metric(out, (resource, scope, metric.name), metric)
+            self._finish(out)
         return out
 
     def _metric(self, out: Received, stream_prefix: tuple[Any, ...], metric: Metric) -> None:
@@ -355,37 +363,54 @@ class Receiver:
         )
         if count <= 0:
             return None
-        low, high, m2, total = _spread(
-            shape,
-            increments,
+        # the arithmetic is done for all points of a request at once (see _finish)
+        group = out.pending.get((name, bounds, factor))
+        if group is None:
+            group = out.pending[name, bounds, factor] = _Pending(shape)
+        group.add(
+            [text for text in names if text is not None],  # all present: checked above
+            success,
             count,
             total,
-            point.min if has_min else None,
-            point.max if has_max else None,
+            point.min if has_min else math.nan,
+            point.max if has_max else math.nan,
+            increments,
+            end / 1e9,
         )
-        when = end / 1e9
-        if name == QUERY_METRIC:
-            binned = [0] * (len(self._bounds) + 1)
-            for index, c in zip(self._targets(bounds, factor), increments, strict=True):
-                if c:
-                    binned[index] += c
-            out.branches.add(
-                (names[0], names[1]),  # type: ignore[arg-type]
-                count,
-                count if success else 0,
-                total * factor,
-                m2 * factor * factor,
-                low * factor,
-                high * factor,
-                when,
-                when,
-                binned,
-            )
-            out.queries += count
-        else:
-            out.events.add((names[0], names[1], names[2]), count, total, m2)  # type: ignore[arg-type]
-            out.event_count += count
         return None
+
+    def _finish(self, out: Received) -> None:
+        """Spread, re-binning and parts for every pending point, vectorised per shape."""
+        for (name, bounds, factor), group in out.pending.items():
+            low, high, m2, total = group.spread()
+            counts = group.count
+            if name == QUERY_METRIC:
+                binned = group.increments() @ self._rebin_matrix(bounds, factor)
+                parts = out.branches
+                parts.keys.extend((n[0], n[1]) for n in group.names)
+                parts.n.extend(counts)
+                parts.ok.extend(c if ok else 0 for c, ok in zip(counts, group.success, strict=True))
+                parts.total_ms.extend((total * factor).tolist())
+                parts.m2.extend((m2 * factor * factor).tolist())
+                parts.lo.extend((low * factor).tolist())
+                parts.hi.extend((high * factor).tolist())
+                parts.first.extend(group.when)
+                parts.last.extend(group.when)
+                parts.buckets.extend(binned.tolist())
+                out.queries += sum(counts)
+            else:
+                events = out.events
+                events.keys.extend((n[0], n[1], n[2]) for n in group.names)
+                events.count.extend(counts)
+                events.total.extend(total.tolist())
+                events.m2.extend(m2.tolist())
+                out.event_count += sum(counts)
+        out.pending.clear()
+
+    def _rebin_matrix(self, bounds: tuple[float, ...], factor: float) -> npt.NDArray[np.int64]:
+        matrix = np.zeros((len(bounds) + 1, len(self._bounds) + 1), dtype=np.int64)
+        matrix[np.arange(len(bounds) + 1), self._targets(bounds, factor)] = 1
+        return matrix
 
     def _shape(self, bounds: tuple[float, ...]) -> _Shape | None:
         """Checked once per distinct set of bounds: the bucket edges (the open outer edges
@@ -421,45 +446,71 @@ class _Shape:
     uppers: list[float]
 
 
-def _spread(
-    shape: _Shape,
-    counts: Sequence[int],
-    count: int,
-    total: float,
-    low: float | None,
-    high: float | None,
-) -> tuple[float, float, float, float]:
-    """(min, max, M2, sum) of bucketed values: the outer edges closed by min and max when
-    sent, each bucket's values spread evenly around its midpoint (grouped data); the sum
-    estimated from the midpoints when it was not sent."""
-    lowers, uppers = shape.lowers, shape.uppers
-    if low is not None or high is not None:
-        lowers, uppers = lowers.copy(), uppers.copy()
-        if low is not None:
-            lowers[0] = low
-        if high is not None:
-            uppers[-1] = high
-        lowers[0] = min(lowers[0], uppers[0])
-        uppers[-1] = max(uppers[-1], lowers[-1])
-    if math.isnan(total):
-        total = sum(c * (a + b) / 2.0 for c, a, b in zip(counts, lowers, uppers, strict=True))
-    mean = total / count
-    m2 = 0.0
-    first = last = -1
-    for index, (c, a, b) in enumerate(zip(counts, lowers, uppers, strict=True)):
-        if c:
-            d = (a + b) / 2.0 - mean
-            width = b - a
-            m2 += c * (d * d + width * width / 12.0)
-            last = index
-            if first < 0:
-                first = index
-    return (
-        low if low is not None else lowers[first],
-        high if high is not None else uppers[last],
-        m2,
-        total,
-    )
+class _Pending:
+    """Points of one shape waiting for their arithmetic, as parallel lists."""
+
+    def __init__(self, shape: _Shape) -> None:
+        self.shape = shape
+        self.names: list[list[str]] = []
+        self.success: list[bool] = []
+        self.count: list[int] = []
+        self.total: list[float] = []  # NaN: not sent
+        self.low: list[float] = []  # NaN: not sent
+        self.high: list[float] = []
+        self.buckets: list[list[int]] = []
+        self.when: list[float] = []
+
+    def add(
+        self,
+        names: list[str],
+        success: bool,
+        count: int,
+        total: float,
+        low: float,
+        high: float,
+        buckets: list[int],
+        when: float,
+    ) -> None:
+        self.names.append(names)
+        self.success.append(success)
+        self.count.append(count)
+        self.total.append(total)
+        self.low.append(low)
+        self.high.append(high)
+        self.buckets.append(buckets)
+        self.when.append(when)
+
+    def increments(self) -> npt.NDArray[np.int64]:
+        return np.array(self.buckets, dtype=np.int64)
+
+    def spread(
+        self,
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
+        """(min, max, M2, sum) per point: the outer edges closed by min and max when sent,
+        each bucket's values spread evenly around its midpoint (grouped data), the sum
+        estimated from the midpoints when it was not sent."""
+        counts = self.increments().astype(np.float64)
+        points = len(counts)
+        low, high = np.array(self.low), np.array(self.high)
+        lowers = np.tile(np.array(self.shape.lowers), (points, 1))
+        uppers = np.tile(np.array(self.shape.uppers), (points, 1))
+        lowers[:, 0] = np.where(np.isnan(low), lowers[:, 0], low)
+        uppers[:, -1] = np.where(np.isnan(high), uppers[:, -1], high)
+        lowers[:, 0] = np.minimum(lowers[:, 0], uppers[:, 0])
+        uppers[:, -1] = np.maximum(uppers[:, -1], lowers[:, -1])
+        mids = (lowers + uppers) / 2.0
+        total = np.array(self.total)
+        total = np.where(np.isnan(total), (counts * mids).sum(axis=1), total)
+        mean = total / np.array(self.count, dtype=np.float64)
+        widths = uppers - lowers
+        m2 = (counts * (np.square(mids - mean[:, None]) + np.square(widths) / 12.0)).sum(axis=1)
+        filled = counts > 0
+        first = filled.argmax(axis=1)
+        last = counts.shape[1] - 1 - filled[:, ::-1].argmax(axis=1)
+        rows = np.arange(points)
+        low = np.where(np.isnan(low), lowers[rows, first], low)
+        high = np.where(np.isnan(high), uppers[rows, last], high)
+        return low, high, m2, total
 
 
 def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], ...]:
