@@ -20,6 +20,7 @@ the app sends them.
 
 from __future__ import annotations
 
+import ast
 import base64
 import bisect
 import contextlib
@@ -29,7 +30,7 @@ import operator
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
@@ -133,6 +134,9 @@ class Streams:
         self._clock = clock
         self._puts = 0
         self.evicted = 0
+        # changed and dropped since the store last took them
+        self.changed: set[tuple[Any, ...]] = set()
+        self.dropped: set[tuple[Any, ...]] = set()
 
     def __len__(self) -> int:
         return len(self._states)
@@ -147,6 +151,7 @@ class Streams:
         states = self._states
         states[key] = state
         states.move_to_end(key)
+        self.changed.add(key)
         self._puts += 1
         if len(states) > self.max_streams or self._puts % 1024 == 0:
             self._expire(state.seen)
@@ -158,7 +163,52 @@ class Streams:
             if len(states) <= self.max_streams and now - oldest.seen <= self.ttl:
                 break
             del states[key]
+            self.changed.discard(key)
+            self.dropped.add(key)
             self.evicted += 1
+
+    def take_changes(self) -> StreamChanges:
+        """The states to write and the keys to delete since the last call, as text."""
+        changed, dropped = self.changed, self.dropped
+        self.changed, self.dropped = set(), set()
+        rows = [(repr(k), _dump(self._states[k])) for k in changed if k in self._states]
+        return StreamChanges(changed, dropped, rows, [repr(k) for k in dropped])
+
+    def return_changes(self, changes: StreamChanges) -> None:
+        """A write failed: mark them as changed again, for the next one."""
+        self.changed |= changes.changed
+        self.dropped |= changes.dropped
+
+    def load(self, rows: Iterable[tuple[str, str]]) -> None:
+        """Restore states written by take_changes (keys are literals: no code is run)."""
+        now = self._clock()
+        for key, state in rows:
+            restored = _load(state)
+            restored.seen = now
+            self._states[ast.literal_eval(key)] = restored
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChanges:
+    changed: set[tuple[Any, ...]]
+    dropped: set[tuple[Any, ...]]
+    rows: list[tuple[str, str]]  # (repr of the key, the state as JSON)
+    gone: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.gone)
+
+
+def _dump(state: _Stream) -> str:
+    return json.dumps(
+        [state.start, state.time, state.count, state.total, state.buckets, state.bounds,
+         state.windows]
+    )  # fmt: skip
+
+
+def _load(text: str) -> _Stream:
+    start, end, count, total, buckets, bounds, windows = json.loads(text)
+    return _Stream(start, end, count, total, buckets, tuple(bounds), [tuple(w) for w in windows])
 
 
 @dataclass
@@ -204,14 +254,21 @@ class Receiver:
         self._max_name_length = max_name_length
         self._bounds = tuple(bounds)
         self.streams = streams if streams is not None else Streams()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._rebin: dict[tuple[tuple[float, ...], float], list[int]] = {}
         self._shapes: dict[tuple[float, ...], _Shape | None] = {}
         self._good_names: set[str] = set()
 
-    def receive(self, request: ExportMetricsServiceRequest) -> Received:
+    def receive(
+        self,
+        request: ExportMetricsServiceRequest,
+        apply: Callable[[Received], None] | None = None,
+    ) -> Received:
+        """Turn a request into increments and, when given, `apply` them to the aggregate
+        under the same lock as the stream state changes: the store, which takes that lock
+        to copy both, never sees a stream advanced without its increments, or the reverse."""
         out = Received()
-        with self._lock:
+        with self.lock:
             for resource_metrics in request.resource_metrics:
                 resource = _attribute_key(resource_metrics.resource.attributes)
                 for scope_metrics in resource_metrics.scope_metrics:
@@ -219,6 +276,8 @@ class Receiver:
                     for metric in scope_metrics.metrics:
                         self._metric(out, (resource, scope, metric.name), metric)
             self._finish(out)
+            if apply is not None:
+                apply(out)
         return out
 
     def _metric(self, out: Received, stream_prefix: tuple[Any, ...], metric: Metric) -> None:

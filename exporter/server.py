@@ -138,15 +138,18 @@ async def post_otlp(request: web.Request) -> web.Response:
             else json_format.MessageToJson(status, indent=None).encode()
         )
         return web.Response(status=400, body=payload, content_type=content_type)
+    applied: list[int] = []
+
+    def apply(received: otlp.Received) -> None:
+        version, refused = app[METRICS].record_parts(received.branches, received.events)
+        for reason, count in refused.items():
+            received.reject(reason, f"{reason.replace('_', ' ')}: points refused", count)
+        applied.append(version)
+
+    receive = app[RECEIVER].receive
     big = len(body) > 1_000_000
-    received = (
-        await asyncio.to_thread(app[RECEIVER].receive, decoded)
-        if big
-        else app[RECEIVER].receive(decoded)
-    )
-    version, refused = app[METRICS].record_parts(received.branches, received.events)
-    for reason, count in refused.items():
-        received.reject(reason, f"{reason.replace('_', ' ')}: points refused", count)
+    received = await asyncio.to_thread(receive, decoded, apply) if big else receive(decoded, apply)
+    version = applied[0]
     self_metrics.accept("otlp", "query", received.queries)
     self_metrics.accept("otlp", "event", received.event_count)
     for reason, count in received.reasons.items():
@@ -366,7 +369,13 @@ def create_app(
     if settings.persistent:
         assert settings.data_dir is not None
         durability: Durability = "interval" if settings.durability == "interval" else "sync"
-        app[STORE] = Store(settings.data_dir, app[METRICS], durability, settings.flush_interval)
+        app[STORE] = Store(
+            settings.data_dir,
+            app[METRICS],
+            durability,
+            settings.flush_interval,
+            receiver=app[RECEIVER],
+        )
     app.cleanup_ctx.append(background.persistence)
     app.cleanup_ctx.append(background.comparisons)
     if settings.expire_after:

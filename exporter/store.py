@@ -32,6 +32,7 @@ from .aggregate import BranchParts, EventParts
 from .config import ExperimentConfig
 from .exposition import Family, Sample
 from .manager import ABMetrics, StoreBatch
+from .otlp import Receiver, StreamChanges
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (experiment, branch, event)
 );
 CREATE TABLE IF NOT EXISTS configs (experiment TEXT PRIMARY KEY, config TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS otlp_streams (stream TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
 
 
@@ -78,8 +80,12 @@ class Store:
         durability: Durability = "sync",
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        receiver: Receiver | None = None,
     ) -> None:
         self.path = Path(directory) / FILE_NAME
+        # OTLP cumulative streams are persisted with the aggregate, so that after a restart
+        # an app's next point is counted as an increment, not as everything again
+        self._receiver = receiver
         self.durability = durability
         self.stats = StoreStats()
         self._metrics = metrics
@@ -155,6 +161,9 @@ class Store:
         }
         self._metrics.record_parts(branches, events, check_limits=False)
         self._metrics.restore_configs(configs)
+        if self._receiver is not None:
+            self._receiver.streams.load(connection.execute("SELECT * FROM otlp_streams"))
+            self._receiver.streams.take_changes()  # already on disk
         restored = self._metrics.changes_for_store()  # already on disk: nothing to write
         self._durable = restored.version
         return len(branches.keys), len(events.keys)
@@ -192,14 +201,23 @@ class Store:
     def commit(self) -> bool:
         """One group commit of everything changed so far; True if it succeeded."""
         started = time.perf_counter()
-        batch = self._metrics.changes_for_store()
-        if batch:
+        streams = StreamChanges(set(), set(), [], [])
+        if self._receiver is not None:
+            with self._receiver.lock:  # stream states and their increments, together
+                batch = self._metrics.changes_for_store()
+                streams = self._receiver.streams.take_changes()
+        else:
+            batch = self._metrics.changes_for_store()
+        if batch or streams:
             try:
-                self._write(batch)
+                self._write(batch, streams)
             except Exception:  # the writer must outlive any failure: retry next round
                 log.exception("persisting failed; will retry")
                 self.stats.failures += 1
                 self._metrics.return_changes(batch)
+                if self._receiver is not None:
+                    with self._receiver.lock:
+                        self._receiver.streams.return_changes(streams)
                 return False
             self.stats.commits += 1
             self.stats.rows_written += len(batch.branches) + len(batch.events)
@@ -209,10 +227,16 @@ class Store:
         self._release()
         return True
 
-    def _write(self, batch: StoreBatch) -> None:
+    def _write(self, batch: StoreBatch, streams: StreamChanges) -> None:
         connection = self._connection
         assert connection is not None
         with _transaction(connection):
+            connection.executemany(
+                "INSERT OR REPLACE INTO otlp_streams VALUES (?, ?)", streams.rows
+            )
+            connection.executemany(
+                "DELETE FROM otlp_streams WHERE stream = ?", [(k,) for k in streams.gone]
+            )
             if batch.changes.cleared:
                 connection.execute("DELETE FROM branches")
                 connection.execute("DELETE FROM events")

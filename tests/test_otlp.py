@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -458,3 +459,29 @@ def test_stream_state_is_bounded_and_expires() -> None:
     json_format.ParseDict(request([point()]), message, ignore_unknown_fields=True)
     receiver.receive(message)
     assert len(streams) == 1  # the two idle ones expired
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_cumulative_streams_survive_an_exporter_restart(tmp_path: Any, stop: int) -> None:
+    """The exporter restarts, the app does not: its next cumulative point must count only
+    what is new, so the stream state is persisted with the aggregate."""
+    exporter = Exporter(data_dir=str(tmp_path))
+    app = App(exporter.url, AggregationTemporality.CUMULATIVE, our_buckets=True)
+    recorded = 0
+    for round_ in range(3):
+        for i in range(25):
+            app.query("control", 5 + i + round_, i % 4 != 0)
+            recorded += 1
+        app.flush()
+        if round_ < 2:
+            exporter.process.send_signal(stop)
+            exporter.process.wait(20)
+            exporter = Exporter(data_dir=str(tmp_path), port=exporter.port)
+    app.stop()
+    try:
+        found = scrape(exporter)
+        labels = {"experiment": "checkout", "branch": "control"}
+        assert found[key("abtest_queries_total", **labels)] == recorded
+        assert found[key("abtest_query_failures_total", **labels)] == 3 * 7
+    finally:
+        exporter.stop()
