@@ -9,9 +9,9 @@ owns the lock.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +102,15 @@ EVENT_SPEC: ColumnSpec = {
 }
 
 
+class _Selectable:
+    """Parallel-list dataclasses: keep only some entries, in order."""
+
+    def select(self, indices: Sequence[int]) -> Self:
+        return type(self)(
+            **{f.name: [getattr(self, f.name)[i] for i in indices] for f in fields(self)}  # type: ignore[arg-type]
+        )
+
+
 @dataclass(slots=True)
 class Changes:
     """Rows touched and experiments removed since the store last looked."""
@@ -116,7 +125,7 @@ class Changes:
 
 
 @dataclass(slots=True)
-class BranchParts:
+class BranchParts(_Selectable):
     """Pre-aggregated query increments (from OTLP histograms or the store), one per entry;
     latency in ms, buckets in the aggregate's layout (non-cumulative, +Inf last)."""
 
@@ -157,7 +166,7 @@ class BranchParts:
 
 
 @dataclass(slots=True)
-class EventParts:
+class EventParts(_Selectable):
     keys: list[EventKey] = field(default_factory=list)
     count: list[int] = field(default_factory=list)
     total: list[float] = field(default_factory=list)

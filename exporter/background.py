@@ -50,8 +50,11 @@ async def persistence(app: web.Application) -> AsyncIterator[None]:
 
 async def comparisons(app: web.Application) -> AsyncIterator[None]:
     engine = app[ENGINE]
-    work = lambda: asyncio.to_thread(engine.refresh)  # noqa: E731
-    async with _running(_every(app[SETTINGS].stats_interval, work)):
+
+    async def refresh() -> None:
+        await asyncio.to_thread(engine.refresh)
+
+    async with _running(_every(app[SETTINGS].stats_interval, refresh)):
         yield
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from .keys import METRICS
 from .manager import ABMetrics
 
 
@@ -57,8 +58,6 @@ def demo_context(
     """An aiohttp cleanup context that feeds the demo at `rate` queries per second."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        from .keys import METRICS
-
         async def feed() -> None:
             rng = random.Random(seed)
             while True:

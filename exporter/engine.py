@@ -27,6 +27,7 @@ class Computed:
     text: str = ""
     computed_at: float = 0.0
     seconds: float = 0.0
+    comparisons: int = 0  # treatment x metric pairs published
 
 
 class ComparisonEngine:
@@ -36,9 +37,9 @@ class ComparisonEngine:
 
     def refresh(self) -> bool:
         """Recompute if the aggregate or a config changed; True if it did."""
+        if self._metrics.settled_version() == self.latest.version:
+            return False  # idle: not even a snapshot
         snapshot = self._metrics.snapshot()
-        if snapshot.version == self.latest.version:
-            return False
         started = time.perf_counter()
         analyses = analyse(snapshot.view, snapshot.configs)
         text = render_analysis(analyses)
@@ -48,14 +49,12 @@ class ComparisonEngine:
             text,
             snapshot.taken_at,
             time.perf_counter() - started,
+            sum(len(m) for a in analyses.values() for m in a.comparisons.values()),
         )
         return True
 
     def families(self) -> list[Family]:
         latest = self.latest
-        comparisons = sum(
-            len(metrics) for a in latest.analyses.values() for metrics in a.comparisons.values()
-        )
         return [
             Family(
                 "abtest_exporter_comparison_duration_seconds",
@@ -73,6 +72,6 @@ class ComparisonEngine:
                 "abtest_exporter_comparisons",
                 "gauge",
                 "Metric comparisons published (treatments x metrics).",
-                [Sample((), comparisons)],
+                [Sample((), latest.comparisons)],
             ),
         ]

@@ -26,6 +26,61 @@ class LimitError(ValidationError):
     """A cardinality limit would be crossed; `reason` names it for the self-metrics."""
 
 
+class Admission:
+    """Admits new series one at a time against the limits, counting what it has let in,
+    so a batch of any size is checked in one pass."""
+
+    def __init__(self, aggregate: Aggregate, limits: Limits) -> None:
+        self._aggregate = aggregate
+        self._limits = limits
+        self._experiments: set[str] = set()  # new experiments let in
+        self._branches: dict[str, set[str]] = {}  # experiment -> new branches let in
+        self._events: dict[str, set[str]] = {}  # experiment -> new event names let in
+
+    def branch(self, key: BranchKey) -> LimitError | None:
+        """None if the branch exists or fits (and is now counted), else why not."""
+        experiment, branch = key
+        existing = self._aggregate.experiments.get(experiment)
+        added = self._branches.get(experiment, set())
+        if (existing is not None and branch in existing) or branch in added:
+            return None
+        limits = self._limits
+        new_experiment = existing is None and experiment not in self._experiments
+        experiments = len(self._aggregate.experiments) + len(self._experiments)
+        if new_experiment and experiments >= limits.max_experiments:
+            return LimitError(
+                "limit_experiments",
+                f"the limit of {limits.max_experiments} experiments would be exceeded",
+            )
+        if len(existing or ()) + len(added) >= limits.max_branches:
+            return LimitError(
+                "limit_branches",
+                f"experiment {experiment!r} would exceed the limit of {limits.max_branches} "
+                "branches",
+            )
+        if existing is None:
+            self._experiments.add(experiment)
+        self._branches.setdefault(experiment, set()).add(branch)
+        return None
+
+    def event(self, key: EventKey) -> LimitError | None:
+        """Like branch(), for an event series (and the branch it belongs to)."""
+        experiment, _, name = key
+        known = self._aggregate.event_names.get(experiment, {})
+        added = self._events.get(experiment, set())
+        new_name = name not in known and name not in added
+        if new_name and len(known) + len(added) >= self._limits.max_events:
+            return LimitError(
+                "limit_events",
+                f"experiment {experiment!r} would exceed the limit of "
+                f"{self._limits.max_events} event names",
+            )
+        refused = self.branch((experiment, key[1]))
+        if refused is None and name not in known:
+            self._events.setdefault(experiment, set()).add(name)
+        return refused
+
+
 def check(
     aggregate: Aggregate,
     limits: Limits,
@@ -33,36 +88,10 @@ def check(
     event_keys: Iterable[EventKey],
 ) -> None:
     """Raise LimitError if adding these series would cross a limit."""
-    new_events = {k for k in set(event_keys) if k not in aggregate.events.ids}
-    new_branches = {k for k in set(branch_keys) if k not in aggregate.branches.ids}
-    new_branches |= {(k[0], k[1]) for k in new_events} - aggregate.branches.ids.keys()
-    if not new_branches and not new_events:
-        return
-    experiments = aggregate.experiments
-    new_experiments = {e for e, _ in new_branches if e not in experiments}
-    if len(experiments) + len(new_experiments) > limits.max_experiments:
-        raise LimitError(
-            "limit_experiments",
-            f"the limit of {limits.max_experiments} experiments would be exceeded",
-        )
-    per_experiment: dict[str, int] = {}
-    for experiment, _ in new_branches:
-        per_experiment[experiment] = per_experiment.get(experiment, 0) + 1
-    for experiment, added in per_experiment.items():
-        if len(experiments.get(experiment, ())) + added > limits.max_branches:
-            raise LimitError(
-                "limit_branches",
-                f"experiment {experiment!r} would exceed the limit of "
-                f"{limits.max_branches} branches",
-            )
-    names: dict[str, set[str]] = {}
-    for experiment, _, event in new_events:
-        names.setdefault(experiment, set()).add(event)
-    for experiment, added_names in names.items():
-        known = aggregate.event_names.get(experiment, {})
-        if len(known.keys() | added_names) > limits.max_events:
-            raise LimitError(
-                "limit_events",
-                f"experiment {experiment!r} would exceed the limit of "
-                f"{limits.max_events} event names",
-            )
+    admission = Admission(aggregate, limits)
+    for key in set(branch_keys):
+        if (error := admission.branch(key)) is not None:
+            raise error
+    for event_key in set(event_keys):
+        if (error := admission.event(event_key)) is not None:
+            raise error

@@ -36,6 +36,7 @@ from .results import (
     ExperimentMetrics,
     ExperimentSummary,
     MetricsStats,
+    activity,
     build_branch,
     build_experiment,
     events_by_branch,
@@ -50,8 +51,6 @@ from .validation import (
 )
 
 Clock = Callable[[], float]
-_BRANCH_PART_FIELDS = ("keys", "n", "ok", "total_ms", "m2", "lo", "hi", "first", "last", "buckets")
-_EVENT_PART_FIELDS = ("keys", "count", "total", "m2")
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "first", "last")
 T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
@@ -189,31 +188,25 @@ class ABMetrics:
     def _within_limits(
         self, branches: BranchParts, events: EventParts, refused: Counter[str]
     ) -> tuple[BranchParts, EventParts]:
-        try:
-            limits.check(self._aggregate, self.limits, branches.keys, events.keys)
+        """The parts whose series exist or fit the limits; the rest counted by reason."""
+        admission = limits.Admission(self._aggregate, self.limits)
+
+        def admitted(
+            keys: Sequence[Any], admit: Callable[[Any], limits.LimitError | None]
+        ) -> list[int]:
+            kept = []
+            for index, key in enumerate(keys):
+                if (error := admit(key)) is None:
+                    kept.append(index)
+                else:
+                    refused[error.reason] += 1
+            return kept
+
+        kept_branches = admitted(branches.keys, admission.branch)
+        kept_events = admitted(events.keys, admission.event)
+        if len(kept_branches) == len(branches.keys) and len(kept_events) == len(events.keys):
             return branches, events
-        except limits.LimitError:
-            pass  # some part crosses a limit: admit them one by one
-        kept_branches, kept_events = BranchParts(), EventParts()
-        admitted_b: set[BranchKey] = set()
-        admitted_e: set[EventKey] = set()
-        for i, key in enumerate(branches.keys):
-            try:
-                limits.check(self._aggregate, self.limits, [*admitted_b, key], admitted_e)
-            except limits.LimitError as error:
-                refused[error.reason] += 1
-                continue
-            admitted_b.add(key)
-            kept_branches.add(*(getattr(branches, f)[i] for f in _BRANCH_PART_FIELDS))
-        for i, event_key in enumerate(events.keys):
-            try:
-                limits.check(self._aggregate, self.limits, admitted_b, [*admitted_e, event_key])
-            except limits.LimitError as error:
-                refused[error.reason] += 1
-                continue
-            admitted_e.add(event_key)
-            kept_events.add(*(getattr(events, f)[i] for f in _EVENT_PART_FIELDS))
-        return kept_branches, kept_events
+        return branches.select(kept_branches), events.select(kept_events)
 
     def now(self) -> float:
         return self._clock()
@@ -335,9 +328,6 @@ class ABMetrics:
     def get_config(self, experiment: str) -> ExperimentConfig:
         return self._configs.get(experiment, ExperimentConfig())
 
-    def configs(self) -> dict[str, ExperimentConfig]:
-        return dict(self._configs)
-
     # -- reading -------------------------------------------------------------
 
     def get_experiment_metrics(self, experiment: str) -> ExperimentMetrics | None:
@@ -417,7 +407,7 @@ class ABMetrics:
             idle = [
                 e
                 for e, rows in view.experiments.items()
-                if (last := _latest_write(view, e, rows)) is None or last < cutoff
+                if (last := activity(view, e, rows)[1]) is None or last < cutoff
             ]
         for experiment in idle:
             self.clear_experiment(experiment)
@@ -459,6 +449,12 @@ class ABMetrics:
                 self._stats_locked(),
             )
 
+    def settled_version(self) -> int:
+        """The version once pending records are folded in (cheap when nothing changed)."""
+        with self._lock:
+            self._fold_locked()
+            return self._aggregate.version
+
     @property
     def version(self) -> int:
         """Changes whenever the aggregate or a config changed (pending records aside)."""
@@ -472,10 +468,3 @@ def _take(pending: list[T]) -> list[T]:
     batch = pending[:count]
     del pending[:count]
     return batch
-
-
-def _latest_write(view: View, experiment: str, rows: Mapping[str, int]) -> float | None:
-    c = view.branch
-    seen = [float(c["last"][r]) for r in rows.values() if c["n"][r]]
-    touched = view.touched.get(experiment)
-    return max([*seen, *([touched] if touched is not None else [])], default=None)

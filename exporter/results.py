@@ -155,7 +155,7 @@ def build_experiment(
     branches = {
         name: build_branch(view, row, name, grouped.get(name, [])) for name, row in rows.items()
     }
-    started, last = _activity(view, experiment, rows)
+    started, last = activity(view, experiment, rows)
     return ExperimentMetrics(
         experiment=experiment,
         control=control_of(rows, config),
@@ -167,7 +167,7 @@ def build_experiment(
     )
 
 
-def _activity(
+def activity(
     view: View, experiment: str, rows: Mapping[str, int]
 ) -> tuple[float | None, float | None]:
     """(first query, latest write): the latest of its queries and of any other write."""
@@ -202,7 +202,7 @@ def summarise(
     counts = c["n"][index].tolist()
     best = best_branch(zip(rows, counts, c["ok"][index].tolist(), strict=True))
     total = sum(counts)
-    started, last = _activity(view, experiment, rows)
+    started, last = activity(view, experiment, rows)
     return ExperimentSummary(
         experiment=experiment,
         control=control_of(rows, config),

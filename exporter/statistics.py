@@ -72,6 +72,12 @@ def welch(
     return Estimate(diff, variance), FixedHorizon(p, diff - half, diff + half)
 
 
+def _normal(diff: Array, variance: Array, p: Array, alpha: Array) -> tuple[Estimate, FixedHorizon]:
+    """A z-test's p-value with its Wald interval (left out where there is no spread)."""
+    half = np.where(variance > 0, z_critical(alpha) * np.sqrt(variance), np.nan)
+    return Estimate(diff, variance), FixedHorizon(p, diff - half, diff + half)
+
+
 def two_proportions(
     n_a: Array, x_a: Array, n_b: Array, x_b: Array, alpha: Array
 ) -> tuple[Estimate, FixedHorizon]:
@@ -81,9 +87,7 @@ def two_proportions(
     variance = p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b
     pool = (x_a + x_b) / (n_a + n_b)
     pooled_se = np.sqrt(pool * (1 - pool) * (1 / n_a + 1 / n_b))
-    p = normal_p_value(_safe_div(diff, pooled_se))
-    half = np.where(variance > 0, z_critical(alpha) * np.sqrt(variance), np.nan)
-    return Estimate(diff, variance), FixedHorizon(p, diff - half, diff + half)
+    return _normal(diff, variance, normal_p_value(_safe_div(diff, pooled_se)), alpha)
 
 
 def two_rates(
@@ -93,9 +97,7 @@ def two_rates(
     r_a, r_b = x_a / n_a, x_b / n_b
     diff = r_b - r_a
     variance = r_a / n_a + r_b / n_b
-    p = normal_p_value(_safe_div(diff, np.sqrt(variance)))
-    half = np.where(variance > 0, z_critical(alpha) * np.sqrt(variance), np.nan)
-    return Estimate(diff, variance), FixedHorizon(p, diff - half, diff + half)
+    return _normal(diff, variance, normal_p_value(_safe_div(diff, np.sqrt(variance))), alpha)
 
 
 def relative_difference(

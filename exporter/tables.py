@@ -24,14 +24,19 @@ class Table(Generic[K]):
     def __init__(self, spec: ColumnSpec, label: Callable[[K], str], capacity: int = 64) -> None:
         self._spec = spec
         self._label = label
+        self._capacity = capacity
+        self.clear()
+
+    def clear(self) -> None:
+        """Back to no rows, with the initial capacity."""
         self.ids: dict[K, int] = {}
         self.keys: list[K | None] = []
         # each row's exposition label set, rendered once when the row is made
         self.labels: list[str] = []
         self._free: list[int] = []
         self.columns: dict[str, npt.NDArray[Any]] = {
-            name: np.full((capacity, *shape), fill, dtype=dtype)
-            for name, (dtype, fill, shape) in spec.items()
+            name: np.full((self._capacity, *shape), fill, dtype=dtype)
+            for name, (dtype, fill, shape) in self._spec.items()
         }
 
     def __len__(self) -> int:
@@ -69,9 +74,6 @@ class Table(Generic[K]):
         for name, (_, fill, _) in self._spec.items():
             self.columns[name][index] = fill
         self._free.append(index)
-
-    def clear(self) -> None:
-        self.__init__(self._spec, self._label)  # type: ignore[misc]
 
     def _grow(self) -> None:
         for name, column in self.columns.items():

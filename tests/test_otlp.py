@@ -485,3 +485,24 @@ def test_cumulative_streams_survive_an_exporter_restart(tmp_path: Any, stop: int
         assert found[key("abtest_query_failures_total", **labels)] == 3 * 7
     finally:
         exporter.stop()
+
+
+async def test_points_over_a_cardinality_limit_are_refused_the_rest_applied(
+    aiohttp_client: Any,
+) -> None:
+    from exporter.server import create_app
+    from exporter.settings import Settings
+
+    metrics = ABMetrics()
+    client = await aiohttp_client(create_app(metrics, Settings(max_branches=2)))
+    points = []
+    for branch in ("a", "b", "c"):
+        attributes = point()["attributes"]
+        attributes[1] = {"key": "abtest.branch", "value": {"stringValue": branch}}
+        points.append(point(attributes=attributes))
+    status, reply = await send(client, request(points))
+    assert status == 200
+    assert reply["partialSuccess"]["rejectedDataPoints"] == "1"
+    assert "limit branches" in reply["partialSuccess"]["errorMessage"]
+    experiment = metrics.get_experiment_metrics("e")
+    assert experiment is not None and sorted(experiment.branches) == ["a", "b"]
