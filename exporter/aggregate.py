@@ -118,10 +118,11 @@ class Changes:
     branches: set[int] = field(default_factory=set)
     events: set[int] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
+    touched: set[str] = field(default_factory=set)  # experiments whose last write moved
     cleared: bool = False  # everything went: the store starts over
 
     def __bool__(self) -> bool:
-        return bool(self.branches or self.events or self.removed or self.cleared)
+        return bool(self.branches or self.events or self.removed or self.touched or self.cleared)
 
 
 @dataclass(slots=True)
@@ -443,6 +444,15 @@ class Aggregate:
         touched = self.touched
         for experiment in experiments:
             touched[experiment] = now
+            self.changes.touched.add(experiment)
+
+    def touch_latest(self, latest: dict[str, float]) -> None:
+        """Move each experiment's last write to `latest` where that is later."""
+        touched = self.touched
+        for experiment, when in latest.items():
+            if experiment in self.experiments:
+                touched[experiment] = max(when, touched.get(experiment, when))
+                self.changes.touched.add(experiment)
 
     def take_changes(self) -> Changes:
         """Hand what changed to the store and start afresh (under the owner's lock)."""

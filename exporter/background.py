@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from .keys import ENGINE, METRICS, READINESS, SELF, SETTINGS, STORE
+from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,34 @@ async def _running(coroutine: Awaitable[None]) -> AsyncIterator[None]:
 
 
 async def persistence(app: web.Application) -> AsyncIterator[None]:
-    """Restore the aggregate before serving; write the rest on shutdown."""
-    store = app.get(STORE)
-    if store is not None:
-        branches, events = await asyncio.to_thread(store.open)
-        log.info("restored %d branch and %d event series from %s", branches, events, store.path)
-        store.start()
-    app[READINESS].ready = True
+    """Restore the aggregate while already listening (so /-/ready can say 503 until it is
+    done, and writes are turned away); write the rest on shutdown."""
+    store, readiness = app.get(STORE), app[READINESS]
+
+    async def restore() -> None:
+        assert store is not None
+        try:
+            branches, events = await asyncio.to_thread(store.open)
+        except StoreError as exc:
+            readiness.failure = str(exc)
+            log.error("%s", exc)
+        else:
+            log.info("restored %d branch and %d event series from %s", branches, events,
+                     store.path)  # fmt: skip
+            store.start()
+            readiness.ready = True
+        readiness.settled.set()
+
+    task = None
+    if store is None:
+        readiness.ready = True
+        readiness.settled.set()
+    else:
+        task = asyncio.create_task(restore())
     yield
-    if store is not None:
+    if task is not None:
+        await task
+    if store is not None and readiness.ready:
         await asyncio.to_thread(store.close)
 
 

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
+from .keys import READINESS, SELF
 from .settings import (
     DEFAULT_PORT,
     ENV_PREFIX,
@@ -25,7 +31,6 @@ from .settings import (
     from_environment,
     load_file,
 )
-from .store import StoreError
 from .version import __version__
 
 log = logging.getLogger("abtest_exporter")
@@ -47,7 +52,10 @@ def _serve_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParse
     parser.add_argument("--config", default=_env("config"), help="TOML config file")
     for option in OPTIONS:
         parser.add_argument(
-            "--" + option.name.replace("_", "-"), type=option.parse, default=None, help=option.help
+            "--" + option.name.replace("_", "-"),
+            type=_argument(option.parse),
+            default=None,
+            help=option.help,
         )
     parser.add_argument(
         "--demo",
@@ -56,6 +64,18 @@ def _serve_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParse
         help="feed a simulated experiment so there is live data at once",
     )
     return parser
+
+
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse shows a ValueError as "invalid <function name> value": say what is wrong."""
+
+    def checked(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
-    """Defaults < config file < environment < flags. The CLI keeps data in ./data."""
-    settings = Settings(data_dir="./data")
+def settings_from(
+    args: argparse.Namespace, environ: dict[str, str] | None = None, demo: bool = False
+) -> Settings:
+    """Defaults < config file < environment < flags. The CLI keeps data in ./data; the
+    demo keeps it in memory unless told where, so it never mixes with `serve`'s."""
+    settings = Settings(data_dir=None if demo else "./data")
     if args.config:
         settings = settings.with_values(**load_file(args.config))
     settings = settings.with_values(**from_environment(environ))
@@ -91,24 +114,32 @@ def serve(args: argparse.Namespace) -> int:
     from .demo import demo_context
     from .server import create_app
 
+    demo = args.demo or args.command == "demo"
     try:
-        settings = settings_from(args)
+        settings = settings_from(args, demo=demo)
         ssl_context = tls_context(settings)
     except (OSError, ValueError) as exc:
         print(f"abtest-exporter: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.log_format)
     # The disk writer and the render worker are threads: hand the GIL over every 1 ms
     # (not 5) so a request waiting for its group commit is not left waiting for the GIL.
     sys.setswitchinterval(0.001)
+    _raise_open_files_limit()
+    if settings.allow_clear_all and not settings.token:
+        log.warning("clearing everything (DELETE /api/v1/experiments) is allowed with no token")
     app = create_app(settings=settings)
-    if args.demo or args.command == "demo":
+    if demo:
         app.cleanup_ctx.append(demo_context())
     try:
-        asyncio.run(run(app, settings, ssl_context))
-    except StoreError as exc:
+        return asyncio.run(run(app, settings, ssl_context))
+    except ListenError as exc:
         print(f"abtest-exporter: {exc}", file=sys.stderr)
         return 2
-    return 0
+
+
+class ListenError(Exception):
+    """A port cannot be listened on."""
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -123,24 +154,108 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 async def run(
     app: web.Application, settings: Settings, ssl_context: ssl.SSLContext | None = None
-) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully (in-flight requests finish)."""
-    runner = web.AppRunner(app)
-    await runner.setup()  # restores the data file first: a bad one stops the start here
+) -> int:
+    """Listen at once, restore the data file behind a 503 /-/ready, then serve until
+    SIGTERM or SIGINT and shut down gracefully (in-flight requests finish). Returns the
+    exit status: 2 when the data file cannot be used."""
+    runner = web.AppRunner(
+        app, keepalive_timeout=settings.idle_timeout, access_log_class=QuietAccessLogger
+    )
+    await runner.setup()  # the restore starts here, in the background
+    assert runner.server is not None
+    cap_connections(runner.server, settings.max_connections, app[SELF].connection_refused)
     ports = [settings.port] + ([settings.otlp_port] if settings.otlp_port else [])
     scheme = "https" if ssl_context else "http"
-    for port in ports:
-        await web.TCPSite(runner, settings.host, port, ssl_context=ssl_context).start()
-        log.info("listening on %s://%s:%s", scheme, settings.host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
-    finally:
+        for port in ports:
+            try:
+                await web.TCPSite(runner, settings.host, port, ssl_context=ssl_context).start()
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot listen on {settings.host}:{port}: {exc.strerror or exc} "
+                    "(another process has it? choose another --port)"
+                ) from None
+            log.info("listening on %s://%s:%s", scheme, settings.host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        readiness = app[READINESS]
+        stopping = asyncio.ensure_future(stop.wait())
+        settled = asyncio.ensure_future(readiness.settled.wait())
+        await asyncio.wait({stopping, settled}, return_when=asyncio.FIRST_COMPLETED)
+        settled.cancel()
+        if readiness.failure is not None:  # already logged, in one line
+            stopping.cancel()
+            return 2
+        await stopping
         log.info("shutting down")
+        return 0
+    finally:
         await runner.cleanup()
+
+
+def cap_connections(server: web.Server, limit: int, refused: Callable[[], None]) -> None:
+    """Close connections past `limit` at once with a 503, before they hold a descriptor
+    the /metrics scrape and the probes need."""
+    made = server.connection_made
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+        b"Connection: close\r\nContent-Length: 26\r\n\r\ntoo many open connections\n"
+    )
+
+    def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+        made(handler, transport)
+        if len(server.connections) > limit:
+            refused()
+            transport.write(busy)
+            transport.close()
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
+
+
+def _raise_open_files_limit() -> None:
+    """Use the hard limit on open files, as servers do: connections need descriptors."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class QuietAccessLogger(AccessLogger):
+    """The access log without successful scrapes and probes (one per second each)."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if response.status < 400 and request.path in _QUIET_PATHS:
+            return
+        super().log(request, response, time)
+
+
+_QUIET_PATHS = frozenset({"/metrics", "/-/healthy", "/-/ready"})
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, form: str) -> None:
+    handler = logging.StreamHandler()
+    if form == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
 
 
 def fetch(url: str) -> Any:
@@ -235,7 +350,7 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging("info", "text")
     args = build_parser().parse_args(argv)
     if args.command == "status":
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `status | head` ends quietly

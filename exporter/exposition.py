@@ -179,16 +179,22 @@ def _event_families(out: Writer, snapshot: Snapshot) -> None:
     labels = [view.event_labels[r] for r in rows]
     c = view.event
     count = c["count"][rows]
-    out.header("abtest_event_value", "summary", "Custom event values per branch and event.")
-    # OpenMetrics wants each series' samples together: count then sum, per label set.
-    out.parts.append(
-        "".join(
-            f"abtest_event_value_count{{{label}}} {n}\nabtest_event_value_sum{{{label}}} {total}\n"
-            for label, n, total in zip(
-                labels, count.tolist(), _floats(c["total"][rows].tolist()), strict=True
+    counts, sums = list(map(str, count.tolist())), _floats(c["total"][rows].tolist())
+    if out.openmetrics:
+        # OpenMetrics forbids a negative summary _sum, and event values may be negative
+        # (refunds): there the two series are families of their own, same sample names.
+        out.header("abtest_event_value_count", "unknown", "Custom events per branch and event.")
+        out.lines("abtest_event_value_count", labels, counts)
+        out.header("abtest_event_value_sum", "unknown", "Sum of custom event values.")
+        out.lines("abtest_event_value_sum", labels, sums)
+    else:
+        out.header("abtest_event_value", "summary", "Custom event values per branch and event.")
+        out.parts.append(
+            "".join(
+                f"abtest_event_value_count{{{label}}} {n}\nabtest_event_value_sum{{{label}}} {t}\n"
+                for label, n, t in zip(labels, counts, sums, strict=True)
             )
         )
-    )
     out.header("abtest_event_mean", "gauge", "Mean value of a custom event.")
     out.lines("abtest_event_mean", labels, _floats(c["mean"][rows].tolist()))
 
@@ -244,6 +250,19 @@ def _experiment_families(out: Writer, snapshot: Snapshot) -> None:
         ),
     ):
         out.family(family)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """True when gzip (or *) is accepted with a q-value above 0."""
+    for part in accept_encoding.split(","):
+        coding, *params = (p.strip() for p in part.split(";"))
+        if coding.lower() in ("gzip", "x-gzip", "*"):
+            q = next((p[2:] for p in params if p.replace(" ", "").startswith("q=")), "1")
+            try:
+                return float(q.strip("= ")) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def negotiate(accept: str) -> bool:

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .keys import SELF, SETTINGS, STORE
+from .keys import INFLIGHT, READINESS, SELF, SETTINGS, STORE
+from .refusals import Refusal
 
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
@@ -30,9 +31,23 @@ def _source(request: web.Request) -> str:
 def _authorised(request: web.Request, token: str) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    )
+    # headers arrive as latin-1 or with escaped undecodable bytes: compare bytes as sent
+    sent = given.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, token.encode())
+
+
+@web.middleware
+async def otlp_port_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The OTLP listener (--otlp-port) serves OTLP and the probes, nothing else."""
+    otlp_port = request.app[SETTINGS].otlp_port
+    if otlp_port and request.path not in OTLP_PORT_PATHS:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if sockname and sockname[1] == otlp_port:
+            return web.Response(status=404, text="this port serves only POST /v1/metrics\n")
+    return await handler(request)
+
+
+OTLP_PORT_PATHS = frozenset({"/v1/metrics", "/-/healthy", "/-/ready"})
 
 
 @web.middleware
@@ -57,38 +72,45 @@ def rss_bytes() -> int:
         return 0
 
 
-def admit_write(request: web.Request) -> web.Response | None:
-    """Turn a write away, before anything is applied, when the disk writer is behind
-    or memory is short: better a retry later than falling over."""
+@web.middleware
+async def release_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    finally:
+        if held := request.get(HELD_BYTES, 0):
+            request.app[INFLIGHT].release(held)
+
+
+HELD_BYTES = web.RequestKey("held_bytes", int)
+
+
+def admit_write(request: web.Request) -> None:
+    """Turn a write away, before its body is read, while the data file is being restored,
+    when the disk writer is behind or memory is short: better a retry later than falling
+    over."""
     app = request.app
-    settings, store = app[SETTINGS], app.get(STORE)
+    settings, store, source = app[SETTINGS], app.get(STORE), _source(request)
+    if not app[READINESS].ready:
+        raise Refusal(
+            503, "the exporter is restoring its data; retry shortly", "restoring", source,
+            {"Retry-After": "1"},
+        )  # fmt: skip
     if store is not None and store.waiting >= settings.max_pending_writes:
-        app[SELF].reject(_source(request), "write_queue_full")
-        return web.json_response(
-            {"error": "too many writes are waiting for the disk; retry shortly"},
-            status=429,
-            headers={"Retry-After": "1"},
-        )
+        raise Refusal(
+            429, "too many writes are waiting for the disk; retry shortly", "write_queue_full",
+            source, {"Retry-After": "1"},
+        )  # fmt: skip
     if settings.max_memory_bytes and rss_bytes() > settings.max_memory_bytes:
-        app[SELF].reject(_source(request), "memory_short")
-        return web.json_response(
-            {"error": "the exporter is short of memory; retry later"},
-            status=503,
-            headers={"Retry-After": "5"},
-        )
-    return None
+        raise Refusal(
+            503, "the exporter is short of memory; retry later", "memory_short", source,
+            {"Retry-After": "5"},
+        )  # fmt: skip
 
 
-async def durable(request: web.Request, version: int) -> web.Response | None:
-    """In sync durability, wait until `version` is on disk; a 503 if that takes too long."""
+async def durable(request: web.Request, version: int) -> bool:
+    """In sync durability, wait until `version` is on disk; False if that takes too long."""
     app = request.app
     store = app.get(STORE)
     if store is None or store.durability != "sync":
-        return None
-    if await store.durable(version, app[SETTINGS].durable_timeout):
-        return None
-    return web.json_response(
-        {"error": "applied in memory but not yet on disk; the disk is too slow or failing"},
-        status=503,
-        headers={"Retry-After": "5"},
-    )
+        return True
+    return await store.durable(version, app[SETTINGS].durable_timeout)

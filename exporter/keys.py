@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from . import otlp
 from .engine import ComparisonEngine
 from .manager import ABMetrics
 from .selfmetrics import SelfMetrics
@@ -16,15 +16,36 @@ from .store import Store
 
 @dataclass
 class Readiness:
-    """False until the data file is restored: /-/ready answers 503 until then."""
+    """False until the data file is restored: /-/ready answers 503 and writes are turned
+    away until then. `failure` says why the restore failed (the server then stops)."""
 
     ready: bool = False
+    failure: str | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # restored or failed
+
+
+class InFlight:
+    """Request bodies held at once, in bytes: past the budget a write is asked to retry
+    (one body is always let through, so a single large one still fits)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.held and self.held + size > self.budget:
+            return False
+        self.held += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.held -= size
 
 
 METRICS = web.AppKey("metrics", ABMetrics)
 SELF = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", ComparisonEngine)
-RECEIVER = web.AppKey("otlp_receiver", otlp.Receiver)
+INFLIGHT = web.AppKey("inflight", InFlight)
 STORE = web.AppKey("store", Store)
 READINESS = web.AppKey("readiness", Readiness)

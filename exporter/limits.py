@@ -20,6 +20,7 @@ class Limits:
     max_branches: int = 100  # per experiment
     max_events: int = 100  # distinct event names per experiment
     max_name_length: int = MAX_NAME_LENGTH
+    max_series: int = 100_000  # branch and event series together
 
 
 class LimitError(ValidationError):
@@ -36,6 +37,17 @@ class Admission:
         self._experiments: set[str] = set()  # new experiments let in
         self._branches: dict[str, set[str]] = {}  # experiment -> new branches let in
         self._events: dict[str, set[str]] = {}  # experiment -> new event names let in
+        self._new_events: set[EventKey] = set()
+        self._series = len(aggregate.branches) + len(aggregate.events)  # held and let in
+
+    def _series_full(self) -> LimitError | None:
+        if self._series >= self._limits.max_series:
+            return LimitError(
+                "limit_series",
+                f"the limit of {self._limits.max_series} series (branches and events) "
+                "would be exceeded",
+            )
+        return None
 
     def branch(self, key: BranchKey) -> LimitError | None:
         """None if the branch exists or fits (and is now counted), else why not."""
@@ -58,9 +70,12 @@ class Admission:
                 f"experiment {experiment!r} would exceed the limit of {limits.max_branches} "
                 "branches",
             )
+        if (full := self._series_full()) is not None:
+            return full
         if existing is None:
             self._experiments.add(experiment)
         self._branches.setdefault(experiment, set()).add(branch)
+        self._series += 1
         return None
 
     def event(self, key: EventKey) -> LimitError | None:
@@ -76,9 +91,16 @@ class Admission:
                 f"{self._limits.max_events} event names",
             )
         refused = self.branch((experiment, key[1]))
-        if refused is None and name not in known:
+        if refused is not None:
+            return refused
+        if key not in self._aggregate.events.ids and key not in self._new_events:
+            if (full := self._series_full()) is not None:
+                return full
+            self._new_events.add(key)
+            self._series += 1
+        if name not in known:
             self._events.setdefault(experiment, set()).add(name)
-        return refused
+        return None
 
 
 def check(

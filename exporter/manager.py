@@ -30,7 +30,9 @@ from .aggregate import (
 from .analysis import ExperimentAnalysis, analyse
 from .comparison import BranchComparison, compare
 from .config import ExperimentConfig
-from .limits import Limits
+from .idempotency import Answer, KeyChanges, Keys, Once
+from .limits import LimitError, Limits
+from .otlp import Parsed, Received, Receiver, StreamChanges, StreamFigures, StreamKey
 from .results import (
     BranchMetrics,
     ExperimentMetrics,
@@ -43,6 +45,7 @@ from .results import (
     summarise,
 )
 from .validation import (
+    MAX_COUNT,
     MAX_LATENCY_MS,
     ValidationError,
     check_name,
@@ -67,9 +70,29 @@ class StoreBatch:
     # (experiment, branch, event, count, total, m2)
     events: list[tuple[Any, ...]]
     configs: dict[str, ExperimentConfig | None]
+    activity: list[tuple[str, float]]  # (experiment, unix time of its latest write)
+    streams: StreamChanges
+    keys: KeyChanges
 
     def __bool__(self) -> bool:
-        return bool(self.branches or self.events or self.changes or self.configs)
+        return bool(
+            self.branches
+            or self.events
+            or self.changes
+            or self.configs
+            or self.activity
+            or self.streams
+            or self.keys
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A write's outcome: the version to wait for, and the first answer when it was a
+    repeat of an idempotency key (then nothing was applied)."""
+
+    version: int
+    repeat: Answer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +121,15 @@ class ABMetrics:
         clock: Clock = time.time,
         configs: Mapping[str, ExperimentConfig] | None = None,
         limits: Limits | None = None,
+        receiver: Receiver | None = None,
     ) -> None:
         self._aggregate = Aggregate(buckets)
         self.limits = limits or Limits()
         self._clock = clock
+        # OTLP stream state and idempotency keys change in the same step as the records
+        # they account for, so they share this lock and reach the disk in the same commit
+        self.receiver = receiver or Receiver(self._aggregate.bounds)
+        self._keys = Keys(clock=clock)
         self._lock = threading.Lock()
         # Pending records, flat: [slot, latency, success, time, slot, ...] and
         # [slot, value, time, ...]. A slot is a one-item list holding the series' row,
@@ -111,7 +139,8 @@ class ABMetrics:
         self._events: list[Any] = []
         self._branch_slots: dict[BranchKey, list[int]] = {}
         self._event_slots: dict[EventKey, list[int]] = {}
-        self._configs: dict[str, ExperimentConfig] = dict(configs or {})
+        self._file_configs: dict[str, ExperimentConfig] = dict(configs or {})
+        self._configs: dict[str, ExperimentConfig] = dict(self._file_configs)
         self._changed_configs: set[str] = set()  # set since the store last looked
         self.record_query, self.record_event = self._recorders()
 
@@ -156,60 +185,136 @@ class ABMetrics:
 
         return record_query, record_event
 
-    def record_batch(self, records: Records) -> int:
+    def record_batch(
+        self, records: Records, once: Once | None = None, answer: Answer | None = None
+    ) -> Written:
         """Apply already-validated records together: a read sees all of them or none.
-        Returns the version that includes them (to wait for their persistence).
+        With `once`, a repeat of its key applies nothing and returns the first answer.
         Raises LimitError, applying nothing, if new series would cross a limit."""
         with self._lock:
             self._fold_locked()
+            if (entry := self._repeat(once)) is not None:
+                return entry
             limits.check(self._aggregate, self.limits, records.query_keys, records.event_keys)
             self._aggregate.add(records)
             self._touch(records.query_keys, records.event_keys)
-            return self._aggregate.version
+            return self._written(once, answer)
 
     def record_parts(
         self, branches: BranchParts, events: EventParts, check_limits: bool = True
     ) -> tuple[int, Counter[str]]:
-        """Apply pre-aggregated increments (OTLP, restore) together, like record_batch,
-        leaving out the parts whose new series would cross a limit. Returns the version
-        and the refused part counts by reason."""
+        """Apply pre-aggregated increments (restore, benchmarks) together, like
+        record_batch, leaving out the parts whose new series would cross a limit. Returns
+        the version and the refused record counts by reason."""
         refused: Counter[str] = Counter()
         with self._lock:
             self._fold_locked()
             if check_limits:
-                branches, events = self._within_limits(branches, events, refused)
+                kept_b, kept_e = self._admit_parts(branches, events, refused)
+                branches, events = branches.select(kept_b), events.select(kept_e)
             self._aggregate.add_parts(branches, events)
             self._touch(branches.keys, events.keys)
             return self._aggregate.version, refused
 
+    def record_otlp(
+        self,
+        parsed: Parsed,
+        once: Once | None = None,
+        respond: Callable[[Received], Answer] | None = None,
+    ) -> tuple[Written, Received | None]:
+        """Apply checked OTLP points: increments against each stream's last point, the
+        parts within the limits applied, and only their streams moved on, in one step
+        under the lock (so the store never sees a stream advanced without its counts)."""
+        with self._lock:
+            self._fold_locked()
+            if (entry := self._repeat(once)) is not None:
+                return entry, None
+            received = self.receiver.increments(parsed)
+            branches, events = received.branches, received.events
+            over: Counter[str] = Counter()
+            kept_b, kept_e = self._admit_parts(branches, events, over)
+            received.refused.records.update(over)
+            for reason in over:
+                received.refused.messages.append(f"{reason.replace('_', ' ')}: points refused")
+            refused_streams = {
+                stream
+                for kept, streams in ((kept_b, received.branch_streams),
+                                      (kept_e, received.event_streams))
+                for stream in _left_out(streams, kept)
+            }  # fmt: skip
+            if refused_streams:  # every part of a refused stream goes, with its state
+                also = [i for i in kept_b if received.branch_streams[i] in refused_streams]
+                also_e = [i for i in kept_e if received.event_streams[i] in refused_streams]
+                kept_b = [i for i in kept_b if received.branch_streams[i] not in refused_streams]
+                kept_e = [i for i in kept_e if received.event_streams[i] not in refused_streams]
+                extra = sum(branches.n[i] for i in also) + sum(events.count[i] for i in also_e)
+                if extra:
+                    received.refused.records["limit_stream"] += extra
+                refused_points = len(branches.keys) + len(events.keys) - len(kept_b) - len(kept_e)
+                received.refused.points += refused_points
+            received.branches, received.events = branches.select(kept_b), events.select(kept_e)
+            self._aggregate.add_parts(received.branches, received.events)
+            self._touch(received.branches.keys, received.events.keys)
+            self.receiver.commit(received, refused_streams)
+            self._aggregate.version += 1  # stream states changed even if no count did
+            return self._written(once, respond(received) if respond else None), received
+
+    def _repeat(self, once: Once | None) -> Written | None:
+        """The first write's answer if `once`'s key was seen (KeyReused if it differs)."""
+        if once is None:
+            return None
+        entry = self._keys.find(once)
+        return Written(entry.version, entry.answer) if entry is not None else None
+
+    def _written(self, once: Once | None, answer: Answer | None) -> Written:
+        version = self._aggregate.version
+        if once is not None and answer is not None:
+            self._keys.add(once, answer, version)
+        return Written(version)
+
+    def _admit_parts(
+        self, branches: BranchParts, events: EventParts, refused: Counter[str]
+    ) -> tuple[list[int], list[int]]:
+        """Indices of the parts whose series exist or fit the limits, and whose counts stay
+        below MAX_COUNT; the rest counted in records by reason."""
+        admission = limits.Admission(self._aggregate, self.limits)
+        agg = self._aggregate
+
+        def admitted(
+            keys: Sequence[Any],
+            counts: Sequence[int],
+            admit: Callable[[Any], LimitError | None],
+            table: Any,
+            column: str,
+        ) -> list[int]:
+            kept, pending = [], Counter[Any]()
+            for index, (key, count) in enumerate(zip(keys, counts, strict=True)):
+                row = table.ids.get(key)
+                held = int(table.columns[column][row]) if row is not None else 0
+                if held + pending[key] + count > MAX_COUNT:
+                    refused["limit_count"] += count
+                elif (error := admit(key)) is not None:
+                    refused[error.reason] += count
+                else:
+                    pending[key] += count
+                    kept.append(index)
+            return kept
+
+        return (
+            admitted(branches.keys, branches.n, admission.branch, agg.branches, "n"),
+            admitted(events.keys, events.count, admission.event, agg.events, "count"),
+        )
+
     def _touch(self, *key_lists: Sequence[tuple[str, ...]]) -> None:
         self._aggregate.touch({k[0] for keys in key_lists for k in keys}, self._clock())
 
-    def _within_limits(
-        self, branches: BranchParts, events: EventParts, refused: Counter[str]
-    ) -> tuple[BranchParts, EventParts]:
-        """The parts whose series exist or fit the limits; the rest counted by reason."""
-        admission = limits.Admission(self._aggregate, self.limits)
-
-        def admitted(
-            keys: Sequence[Any], admit: Callable[[Any], limits.LimitError | None]
-        ) -> list[int]:
-            kept = []
-            for index, key in enumerate(keys):
-                if (error := admit(key)) is None:
-                    kept.append(index)
-                else:
-                    refused[error.reason] += 1
-            return kept
-
-        kept_branches = admitted(branches.keys, admission.branch)
-        kept_events = admitted(events.keys, admission.event)
-        if len(kept_branches) == len(branches.keys) and len(kept_events) == len(events.keys):
-            return branches, events
-        return branches.select(kept_branches), events.select(kept_events)
-
     def now(self) -> float:
         return self._clock()
+
+    def stream_figures(self) -> StreamFigures:
+        with self._lock:
+            streams = self.receiver.streams
+            return StreamFigures(len(streams), streams.evicted)
 
     def _admit_branch(self, key: BranchKey) -> list[int]:
         length = self.limits.max_name_length
@@ -259,21 +364,72 @@ class ABMetrics:
             for row, when in zip(rows, events[2::3], strict=True):
                 if (key := keys[row]) is not None and when > latest.get(key[0], -1.0):
                     latest[key[0]] = when
-            touched = self._aggregate.touched
-            for experiment, when in latest.items():
-                touched[experiment] = max(when, touched.get(experiment, when))
+            self._aggregate.touch_latest(latest)
 
     # -- configuration ------------------------------------------------------
 
     def configure(self, experiment: str, config: ExperimentConfig | Mapping[str, Any]) -> None:
         """Set how an experiment is analysed (replaces any earlier config)."""
-        check_name("experiment", experiment)
+        self.configure_once(experiment, config)
+
+    def configure_once(
+        self,
+        experiment: str,
+        config: ExperimentConfig | Mapping[str, Any],
+        once: Once | None = None,
+        answer: Answer | None = None,
+    ) -> Written:
+        """Set how an experiment is analysed (replaces any earlier config). Configs count
+        against the experiments limit, allocations against the branches limit."""
+        check_name("experiment", experiment, self.limits.max_name_length)
         if not isinstance(config, ExperimentConfig):
             config = ExperimentConfig.from_mapping(config)
+        allocation = config.allocation or {}
+        if len(allocation) > self.limits.max_branches:
+            raise LimitError(
+                "limit_branches",
+                f"the allocation names {len(allocation)} branches; the limit is "
+                f"{self.limits.max_branches}",
+            )
         with self._lock:
+            if (entry := self._repeat(once)) is not None:
+                return entry
+            if experiment not in self._configs and len(self._configs) >= max(
+                self.limits.max_experiments, len(self._file_configs)
+            ):
+                raise LimitError(
+                    "limit_configs",
+                    f"the limit of {self.limits.max_experiments} experiment configs is reached; "
+                    "delete one first",
+                )
             self._configs[experiment] = config
             self._changed_configs.add(experiment)
             self._aggregate.version += 1
+            return self._written(once, answer)
+
+    def remove_config(self, experiment: str) -> bool:
+        """Drop a config set through the API; False if there was none."""
+        return self.remove_config_once(experiment) is not None
+
+    def remove_config_once(
+        self, experiment: str, once: Once | None = None, answer: Answer | None = None
+    ) -> Written | None:
+        """Drop a config set through the API (back to the file's, or the defaults);
+        None if there was none."""
+        with self._lock:
+            if (entry := self._repeat(once)) is not None:
+                return entry
+            current = self._configs.get(experiment)
+            if current is None or current is self._file_configs.get(experiment):
+                return None
+            file_config = self._file_configs.get(experiment)
+            if file_config is None:
+                del self._configs[experiment]
+            else:
+                self._configs[experiment] = file_config
+            self._changed_configs.add(experiment)
+            self._aggregate.version += 1
+            return self._written(once, answer)
 
     # -- persistence -----------------------------------------------------------
 
@@ -284,8 +440,12 @@ class ABMetrics:
             self._fold_locked()
             agg = self._aggregate
             changes = agg.take_changes()
-            configs = {e: self._configs.get(e) for e in self._changed_configs}
+            configs = {
+                e: c if (c := self._configs.get(e)) is not self._file_configs.get(e) else None
+                for e in self._changed_configs
+            }
             self._changed_configs = set()
+            activity = [(x, agg.touched[x]) for x in sorted(changes.touched) if x in agg.touched]
             branch_rows = [r for r in sorted(changes.branches) if agg.branches.keys[r] is not None]
             event_rows = [r for r in sorted(changes.events) if agg.events.keys[r] is not None]
             b, e = agg.branches.columns, agg.events.columns
@@ -304,7 +464,16 @@ class ABMetrics:
                     strict=True,
                 )
             )
-            return StoreBatch(agg.version, changes, branches, events, configs)
+            return StoreBatch(
+                agg.version,
+                changes,
+                branches,
+                events,
+                configs,
+                activity,
+                self.receiver.streams.take_changes(),
+                self._keys.take_changes(),
+            )
 
     def return_changes(self, batch: StoreBatch) -> None:
         """A store write failed: mark what it carried as changed again, for the next try."""
@@ -318,11 +487,22 @@ class ABMetrics:
                     agg.changes.events.add(row)
             agg.changes.removed |= batch.changes.removed
             agg.changes.cleared |= batch.changes.cleared
+            agg.changes.touched |= {e for e, _ in batch.activity}
             self._changed_configs |= set(batch.configs)
+            self.receiver.streams.return_changes(batch.streams)
+            self._keys.return_changes(batch.keys)
 
-    def restore_configs(self, configs: Mapping[str, ExperimentConfig]) -> None:
+    def restore(self, restored: Restored) -> None:
+        """Load what the data file holds (already durable: nothing is marked changed)."""
         with self._lock:
-            self._configs.update(configs)
+            self._aggregate.add_parts(restored.branches, restored.events)
+            self._aggregate.touch_latest(restored.activity)
+            self._configs.update(restored.configs)
+            self.receiver.streams.load(restored.streams, restored.horizon)
+            self._keys.load(restored.keys)
+            self._aggregate.take_changes()
+            self.receiver.streams.take_changes()
+            self._keys.take_changes()
             self._aggregate.version += 1
 
     def get_config(self, experiment: str) -> ExperimentConfig:
@@ -392,12 +572,22 @@ class ABMetrics:
 
     def clear_experiment(self, experiment: str) -> bool:
         """Forget an experiment's data (its config stays); True if it existed."""
+        return self.clear_experiment_once(experiment) is not None
+
+    def clear_experiment_once(
+        self, experiment: str, once: Once | None = None, answer: Answer | None = None
+    ) -> Written | None:
+        """clear_experiment for the HTTP API: None if it did not exist."""
         with self._lock:
+            if (entry := self._repeat(once)) is not None:
+                return entry
             self._fold_locked()
             for slots in (self._branch_slots, self._event_slots):
                 for key in [k for k in slots if k[0] == experiment]:
                     slots.pop(key)[0] = -1  # type: ignore[arg-type]
-            return self._aggregate.remove_experiment(experiment)
+            if not self._aggregate.remove_experiment(experiment):
+                return None
+            return self._written(once, answer)
 
     def expire(self, idle_for: float) -> list[str]:
         """Remove experiments with no write for `idle_for` seconds; returns their names."""
@@ -414,13 +604,23 @@ class ABMetrics:
         return idle
 
     def clear_all(self) -> None:
+        """Forget all data and the configs set through the API (the file's stay)."""
+        self.clear_all_once()
+
+    def clear_all_once(self, once: Once | None = None, answer: Answer | None = None) -> Written:
+        """clear_all for the HTTP API (a repeat of `once` applies nothing)."""
         with self._lock:
+            if (entry := self._repeat(once)) is not None:
+                return entry
             self._fold_locked()
             for slots in (self._branch_slots, self._event_slots):
                 for slot in slots.values():
                     slot[0] = -1
                 slots.clear()
             self._aggregate.clear()
+            self._changed_configs |= set(self._configs) | set(self._file_configs)
+            self._configs = dict(self._file_configs)
+            return self._written(once, answer)
 
     def stats(self) -> MetricsStats:
         with self._lock:
@@ -459,6 +659,24 @@ class ABMetrics:
     def version(self) -> int:
         """Changes whenever the aggregate or a config changed (pending records aside)."""
         return self._aggregate.version
+
+
+def _left_out(items: Sequence[StreamKey], kept: Sequence[int]) -> set[StreamKey]:
+    keep = set(kept)
+    return {item for index, item in enumerate(items) if index not in keep}
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What the data file held, checked, ready to load."""
+
+    branches: BranchParts
+    events: EventParts
+    activity: dict[str, float]
+    configs: dict[str, ExperimentConfig]
+    streams: list[tuple[StreamKey, str]]
+    horizon: int
+    keys: list[tuple[str, str]]
 
 
 def _take(pending: list[T]) -> list[T]:

@@ -33,12 +33,30 @@ _ERROR = _json(_ref("Error"), "The request was refused; nothing was applied.")
 _NOT_FOUND = _json(_ref("Error"), "No such experiment or branch.")
 _BAD_NAME = _json(_ref("Error"), "A name in the path or query is not a valid name.")
 _UNAUTHORISED = {"description": "A token is configured and the request did not carry it."}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Send one per write and keep it across retries: a repeat is answered with "
+    "the first answer and applied no second time (keys are remembered for 24 hours).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
 _WRITE_ERRORS = {
+    "202": _json(
+        {"type": "object"},
+        "Applied in memory but not yet on disk (no Idempotency-Key was sent): do not resend.",
+    ),
     "401": _UNAUTHORISED,
+    "408": _json(_ref("Error"), "The body did not arrive in time; nothing was applied."),
+    "422": _json(_ref("Error"), "A limit would be crossed, or the Idempotency-Key was reused."),
     "413": _json(_ref("Error"), "The body or the batch is over its limit; nothing was applied."),
     "415": _json(_ref("Error"), "The body must be JSON."),
     "429": _json(_ref("Error"), "The disk writer is behind: retry after Retry-After seconds."),
-    "503": _json(_ref("Error"), "Short of memory, or the write did not reach the disk in time."),
+    "503": _json(
+        _ref("Error"),
+        "Restoring, short of memory, too busy, or (with an Idempotency-Key) not yet on disk: "
+        "retry after Retry-After seconds, with the same key.",
+    ),
 }
 
 
@@ -51,13 +69,10 @@ def document() -> dict[str, Any]:
             if "{" in path or "parameters" in operation:
                 responses.setdefault("400", _BAD_NAME)
             if method in ("post", "put", "delete"):
+                operation["parameters"] = [*operation.get("parameters", []), _IDEMPOTENCY_KEY]
                 for status, response in _WRITE_ERRORS.items():
-                    if status not in ("413", "415") or "requestBody" in operation:
+                    if status not in ("408", "413", "415") or "requestBody" in operation:
                         responses.setdefault(status, response)
-            if method == "post" and path == "/api/v1/records":
-                responses.setdefault(
-                    "422", _json(_ref("Error"), "A cardinality limit would be crossed.")
-                )
     spec["paths"]["/api/v1/experiments"]["delete"]["responses"]["403"] = _json(
         _ref("Error"), "Clearing everything is disabled on this exporter."
     )
@@ -95,7 +110,7 @@ def _paths() -> dict[str, Any]:
                     "responses": {"200": _json(_ref("SummaryList"), "All summaries.")},
                 },
                 "delete": {
-                    "summary": "Clear every experiment's data",
+                    "summary": "Clear every experiment's data and API configs (off by default)",
                     "responses": {"200": _json({"type": "object"}, "Cleared.")},
                 },
             },
@@ -161,6 +176,14 @@ def _paths() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("Config")}},
                     },
                     "responses": {"200": _json(_ref("Config"), "Stored."), "400": _ERROR},
+                },
+                "delete": {
+                    "summary": "Drop the config set through the API (back to the config file's)",
+                    "parameters": experiment,
+                    "responses": {
+                        "200": _json({"type": "object"}, "Dropped."),
+                        "404": _json(_ref("Error"), "No config was set through the API."),
+                    },
                 },
             },
             "/api/v1/stats": {

@@ -4,33 +4,45 @@
 `abtest.branch`, `abtest.outcome` = success | failure) and `abtest.event.value`
 (attributes `abtest.experiment`, `abtest.branch`, `abtest.event`).
 
-Cumulative streams become increments against the last point of the same stream
-(resource, scope, metric, attributes); a changed start time or a value that went
-down means the app restarted, and the whole point is the increment. Delta
-points are added as they come. A point at or before the stream's last time is a
-duplicate or arrived out of order and is skipped, so retries never double count.
+Two phases, so that nothing is half-applied:
+1. `parse` checks every point (names, ranges, buckets) without touching any state;
+   a bad point is refused on its own and changes nothing.
+2. `Receiver.increments` (called by `ABMetrics` under its lock) turns the good
+   points into increments against the last point of the same stream (resource,
+   scope, metric, attributes), and `Receiver.commit` moves the streams on only for
+   the increments that were applied; a point refused by a limit leaves its stream
+   where it was.
+
+Cumulative: a changed start time or a value that went down is an app restart and
+the whole point is the increment; a point at or before the stream's last time is
+a retry or a late arrival and is skipped. Delta: added as they come; an exact
+repeat of a remembered window is a retry, one overlapping a remembered window (or
+older than all of them) is refused.
+
+Stream state is bounded: past `max_streams` the least recently seen stream is
+forgotten, and the latest end time of any forgotten stream becomes the *horizon*.
+A cumulative stream seen for the first time whose start is at or before the
+horizon may be one we forgot, so its point only sets the baseline (counted in
+`abtest_exporter_otlp_uncertain_points_total`); a delta point ending at or before
+it is refused as possibly counted. Forgetting can lose an increment, never count
+one twice.
 
 Bucket bounds are re-binned onto the aggregate's: each source bucket goes to the
 first of our buckets whose upper bound is at or above its own, so cumulative
 counts are never overstated and are exact when the app uses our bounds. The
-latency variance (for the Welch test) is estimated as for grouped data: values
-spread evenly within each bucket, with min/max closing the outer buckets when
-the app sends them.
+latency variance (for the Welch test) is estimated as for grouped data.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 import bisect
 import contextlib
 import json
 import math
-import operator
-import threading
-import time
+from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
@@ -44,10 +56,21 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import HistogramDataPoint, Metric
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    DataPointFlags,
+    HistogramDataPoint,
+    Metric,
+)
 
 from .aggregate import BranchParts, EventParts
-from .validation import MAX_NAME_LENGTH, name_problem
+from .validation import (
+    MAX_ABS_EVENT_VALUE,
+    MAX_COUNT,
+    MAX_LATENCY_MS,
+    MAX_NAME_LENGTH,
+    name_problem,
+)
 
 QUERY_METRIC: Final = "abtest.query.duration"
 EVENT_METRIC: Final = "abtest.event.value"
@@ -56,13 +79,27 @@ BRANCH: Final = "abtest.branch"
 OUTCOME: Final = "abtest.outcome"
 EVENT: Final = "abtest.event"
 _UNIT_TO_MS: Final = {"s": 1000.0, "ms": 1.0}
-_DELTA, _CUMULATIVE = 1, 2
-_NO_RECORDED_VALUE = 1
+_DELTA: Final = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+_CUMULATIVE: Final = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+_NO_RECORDED_VALUE: Final = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 _QUERY_KEYS: Final = (EXPERIMENT, BRANCH)
 _EVENT_KEYS: Final = (EXPERIMENT, BRANCH, EVENT)
 _CONVENTION_KEYS: Final = frozenset((EXPERIMENT, BRANCH, OUTCOME, EVENT))
 _MAX_MESSAGES = 5
-_WINDOWS = 64
+_WINDOWS = 16  # delta windows remembered per stream, to recognise retries
+# bucket bounds beyond this (in the metric's unit) mean nothing for us and would let
+# the spread estimate overflow
+_MAX_ABS_BOUND: Final = 1e15
+
+StreamKey = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpLimits:
+    max_name_length: int = MAX_NAME_LENGTH
+    max_bounds: int = 100  # explicit_bounds per point
+    max_bounds_sets: int = 1000  # distinct explicit_bounds held at once
+    max_streams: int = 100_000  # stream states held
 
 
 class DecodeError(ValueError):
@@ -78,6 +115,11 @@ def decode(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
             data = json.loads(body) if body.strip() else {}
             if not isinstance(data, dict):
                 raise DecodeError("the JSON body must be an object")
+            if data and not ({"resourceMetrics", "resource_metrics"} & set(data)):
+                raise DecodeError(
+                    "not an OTLP metrics request (no resourceMetrics); JSON batches of "
+                    "records go to /api/v1/records"
+                )
             _hex_ids_to_base64(data)
             json_format.ParseDict(data, request, ignore_unknown_fields=True)
     except DecodeError:
@@ -107,340 +149,472 @@ def _hex_ids_to_base64(data: Any) -> None:
             _hex_ids_to_base64(item)
 
 
+# -- phase 1: checking points (no state) ---------------------------------------------
+
+
+@dataclass(slots=True)
+class Point:
+    """One checked data point, in the metric's own unit (`factor` converts to ms)."""
+
+    stream: StreamKey
+    query: bool
+    names: tuple[str, ...]  # (experiment, branch) or (experiment, branch, event)
+    success: bool
+    delta: bool
+    start: int
+    end: int
+    count: int
+    total: float  # NaN: not sent
+    low: float  # NaN: not sent
+    high: float
+    buckets: list[int]
+    bounds: tuple[float, ...]
+    factor: float
+
+
+@dataclass
+class Refusals:
+    """What was refused and why: records (a point's count) by reason, and messages."""
+
+    points: int = 0
+    records: Counter[str] = field(default_factory=Counter)
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, message: str, records: int = 1, points: int = 1) -> None:
+        self.points += points
+        self.records[reason] += records
+        if len(self.messages) < _MAX_MESSAGES and message not in self.messages:
+            self.messages.append(message)
+
+
+@dataclass
+class Parsed:
+    points: list[Point] = field(default_factory=list)
+    refused: Refusals = field(default_factory=Refusals)
+
+
+def _records(point: HistogramDataPoint) -> int:
+    """How many records a refused point stood for (1 when its count is not believable)."""
+    return point.count if 0 < point.count <= MAX_COUNT else 1
+
+
+def parse(request: ExportMetricsServiceRequest, limits: OtlpLimits) -> Parsed:
+    """Check every point of a request; no state is read or changed."""
+    out = Parsed()
+    for resource_metrics in request.resource_metrics:
+        resource = _attribute_key(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            scope = (scope_metrics.scope.name, scope_metrics.scope.version)
+            for metric in scope_metrics.metrics:
+                _metric(out, (resource, scope, metric.name), metric, limits)
+    return out
+
+
+def _metric(out: Parsed, prefix: StreamKey, metric: Metric, limits: OtlpLimits) -> None:
+    kind = metric.WhichOneof("data")
+    points = getattr(metric, kind).data_points if kind else ()
+    refused = out.refused
+    if metric.name not in (QUERY_METRIC, EVENT_METRIC):
+        refused.add("unknown_metric", f"{metric.name!r} is not an abtest metric", len(points),
+                    len(points))  # fmt: skip
+        return
+    if kind != "histogram":
+        refused.add(
+            "wrong_type",
+            f"{metric.name} must be an explicit-bucket histogram, not {kind}",
+            len(points),
+            len(points),
+        )
+        return
+    temporality = metric.histogram.aggregation_temporality
+    if temporality not in (_DELTA, _CUMULATIVE):
+        total = sum(map(_records, metric.histogram.data_points))
+        refused.add(
+            "wrong_temporality",
+            f"{metric.name}: temporality must be delta or cumulative",
+            total,
+            len(points),
+        )
+        return
+    factor = 1.0
+    if metric.name == QUERY_METRIC:
+        if metric.unit not in _UNIT_TO_MS:
+            total = sum(map(_records, metric.histogram.data_points))
+            refused.add(
+                "wrong_unit",
+                f"{QUERY_METRIC}: unit must be s or ms, not {metric.unit!r}",
+                total,
+                len(points),
+            )
+            return
+        factor = _UNIT_TO_MS[metric.unit]
+    for point in metric.histogram.data_points:
+        if point.flags & _NO_RECORDED_VALUE:
+            continue
+        checked = _point(prefix, metric.name, temporality == _DELTA, factor, point, limits)
+        if isinstance(checked, Point):
+            out.points.append(checked)
+        else:
+            refused.add(*checked, records=_records(point))
+
+
+def _point(
+    prefix: StreamKey,
+    name: str,
+    delta: bool,
+    factor: float,
+    point: HistogramDataPoint,
+    limits: OtlpLimits,
+) -> Point | tuple[str, str]:
+    # one pass over the attributes: ours must be strings, the rest only identify the stream
+    ours: dict[str, str | None] = {}
+    others: list[tuple[str, bytes]] = []
+    for kv in point.attributes:
+        key, value = kv.key, kv.value
+        if key in _CONVENTION_KEYS:
+            is_text = value.WhichOneof("value") == "string_value"
+            ours[key] = value.string_value if is_text else None
+        else:
+            others.append((key, value.SerializeToString(deterministic=True)))
+    query = name == QUERY_METRIC
+    wanted = _QUERY_KEYS if query else _EVENT_KEYS
+    names = tuple(ours.get(key) for key in wanted)
+    for key, text in zip(wanted, names, strict=True):
+        if text is None:
+            return "missing_attribute", f"{name}: attribute {key} (a string) is required"
+        problem = name_problem(text, limits.max_name_length)
+        if problem:
+            return "invalid_name", f"{name}: attribute {key} {problem}"
+    success = True
+    if query:
+        outcome = ours.get(OUTCOME)
+        if outcome not in ("success", "failure"):
+            return "missing_attribute", f"{name}: attribute {OUTCOME} must be success or failure"
+        success = outcome == "success"
+    bounds = tuple(point.explicit_bounds)
+    if len(bounds) > limits.max_bounds:
+        return (
+            "limit_otlp_bounds",
+            f"{name}: at most {limits.max_bounds} explicit_bounds per point (got {len(bounds)})",
+        )
+    if any(a >= b for a, b in pairwise(bounds)) or not all(
+        abs(b) <= _MAX_ABS_BOUND
+        for b in bounds  # False for NaN too
+    ):
+        return (
+            "invalid_point",
+            f"{name}: explicit_bounds must be increasing and within ±{_MAX_ABS_BOUND:g}",
+        )
+    count = point.count
+    if count > MAX_COUNT:
+        return "invalid_value", f"{name}: count must be at most {MAX_COUNT}"
+    buckets = list(point.bucket_counts)
+    if not buckets:
+        buckets = [count] if not bounds else []
+    if len(buckets) != len(bounds) + 1:
+        return (
+            "invalid_point",
+            f"{name}: bucket_counts must have one more entry than explicit_bounds",
+        )
+    if sum(buckets) != count:
+        return "invalid_point", f"{name}: bucket_counts must add up to count"
+    start, end = point.start_time_unix_nano, point.time_unix_nano
+    if end < start:
+        return "invalid_point", f"{name}: point ends before it starts"
+    sent = [v for v, has in ((point.sum, point.HasField("sum")), (point.min, point.HasField("min")),
+                             (point.max, point.HasField("max"))) if has]  # fmt: skip
+    if not all(map(math.isfinite, sent)):
+        return "invalid_value", f"{name}: sum, min and max must be finite (no NaN)"
+    nan = math.nan
+    total = point.sum if point.HasField("sum") else nan
+    low = point.min if point.HasField("min") else nan
+    high = point.max if point.HasField("max") else nan
+    problem = _value_problem(query, factor, count, total, low, high)
+    if problem:
+        return "invalid_value", f"{name}: {problem}"
+    stream = (*prefix, *names, ours.get(OUTCOME), tuple(sorted(others)))
+    checked = tuple(n for n in names if n is not None)  # all present: checked above
+    return Point(
+        stream, query, checked, success, delta, start, end, count, total, low, high, buckets,
+        bounds, factor,
+    )  # fmt: skip
+
+
+def _value_problem(
+    query: bool, factor: float, count: int, total: float, low: float, high: float
+) -> str | None:
+    """Sum, min and max must be finite and within what single records may carry, so no
+    total can overflow and no derived figure can become NaN."""
+    present = [v for v in (total, low, high) if not math.isnan(v)]  # NaN: not sent
+    if query:
+        limit = MAX_LATENCY_MS / factor
+        if any(v < 0 for v in present):
+            return "durations must be >= 0"
+        if not math.isnan(total) and total > count * limit:
+            return f"sum must be at most count x {limit:g}"
+        if any(v > limit for v in (low, high) if not math.isnan(v)):
+            return f"min and max must be at most {limit:g}"
+    else:
+        if not math.isnan(total) and abs(total) > count * MAX_ABS_EVENT_VALUE:
+            return f"sum must be within ±count x {MAX_ABS_EVENT_VALUE:g}"
+        if any(abs(v) > MAX_ABS_EVENT_VALUE for v in (low, high) if not math.isnan(v)):
+            return f"min and max must be within ±{MAX_ABS_EVENT_VALUE:g}"
+    if not math.isnan(low) and not math.isnan(high) and low > high:
+        return "min must not be above max"
+    return None
+
+
+def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], ...]:
+    """Identity of a resource: its attributes, order-independent."""
+    return tuple(
+        sorted((kv.key, kv.value.SerializeToString(deterministic=True)) for kv in attributes)
+    )
+
+
+# -- stream state --------------------------------------------------------------------
+
+
 @dataclass(slots=True)
 class _Stream:
     start: int
     time: int  # the latest end time seen
     count: int  # cumulative: the last point's figures
-    total: float
-    buckets: list[int]
+    total: float  # NaN: the point had no sum
+    buckets: array[int]
     bounds: tuple[float, ...]
-    windows: list[tuple[int, int]]  # delta: recent (start, end) windows, to spot retries
-    seen: float = 0.0
+    windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
 
 
 class Streams:
-    """Last point per stream, bounded (least recently seen dropped first) and expiring."""
+    """Last point per stream, least recently seen first; not locked (the owner locks)."""
 
-    def __init__(
-        self,
-        max_streams: int = 100_000,
-        ttl: float = 3600.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._states: OrderedDict[tuple[Any, ...], _Stream] = OrderedDict()
+    def __init__(self, max_streams: int = 100_000) -> None:
+        self._states: OrderedDict[StreamKey, _Stream] = OrderedDict()
         self.max_streams = max_streams
-        self.ttl = ttl
-        self._clock = clock
-        self._puts = 0
+        self.horizon = 0  # latest end time (ns) of any forgotten stream
         self.evicted = 0
         # changed and dropped since the store last took them
-        self.changed: set[tuple[Any, ...]] = set()
-        self.dropped: set[tuple[Any, ...]] = set()
+        self._changed: set[StreamKey] = set()
+        self._dropped: set[StreamKey] = set()
+        self._horizon_changed = False
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def get(self, key: tuple[Any, ...]) -> _Stream | None:
+    def get(self, key: StreamKey) -> _Stream | None:
         return self._states.get(key)
 
-    def put(self, key: tuple[Any, ...], state: _Stream) -> None:
-        """Store as the most recently seen; drop the oldest when over the bound, and look
-        for expired ones every 1024 puts (the oldest come first, so that is cheap)."""
-        state.seen = self._clock()
+    def put(self, key: StreamKey, state: _Stream) -> None:
         states = self._states
         states[key] = state
         states.move_to_end(key)
-        self.changed.add(key)
-        self._puts += 1
-        if len(states) > self.max_streams or self._puts % 1024 == 0:
-            self._expire(state.seen)
-
-    def _expire(self, now: float) -> None:
-        states = self._states
-        while states:
-            key, oldest = next(iter(states.items()))
-            if len(states) <= self.max_streams and now - oldest.seen <= self.ttl:
-                break
-            del states[key]
-            self.changed.discard(key)
-            self.dropped.add(key)
+        self._changed.add(key)
+        self._dropped.discard(key)
+        while len(states) > self.max_streams:
+            old_key, old = states.popitem(last=False)
+            self.horizon = max(self.horizon, old.time)
+            self._horizon_changed = True
+            self._changed.discard(old_key)
+            self._dropped.add(old_key)
             self.evicted += 1
 
     def take_changes(self) -> StreamChanges:
         """The states to write and the keys to delete since the last call, as text."""
-        changed, dropped = self.changed, self.dropped
-        self.changed, self.dropped = set(), set()
+        changed, dropped = self._changed, self._dropped
+        self._changed, self._dropped = set(), set()
+        horizon = self.horizon if self._horizon_changed else None
+        self._horizon_changed = False
         rows = [(repr(k), _dump(self._states[k])) for k in changed if k in self._states]
-        return StreamChanges(changed, dropped, rows, [repr(k) for k in dropped])
+        return StreamChanges(changed, dropped, rows, [repr(k) for k in dropped], horizon)
 
     def return_changes(self, changes: StreamChanges) -> None:
         """A write failed: mark them as changed again, for the next one."""
-        self.changed |= changes.changed
-        self.dropped |= changes.dropped
+        self._changed |= {k for k in changes.changed if k in self._states}
+        self._dropped |= {k for k in changes.dropped if k not in self._states}
+        self._horizon_changed |= changes.horizon is not None
 
-    def load(self, rows: Iterable[tuple[str, str]]) -> None:
-        """Restore states written by take_changes (keys are literals: no code is run)."""
-        now = self._clock()
+    def load(self, rows: Iterable[tuple[StreamKey, str]], horizon: int) -> None:
+        """Restore states written by take_changes."""
+        self.horizon = horizon
         for key, state in rows:
-            restored = _load(state)
-            restored.seen = now
-            self._states[ast.literal_eval(key)] = restored
+            self._states[key] = _load(state)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFigures:
+    held: int
+    evicted: int
 
 
 @dataclass(frozen=True, slots=True)
 class StreamChanges:
-    changed: set[tuple[Any, ...]]
-    dropped: set[tuple[Any, ...]]
+    changed: set[StreamKey]
+    dropped: set[StreamKey]
     rows: list[tuple[str, str]]  # (repr of the key, the state as JSON)
     gone: list[str]
+    horizon: int | None  # to write, when it moved
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.gone)
+        return bool(self.rows or self.gone or self.horizon is not None)
 
 
 def _dump(state: _Stream) -> str:
     return json.dumps(
-        [state.start, state.time, state.count, state.total, state.buckets, state.bounds,
-         state.windows]
+        [state.start, state.time, state.count,
+         None if math.isnan(state.total) else state.total, state.buckets.tolist(),
+         state.bounds, state.windows.tolist()]
     )  # fmt: skip
 
 
 def _load(text: str) -> _Stream:
     start, end, count, total, buckets, bounds, windows = json.loads(text)
-    return _Stream(start, end, count, total, buckets, tuple(bounds), [tuple(w) for w in windows])
+    for number in (start, end, count):
+        if not isinstance(number, int) or not 0 <= number < 2**64:
+            raise ValueError("stream times and counts must be non-negative integers")
+    if total is None:
+        total = math.nan
+    elif not isinstance(total, int | float) or not math.isfinite(total):
+        raise ValueError("stream sum must be finite")
+    if len(buckets) != len(bounds) + 1 or sum(buckets) != count or min(buckets, default=0) < 0:
+        raise ValueError("stream buckets must add up to its count")
+    if len(windows) % 2 or end < start:
+        raise ValueError("stream windows must be (start, end) pairs")
+    return _Stream(
+        start, end, count, float(total), array("q", buckets), tuple(map(float, bounds)),
+        array("q", windows),
+    )  # fmt: skip
+
+
+# -- phase 2: increments (under the owner's lock) ------------------------------------
 
 
 @dataclass
 class Received:
-    """What one request contributes, and what it refused."""
+    """What one request contributes: parts to apply, each tied to its stream, and the
+    stream states to keep once they are applied."""
 
     branches: BranchParts = field(default_factory=BranchParts)
     events: EventParts = field(default_factory=EventParts)
-    queries: int = 0
-    event_count: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    messages: list[str] = field(default_factory=list)
-    # points accepted but not yet turned into parts, by (metric, bounds, unit factor)
-    pending: dict[tuple[str, tuple[float, ...], float], _Pending] = field(default_factory=dict)
-
-    def reject(self, reason: str, message: str, points: int = 1) -> None:
-        self.rejected += points
-        self.reasons[reason] += points
-        if len(self.messages) < _MAX_MESSAGES and message not in self.messages:
-            self.messages.append(message)
+    branch_streams: list[StreamKey] = field(default_factory=list)
+    event_streams: list[StreamKey] = field(default_factory=list)
+    updates: dict[StreamKey, _Stream] = field(default_factory=dict)
+    refused: Refusals = field(default_factory=Refusals)
+    duplicates: int = 0  # points skipped as retries or late arrivals
+    uncertain: int = 0  # cumulative points taken as a baseline (stream possibly forgotten)
 
     def response(self) -> ExportMetricsServiceResponse:
-        if not self.rejected:
+        if not self.refused.points:
             return ExportMetricsServiceResponse()
         return ExportMetricsServiceResponse(
             partial_success=ExportMetricsPartialSuccess(
-                rejected_data_points=self.rejected, error_message="; ".join(self.messages)
+                rejected_data_points=self.refused.points,
+                error_message="; ".join(self.refused.messages),
             )
         )
 
 
 class Receiver:
-    """Turns OTLP requests into increments; holds the per-stream state."""
+    """Turns checked points into increments; holds the per-stream state."""
 
-    def __init__(
-        self,
-        bounds: Sequence[float],
-        streams: Streams | None = None,
-        max_name_length: int = MAX_NAME_LENGTH,
-    ) -> None:
-        self._max_name_length = max_name_length
+    def __init__(self, bounds: Sequence[float], limits: OtlpLimits | None = None) -> None:
+        self.limits = limits or OtlpLimits()
         self._bounds = tuple(bounds)
-        self.streams = streams if streams is not None else Streams()
-        self.lock = threading.Lock()
+        self.streams = Streams(self.limits.max_streams)
         self._rebin: dict[tuple[tuple[float, ...], float], list[int]] = {}
-        self._shapes: dict[tuple[float, ...], _Shape | None] = {}
-        self._good_names: set[str] = set()
+        # distinct bounds in use, shared by every stream that sends them (bounded)
+        self._bounds_pool: dict[tuple[float, ...], tuple[float, ...]] = {}
 
-    def receive(
-        self,
-        request: ExportMetricsServiceRequest,
-        apply: Callable[[Received], None] | None = None,
-    ) -> Received:
-        """Turn a request into increments and, when given, `apply` them to the aggregate
-        under the same lock as the stream state changes: the store, which takes that lock
-        to copy both, never sees a stream advanced without its increments, or the reverse."""
-        out = Received()
-        with self.lock:
-            for resource_metrics in request.resource_metrics:
-                resource = _attribute_key(resource_metrics.resource.attributes)
-                for scope_metrics in resource_metrics.scope_metrics:
-                    scope = (scope_metrics.scope.name, scope_metrics.scope.version)
-                    for metric in scope_metrics.metrics:
-                        self._metric(out, (resource, scope, metric.name), metric)
-            self._finish(out)
-            if apply is not None:
-                apply(out)
+    def increments(self, parsed: Parsed) -> Received:
+        """The parts the points add; no stream changes until `commit`."""
+        out = Received(refused=parsed.refused)
+        pending: dict[tuple[str, tuple[float, ...], float], _Pending] = {}
+        for point in parsed.points:
+            refusal = self._increment(out, pending, point)
+            if refusal is not None:
+                out.refused.add(*refusal, records=point.count)
+        self._finish(out, pending)
         return out
 
-    def _metric(self, out: Received, stream_prefix: tuple[Any, ...], metric: Metric) -> None:
-        kind = metric.WhichOneof("data")
-        points = len(getattr(metric, kind).data_points) if kind else 0
-        if metric.name not in (QUERY_METRIC, EVENT_METRIC):
-            out.reject("unknown_metric", f"{metric.name!r} is not an abtest metric", points)
-            return
-        if kind != "histogram":
-            out.reject(
-                "wrong_type",
-                f"{metric.name} must be an explicit-bucket histogram, not {kind}",
-                points,
-            )
-            return
-        temporality = metric.histogram.aggregation_temporality
-        if temporality not in (_DELTA, _CUMULATIVE):
-            out.reject(
-                "wrong_temporality",
-                f"{metric.name}: temporality must be delta or cumulative",
-                points,
-            )
-            return
-        factor = 1.0
-        if metric.name == QUERY_METRIC:
-            if metric.unit not in _UNIT_TO_MS:
-                out.reject(
-                    "wrong_unit",
-                    f"{QUERY_METRIC}: unit must be s or ms, not {metric.unit!r}",
-                    points,
-                )
-                return
-            factor = _UNIT_TO_MS[metric.unit]
-        for point in metric.histogram.data_points:
-            if point.flags & _NO_RECORDED_VALUE:
-                continue
-            problem = self._point(out, stream_prefix, metric.name, temporality, factor, point)
-            if problem is not None:
-                out.reject(*problem)
+    def commit(self, received: Received, refused_streams: set[StreamKey]) -> None:
+        """Move the streams whose increments were applied (or had none to apply)."""
+        for key, state in received.updates.items():
+            if key not in refused_streams:
+                self.streams.put(key, state)
 
-    def _point(
+    def _increment(
         self,
         out: Received,
-        stream_prefix: tuple[Any, ...],
-        name: str,
-        temporality: int,
-        factor: float,
-        point: HistogramDataPoint,
+        pending: dict[tuple[str, tuple[float, ...], float], _Pending],
+        point: Point,
     ) -> tuple[str, str] | None:
-        # one pass over the attributes: ours must be strings, the rest only identify the stream
-        ours: dict[str, str | None] = {}
-        others: list[tuple[str, bytes]] = []
-        for kv in point.attributes:
-            key, value = kv.key, kv.value
-            if key in _CONVENTION_KEYS:
-                is_text = value.WhichOneof("value") == "string_value"
-                ours[key] = value.string_value if is_text else None
-            else:
-                others.append((key, value.SerializeToString(deterministic=True)))
-        wanted = _EVENT_KEYS if name == EVENT_METRIC else _QUERY_KEYS
-        names = [ours.get(key) for key in wanted]
-        for key, text in zip(wanted, names, strict=True):
-            if text is None:
-                return "missing_attribute", f"{name}: attribute {key} (a string) is required"
-            if text not in self._good_names:
-                problem = name_problem(text, self._max_name_length)
-                if problem:
-                    return "invalid_name", f"{name}: attribute {key} {problem}"
-                if len(self._good_names) < 100_000:
-                    self._good_names.add(text)
-        success = True
-        if name == QUERY_METRIC:
-            outcome = ours.get(OUTCOME)
-            if outcome not in ("success", "failure"):
+        bounds = self._bounds_pool.get(point.bounds)
+        if bounds is None:
+            if len(self._bounds_pool) >= self.limits.max_bounds_sets:
                 return (
-                    "missing_attribute",
-                    f"{name}: attribute {OUTCOME} must be success or failure",
+                    "limit_otlp_bounds",
+                    f"more than {self.limits.max_bounds_sets} distinct explicit_bounds in use",
                 )
-            success = outcome == "success"
-        bounds = tuple(point.explicit_bounds)
-        shape = self._shape(bounds)
-        if shape is None:
-            return "invalid_point", f"{name}: explicit_bounds must be finite and increasing"
-        buckets = list(point.bucket_counts)
-        if not buckets:
-            buckets = [point.count] if not bounds else []
-        if len(buckets) != len(bounds) + 1:
-            return (
-                "invalid_point",
-                f"{name}: bucket_counts must have one more entry than explicit_bounds",
-            )
-        if sum(buckets) != point.count:
-            return "invalid_point", f"{name}: bucket_counts must add up to count"
-        has_sum, has_min, has_max = (
-            point.HasField("sum"),
-            point.HasField("min"),
-            point.HasField("max"),
-        )
-        for has, number in ((has_sum, point.sum), (has_min, point.min), (has_max, point.max)):
-            if has and not math.isfinite(number):
-                return "invalid_value", f"{name}: sum, min and max must be finite (no NaN)"
-            if has and number < 0 and name == QUERY_METRIC:
-                return "invalid_value", f"{name}: durations must be >= 0"
-
-        stream = (*stream_prefix, *names, ours.get(OUTCOME), tuple(sorted(others)))
-        state = self.streams.get(stream)
-        start, end = point.start_time_unix_nano, point.time_unix_nano
-        count, total, increments = point.count, point.sum if has_sum else math.nan, buckets
-        windows: list[tuple[int, int]] = []
-        if temporality == _DELTA:
-            if end < start:
-                return "non_monotonic_delta", f"{name}: delta point ends before it starts"
-            if state is not None:
+            bounds = self._bounds_pool[point.bounds] = point.bounds
+        key = point.stream
+        state = out.updates.get(key) or self.streams.get(key)
+        start, end, horizon = point.start, point.end, self.streams.horizon
+        count, total, increments = point.count, point.total, point.buckets
+        windows = array("q")
+        if point.delta:
+            if state is None:
+                if horizon and end <= horizon:
+                    return "stale_delta", "delta point older than forgotten stream state"
+            else:
                 windows = state.windows
                 if start < state.time:  # not simply the next window: a retry, or late
-                    if (start, end) in windows:
+                    pairs = list(zip(windows[0::2], windows[1::2], strict=True))
+                    if (start, end) in pairs:
                         out.duplicates += 1  # a retry: already counted
                         return None
-                    if any(start < w_end and w_start < end for w_start, w_end in windows):
-                        return "non_monotonic_delta", f"{name}: delta point overlaps an earlier one"
-            windows = [*windows[-(_WINDOWS - 1) :], (start, end)]
-        elif state is not None:
+                    if any(start < w_end and w_start < end for w_start, w_end in pairs):
+                        return "non_monotonic_delta", "delta point overlaps an earlier one"
+                    if len(pairs) >= _WINDOWS and start < pairs[0][0]:  # history cut short
+                        return "stale_delta", "delta point older than the windows remembered"
+            windows = array("q", [*windows[-2 * (_WINDOWS - 1) :], start, end])
+        elif state is None:
+            if horizon and start <= horizon:
+                out.uncertain += 1  # we may have forgotten this stream: only a baseline
+                count = 0
+        else:
             if end <= state.time:
                 out.duplicates += 1  # a retry or a late point: a later one holds its counts
                 return None
             restarted = (
                 start != state.start
                 or point.count < state.count
-                or bounds != state.bounds
-                or any(map(operator.lt, buckets, state.buckets))
+                or point.bounds != state.bounds
+                or any(a < b for a, b in zip(point.buckets, state.buckets, strict=True))
             )
             if not restarted:
                 count = point.count - state.count
                 total = total - state.total
-                increments = list(map(operator.sub, buckets, state.buckets))
+                increments = [a - b for a, b in zip(point.buckets, state.buckets, strict=True)]
+        limit = count * MAX_LATENCY_MS / point.factor
+        if point.query and count > 0 and not math.isnan(total) and not 0 <= total <= limit:
+            return "invalid_value", "cumulative duration sum went down or grew too fast"
         latest = max(end, state.time) if state is not None else end
-        self.streams.put(
-            stream,
-            _Stream(
-                start, latest, point.count, point.sum if has_sum else 0.0, buckets, bounds, windows
-            ),
+        out.updates[key] = _Stream(
+            start, latest, point.count, point.total, array("q", point.buckets), bounds, windows
         )
         if count <= 0:
             return None
-        # the arithmetic is done for all points of a request at once (see _finish)
-        group = out.pending.get((name, bounds, factor))
+        name = QUERY_METRIC if point.query else EVENT_METRIC
+        group = pending.get((name, bounds, point.factor))
         if group is None:
-            group = out.pending[name, bounds, factor] = _Pending(shape)
-        group.add(
-            [text for text in names if text is not None],  # all present: checked above
-            success,
-            count,
-            total,
-            point.min if has_min else math.nan,
-            point.max if has_max else math.nan,
-            increments,
-            end / 1e9,
-        )
+            group = pending[name, bounds, point.factor] = _Pending(_shape(bounds))
+        group.add(point, count, total, increments)
         return None
 
-    def _finish(self, out: Received) -> None:
+    def _finish(
+        self, out: Received, pending: dict[tuple[str, tuple[float, ...], float], _Pending]
+    ) -> None:
         """Spread, re-binning and parts for every pending point, vectorised per shape."""
-        for (name, bounds, factor), group in out.pending.items():
+        for (name, bounds, factor), group in pending.items():
             low, high, m2, total = group.spread()
             counts = group.count
             if name == QUERY_METRIC:
@@ -456,35 +630,19 @@ class Receiver:
                 parts.first.extend(group.when)
                 parts.last.extend(group.when)
                 parts.buckets.extend(binned.tolist())
-                out.queries += sum(counts)
+                out.branch_streams.extend(group.streams)
             else:
                 events = out.events
                 events.keys.extend((n[0], n[1], n[2]) for n in group.names)
                 events.count.extend(counts)
                 events.total.extend(total.tolist())
                 events.m2.extend(m2.tolist())
-                out.event_count += sum(counts)
-        out.pending.clear()
+                out.event_streams.extend(group.streams)
 
     def _rebin_matrix(self, bounds: tuple[float, ...], factor: float) -> npt.NDArray[np.int64]:
         matrix = np.zeros((len(bounds) + 1, len(self._bounds) + 1), dtype=np.int64)
         matrix[np.arange(len(bounds) + 1), self._targets(bounds, factor)] = 1
         return matrix
-
-    def _shape(self, bounds: tuple[float, ...]) -> _Shape | None:
-        """Checked once per distinct set of bounds: the bucket edges (the open outer edges
-        provisional until min/max are known), midpoints and within-bucket variances."""
-        found = self._shapes.get(bounds)
-        if found is None and bounds not in self._shapes:
-            if any(a >= b for a, b in pairwise(bounds)) or not all(map(math.isfinite, bounds)):
-                found = None
-            elif not bounds:
-                found = _Shape([0.0], [0.0])
-            else:
-                found = _Shape([min(0.0, bounds[0]), *bounds], [*bounds, bounds[-1]])
-            if len(self._shapes) < 1000:
-                self._shapes[bounds] = found
-        return found
 
     def _targets(self, bounds: tuple[float, ...], factor: float) -> list[int]:
         """Our bucket for each source bucket: the first whose bound is >= the source's."""
@@ -494,9 +652,16 @@ class Receiver:
             seconds = [b * factor / 1000.0 for b in bounds]
             found = [bisect.bisect_left(self._bounds, s * (1 - 1e-12)) for s in seconds]
             found.append(len(self._bounds))  # +Inf stays +Inf
-            if len(self._rebin) < 1000:
+            if len(self._rebin) < self.limits.max_bounds_sets:
                 self._rebin[(bounds, factor)] = found
         return found
+
+
+def _shape(bounds: tuple[float, ...]) -> _Shape:
+    """The bucket edges (the open outer edges provisional until min/max are known)."""
+    if not bounds:
+        return _Shape([0.0], [0.0])
+    return _Shape([min(0.0, bounds[0]), *bounds], [*bounds, bounds[-1]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,7 +675,8 @@ class _Pending:
 
     def __init__(self, shape: _Shape) -> None:
         self.shape = shape
-        self.names: list[list[str]] = []
+        self.streams: list[StreamKey] = []
+        self.names: list[tuple[str, ...]] = []
         self.success: list[bool] = []
         self.count: list[int] = []
         self.total: list[float] = []  # NaN: not sent
@@ -519,25 +685,16 @@ class _Pending:
         self.buckets: list[list[int]] = []
         self.when: list[float] = []
 
-    def add(
-        self,
-        names: list[str],
-        success: bool,
-        count: int,
-        total: float,
-        low: float,
-        high: float,
-        buckets: list[int],
-        when: float,
-    ) -> None:
-        self.names.append(names)
-        self.success.append(success)
+    def add(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
+        self.streams.append(point.stream)
+        self.names.append(point.names)
+        self.success.append(point.success)
         self.count.append(count)
         self.total.append(total)
-        self.low.append(low)
-        self.high.append(high)
+        self.low.append(point.low)
+        self.high.append(point.high)
         self.buckets.append(buckets)
-        self.when.append(when)
+        self.when.append(point.end / 1e9)
 
     def increments(self) -> npt.NDArray[np.int64]:
         return np.array(self.buckets, dtype=np.int64)
@@ -570,10 +727,3 @@ class _Pending:
         low = np.where(np.isnan(low), lowers[rows, first], low)
         high = np.where(np.isnan(high), uppers[rows, last], high)
         return low, high, m2, total
-
-
-def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], ...]:
-    """Identity of a resource: its attributes, order-independent."""
-    return tuple(
-        sorted((kv.key, kv.value.SerializeToString(deterministic=True)) for kv in attributes)
-    )

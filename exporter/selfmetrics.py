@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import threading
 import time
 from collections import Counter
 
 from .exposition import Family, Sample
+from .otlp import Received, StreamFigures
 from .version import __version__
+
+log = logging.getLogger(__name__)
+_LOG_EVERY = 10.0  # seconds between two warnings about refused OTLP points
 
 
 class SelfMetrics:
@@ -19,6 +24,11 @@ class SelfMetrics:
         self.accepted: Counter[tuple[str, str]] = Counter()  # (source, kind)
         self.rejected: Counter[tuple[str, str]] = Counter()  # (source, reason)
         self.duplicate_points: Counter[str] = Counter()  # by source
+        self.repeated_requests: Counter[str] = Counter()  # idempotency-key repeats, by source
+        self.uncertain_points = 0
+        self.refused_connections = 0
+        self._refused_since_log: Counter[str] = Counter()
+        self._logged_at = -_LOG_EVERY
         self.expired_experiments = 0
         self.scrapes = 0
         self.last_render_seconds = 0.0
@@ -38,6 +48,39 @@ class SelfMetrics:
             with self._lock:
                 self.duplicate_points[source] += count
 
+    def repeated(self, source: str) -> None:
+        with self._lock:
+            self.repeated_requests[source] += 1
+
+    def connection_refused(self) -> None:
+        with self._lock:
+            self.refused_connections += 1
+
+    def otlp(self, received: Received) -> None:
+        """Count what an OTLP request applied (in records) and refused; say what was
+        refused in the log (the SDK drops partial_success replies on the floor)."""
+        refused = received.refused
+        with self._lock:
+            self.accepted["otlp", "query"] += sum(received.branches.n)
+            self.accepted["otlp", "event"] += sum(received.events.count)
+            for reason, count in refused.records.items():
+                self.rejected["otlp", reason] += count
+            self.duplicate_points["otlp"] += received.duplicates
+            self.uncertain_points += received.uncertain
+            if not refused.points:
+                return
+            self._refused_since_log.update(refused.records)
+            now = time.monotonic()
+            if now - self._logged_at < _LOG_EVERY:
+                return
+            self._logged_at, counts = now, self._refused_since_log
+            self._refused_since_log = Counter()
+        log.warning(
+            "OTLP records refused (%s): %s",
+            ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())),
+            "; ".join(refused.messages),
+        )
+
     def expired(self) -> None:
         with self._lock:
             self.expired_experiments += 1
@@ -47,13 +90,49 @@ class SelfMetrics:
             self.scrapes += 1
             self.last_render_seconds = render_seconds
 
-    def families(self, branches: int, events: int, experiments: int) -> list[Family]:
+    def families(
+        self, branches: int, events: int, experiments: int, streams: StreamFigures
+    ) -> list[Family]:
         with self._lock:
             accepted = sorted(self.accepted.items())
             rejected = sorted(self.rejected.items())
             scrapes, render_seconds = self.scrapes, self.last_render_seconds
             duplicates = sorted(self.duplicate_points.items())
+            repeated = sorted(self.repeated_requests.items())
+            uncertain, refused_connections = self.uncertain_points, self.refused_connections
         return [
+            Family(
+                "abtest_exporter_repeated_requests_total",
+                "counter",
+                "Writes repeating an Idempotency-Key already applied: answered, not applied.",
+                [Sample((("source", s),), n) for s, n in repeated]
+                or [Sample((("source", "http"),), 0)],
+            ),
+            Family(
+                "abtest_exporter_otlp_uncertain_points_total",
+                "counter",
+                "Cumulative OTLP points of a stream possibly forgotten (past --otlp-max-streams): "
+                "taken as a baseline, not counted.",
+                [Sample((), uncertain)],
+            ),
+            Family(
+                "abtest_exporter_otlp_streams",
+                "gauge",
+                "OTLP stream states held (the last point of each stream).",
+                [Sample((), streams.held)],
+            ),
+            Family(
+                "abtest_exporter_otlp_stream_evictions_total",
+                "counter",
+                "OTLP stream states forgotten, least recently seen first, past --otlp-max-streams.",
+                [Sample((), streams.evicted)],
+            ),
+            Family(
+                "abtest_exporter_refused_connections_total",
+                "counter",
+                "Connections closed at once because --max-connections were open.",
+                [Sample((), refused_connections)],
+            ),
             Family(
                 "abtest_exporter_build_info",
                 "gauge",

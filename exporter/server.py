@@ -13,23 +13,25 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
-from google.protobuf import json_format
-from google.rpc.status_pb2 import Status
 
-from . import background, guard, otlp
+from . import background, guard, idempotency, otlp
 from .config import ExperimentConfig
 from .engine import ComparisonEngine
 from .exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
+    accepts_gzip,
     negotiate,
     render,
 )
+from .idempotency import Answer, Once
 from .ingest import parse_batch
-from .keys import ENGINE, METRICS, READINESS, RECEIVER, SELF, SETTINGS, STORE, Readiness
+from .keys import ENGINE, INFLIGHT, METRICS, READINESS, SELF, SETTINGS, STORE, InFlight, Readiness
 from .limits import LimitError
-from .manager import ABMetrics
+from .manager import ABMetrics, Written
 from .openapi import document
+from .otlp import Receiver
+from .refusals import Refusal, refusals
 from .results import to_json
 from .selfmetrics import SelfMetrics
 from .settings import Settings
@@ -41,16 +43,19 @@ log = logging.getLogger(__name__)
 
 # Batches larger than this are applied on a worker thread so the loop stays responsive.
 _INLINE_RECORDS = 2000
+_OTLP_INLINE_BYTES = 1_000_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OTLP_TYPES = ("application/x-protobuf", "application/json")
+JSON = "application/json"
+
+
+def json_body(data: Any) -> bytes:
+    return json.dumps(to_json(data), allow_nan=False).encode()
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(to_json(data), allow_nan=False),
-        status=status,
-        content_type="application/json",
-    )
+    return web.Response(body=json_body(data), status=status, content_type=JSON)
 
 
 def error(status: int, message: str, errors: list[dict[str, str]] | None = None) -> web.Response:
@@ -62,136 +67,234 @@ def error(status: int, message: str, errors: list[dict[str, str]] | None = None)
 
 def _name(request: web.Request, key: str) -> str:
     value = request.match_info[key]
-    problem = name_problem(value)
+    problem = name_problem(value, request.app[SETTINGS].max_name_length)
     if problem:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"{key} {problem}"}), content_type="application/json"
-        )
+        raise Refusal(400, f"{key} {problem}")
     return value
 
 
-def _refuse(error: type[web.HTTPException], message: str, **kwargs: Any) -> web.HTTPException:
-    return error(text=json.dumps({"error": message}), content_type="application/json", **kwargs)
+# -- the write path: guard, read, once, apply, wait for the disk ----------------------
 
 
-async def _read_body(request: web.Request, source: str, limit: int) -> bytes:
-    """The (decompressed) body, or a 4xx naming what is wrong, counted as rejected."""
-    self_metrics = request.app[SELF]
+def _source(request: web.Request) -> str:
+    return "otlp" if request.path == "/v1/metrics" else "http"
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The decompressed body, read as it streams in: refused past `limit` (or past the
+    in-flight budget, or too slow) before more of it is held in memory."""
+    app = request.app
+    settings, inflight, source = app[SETTINGS], app[INFLIGHT], _source(request)
+    too_large = Refusal(
+        413,
+        f"body larger than the limit of {limit} bytes (after decompression)",
+        "body_too_large",
+        source,
+    )
+    if (request.content_length or 0) > limit + 1024:  # compressed and still too large
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        body = None
-    except RequestPayloadError:
-        self_metrics.reject(source, "invalid_encoding")
-        raise _refuse(
-            web.HTTPBadRequest, "body could not be decoded (bad Content-Encoding data)"
+        async with asyncio.timeout(settings.body_timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                if not inflight.reserve(len(chunk)):
+                    raise Refusal(
+                        503,
+                        "too many request bodies are being read at once; retry shortly",
+                        "busy",
+                        source,
+                        {"Retry-After": "1"},
+                    )
+                request[guard.HELD_BYTES] = request.get(guard.HELD_BYTES, 0) + len(chunk)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refusal(
+            408, f"the body was not received within {settings.body_timeout:g} s", "timeout", source
         ) from None
-    if body is None or len(body) > limit:
-        self_metrics.reject(source, "body_too_large")
-        raise _refuse(
-            web.HTTPRequestEntityTooLarge,
-            f"body larger than the limit of {limit} bytes (after decompression)",
-            max_size=limit,
-            actual_size=len(body) if body is not None else limit + 1,
+    except RequestPayloadError:
+        raise Refusal(
+            400, "body could not be decoded (bad Content-Encoding data)", "invalid_encoding", source
+        ) from None
+    except (ConnectionResetError, asyncio.IncompleteReadError):
+        raise Refusal(400, "the client went away mid-body", "disconnected", source) from None
+    return b"".join(chunks)
+
+
+async def _read_json(request: web.Request, source: str) -> tuple[Any, bytes]:
+    """The decoded JSON body and its bytes, or a 4xx naming what is wrong."""
+    if request.content_type != JSON:
+        raise Refusal(
+            415, "Content-Type must be application/json", "unsupported_media_type", source
         )
-    return body
-
-
-async def _read_json(request: web.Request, source: str) -> Any:
-    """The decoded JSON body, or a 4xx naming what is wrong (counted as rejected)."""
-    if request.content_type != "application/json":
-        request.app[SELF].reject(source, "unsupported_media_type")
-        raise _refuse(web.HTTPUnsupportedMediaType, "Content-Type must be application/json")
-    body = await _read_body(request, source, request.app[SETTINGS].max_body_bytes)
+    body = await _read_body(request, request.app[SETTINGS].max_body_bytes)
     try:
-        return json.loads(body)
+        return json.loads(body), body
     except (ValueError, RecursionError) as exc:
-        request.app[SELF].reject(source, "invalid_json")
-        raise _refuse(web.HTTPBadRequest, f"body is not valid JSON: {exc}"[:500]) from None
+        raise Refusal(400, f"body is not valid JSON: {exc}"[:500], "invalid_json", source) from None
 
 
-OTLP_TYPES = ("application/x-protobuf", "application/json")
+def _once(request: web.Request, body: bytes) -> Once | None:
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return None
+    problem = idempotency.key_problem(key)
+    if problem:
+        raise Refusal(400, problem, "invalid_idempotency_key", _source(request))
+    return Once(key, idempotency.fingerprint(request.method, request.path, body))
+
+
+def _answer(data: Any, status: int = 200) -> Answer:
+    return Answer(status, json_body(data), JSON)
+
+
+def _send(answer: Answer, status: int | None = None) -> web.Response:
+    return web.Response(
+        status=status or answer.status, body=answer.body, content_type=answer.content_type
+    )
+
+
+async def _finish(
+    request: web.Request, written: Written, answer: Answer, once: Once | None
+) -> web.Response:
+    """Answer a write once it is durable (in sync mode). A repeat of an idempotency key
+    gets the first answer. When the disk is too slow: with a key, 503 (a retry with the
+    same key is safe); without one, 202 (applied, not yet on disk: a resend would count
+    twice)."""
+    if written.repeat is not None:
+        request.app[SELF].repeated(_source(request))
+        answer = written.repeat
+    if await guard.durable(request, written.version):
+        return _send(answer)
+    if once is not None:
+        raise Refusal(
+            503,
+            "applied in memory but not yet on disk; retry with the same Idempotency-Key",
+            headers={"Retry-After": "5"},
+        )
+    if answer.content_type == JSON:
+        body = {**json.loads(answer.body), "durable": False,
+                "warning": "applied in memory, not yet on disk; do not resend it"}  # fmt: skip
+        return json_response(body, 202)
+    return _send(answer, 202)
 
 
 async def post_otlp(request: web.Request) -> web.Response:
     """OTLP/HTTP metrics export, answered as the OTLP specification asks."""
     app = request.app
-    self_metrics = app[SELF]
-    content_type = request.content_type
+    self_metrics, content_type = app[SELF], request.content_type
     if content_type not in OTLP_TYPES:
-        self_metrics.reject("otlp", "unsupported_media_type")
-        return web.Response(
-            status=415, text="Content-Type must be application/x-protobuf or application/json"
+        raise Refusal(
+            415,
+            "Content-Type must be application/x-protobuf or application/json",
+            "unsupported_media_type",
+            "otlp",
         )
-    body = await _read_body(request, "otlp", app[SETTINGS].otlp_max_body_bytes)
-    refusal = guard.admit_write(request)
-    if refusal is not None:
-        return refusal
+    guard.admit_write(request)
+    body = await _read_body(request, app[SETTINGS].otlp_max_body_bytes)
+    once = _once(request, body)
+    metrics, limits = app[METRICS], app[METRICS].receiver.limits
+
+    def parse() -> otlp.Parsed:
+        return otlp.parse(otlp.decode(body, content_type), limits)
+
+    def respond(received: otlp.Received) -> Answer:
+        return Answer(200, otlp.encode(received.response(), content_type), content_type)
+
     try:
-        decoded = otlp.decode(body, content_type)
+        parsed = await asyncio.to_thread(parse) if len(body) > _OTLP_INLINE_BYTES else parse()
     except otlp.DecodeError as exc:
-        self_metrics.reject("otlp", "malformed")
-        status = Status(code=3, message=str(exc))  # 3: INVALID_ARGUMENT
-        payload = (
-            status.SerializeToString()
-            if content_type == "application/x-protobuf"
-            else json_format.MessageToJson(status, indent=None).encode()
-        )
-        return web.Response(status=400, body=payload, content_type=content_type)
-    applied: list[int] = []
+        raise Refusal(400, str(exc), "malformed", "otlp") from None
+    written, received = metrics.record_otlp(parsed, once, respond)
+    if received is not None:
+        self_metrics.otlp(received)
+    return await _finish(request, written, respond(received) if received else _EMPTY, once)
 
-    def apply(received: otlp.Received) -> None:
-        version, refused = app[METRICS].record_parts(received.branches, received.events)
-        for reason, count in refused.items():
-            received.reject(reason, f"{reason.replace('_', ' ')}: points refused", count)
-        applied.append(version)
 
-    receive = app[RECEIVER].receive
-    big = len(body) > 1_000_000
-    received = await asyncio.to_thread(receive, decoded, apply) if big else receive(decoded, apply)
-    version = applied[0]
-    self_metrics.accept("otlp", "query", received.queries)
-    self_metrics.accept("otlp", "event", received.event_count)
-    for reason, count in received.reasons.items():
-        self_metrics.reject("otlp", reason, count)
-    self_metrics.duplicates("otlp", received.duplicates)
-    waited = await guard.durable(request, version)
-    if waited is not None:
-        return waited
-    return web.Response(
-        body=otlp.encode(received.response(), content_type), content_type=content_type
-    )
+_EMPTY = Answer(200, b"", JSON)
 
 
 async def post_records(request: web.Request) -> web.Response:
     app = request.app
     metrics, self_metrics, settings = app[METRICS], app[SELF], app[SETTINGS]
-    body = await _read_json(request, "http")
-    batch = parse_batch(body, metrics.now(), settings.max_batch_records, settings.max_name_length)
+    guard.admit_write(request)
+    data, body = await _read_json(request, "http")
+    once = _once(request, body)
+    batch = parse_batch(data, metrics.now(), settings.max_batch_records, settings.max_name_length)
     if batch.error_count:
         for reason, count in batch.reasons.items():
             self_metrics.reject("http", reason, count)
         message = f"batch refused, nothing applied: {batch.error_count} problem(s)"
         return error(413 if batch.too_large else 400, message, batch.errors)
-    refusal = guard.admit_write(request)
-    if refusal is not None:
-        return refusal
     records = batch.records
+    answer = _answer({"accepted": {"queries": records.queries, "events": records.events}})
     size = records.queries + records.events
     try:
         if size > _INLINE_RECORDS:
-            version = await asyncio.to_thread(metrics.record_batch, records)
+            written = await asyncio.to_thread(metrics.record_batch, records, once, answer)
         else:
-            version = metrics.record_batch(records)
+            written = metrics.record_batch(records, once, answer)
     except LimitError as exc:
-        self_metrics.reject("http", exc.reason, size)
-        return error(422, f"batch refused, nothing applied: {exc.message}")
-    self_metrics.accept("http", "query", records.queries)
-    self_metrics.accept("http", "event", records.events)
-    waited = await guard.durable(request, version)
-    if waited is not None:
-        return waited
-    return json_response({"accepted": {"queries": records.queries, "events": records.events}})
+        raise Refusal(
+            422, f"batch refused, nothing applied: {exc.message}", exc.reason, "http", count=size
+        ) from None
+    if written.repeat is None:
+        self_metrics.accept("http", "query", records.queries)
+        self_metrics.accept("http", "event", records.events)
+    return await _finish(request, written, answer, once)
+
+
+async def put_config(request: web.Request) -> web.Response:
+    experiment = _name(request, "experiment")
+    guard.admit_write(request)
+    data, body = await _read_json(request, "config")
+    once = _once(request, body)
+    try:
+        config = ExperimentConfig.from_mapping(data)
+        answer = _answer(config)
+        written = request.app[METRICS].configure_once(experiment, config, once, answer)
+    except LimitError as exc:
+        raise Refusal(422, f"config refused, nothing changed: {exc.message}", exc.reason) from None
+    except ValidationError as exc:
+        raise Refusal(400, f"config refused, nothing changed: {exc.message}") from None
+    return await _finish(request, written, answer, once)
+
+
+async def delete_config(request: web.Request) -> web.Response:
+    experiment = _name(request, "experiment")
+    guard.admit_write(request)
+    once = _once(request, b"")
+    answer = _answer({"removed": experiment})
+    written = request.app[METRICS].remove_config_once(experiment, once, answer)
+    if written is None:
+        raise Refusal(404, "no config was set for this experiment through the API")
+    return await _finish(request, written, answer, once)
+
+
+async def delete_experiment(request: web.Request) -> web.Response:
+    experiment = _name(request, "experiment")
+    guard.admit_write(request)
+    once = _once(request, b"")
+    answer = _answer({"cleared": experiment})
+    written = request.app[METRICS].clear_experiment_once(experiment, once, answer)
+    if written is None:
+        raise Refusal(404, "no such experiment")
+    return await _finish(request, written, answer, once)
+
+
+async def delete_all(request: web.Request) -> web.Response:
+    if not request.app[SETTINGS].allow_clear_all:
+        raise Refusal(
+            403, "clearing everything is disabled on this exporter (--allow-clear-all true)"
+        )
+    guard.admit_write(request)
+    once = _once(request, b"")
+    answer = _answer({"cleared": "all"})
+    written = request.app[METRICS].clear_all_once(once, answer)
+    return await _finish(request, written, answer, once)
 
 
 async def list_experiments(request: web.Request) -> web.Response:
@@ -243,34 +346,6 @@ async def get_config(request: web.Request) -> web.Response:
     return json_response(request.app[METRICS].get_config(_name(request, "experiment")))
 
 
-async def put_config(request: web.Request) -> web.Response:
-    experiment = _name(request, "experiment")
-    body = await _read_json(request, "config")
-    try:
-        config = ExperimentConfig.from_mapping(body)
-    except ValidationError as exc:
-        return error(400, f"config refused, nothing changed: {exc.message}")
-    request.app[METRICS].configure(experiment, config)
-    waited = await guard.durable(request, request.app[METRICS].version)
-    return waited or json_response(config)
-
-
-async def delete_experiment(request: web.Request) -> web.Response:
-    experiment = _name(request, "experiment")
-    if not request.app[METRICS].clear_experiment(experiment):
-        return error(404, "no such experiment")
-    waited = await guard.durable(request, request.app[METRICS].version)
-    return waited or json_response({"cleared": experiment})
-
-
-async def delete_all(request: web.Request) -> web.Response:
-    if not request.app[SETTINGS].allow_clear_all:
-        return error(403, "clearing everything is disabled on this exporter (allow_clear_all)")
-    request.app[METRICS].clear_all()
-    waited = await guard.durable(request, request.app[METRICS].version)
-    return waited or json_response({"cleared": "all"})
-
-
 async def get_stats(request: web.Request) -> web.Response:
     return json_response(request.app[METRICS].stats())
 
@@ -285,6 +360,7 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
         snapshot.stats.total_branches_tracked,
         len(snapshot.view.event_keys) - snapshot.view.event_keys.count(None),
         snapshot.stats.experiments_tracked,
+        metrics.stream_figures(),
     )
     store = app.get(STORE)
     families = extra + engine.families() + (store.families() if store is not None else [])
@@ -297,7 +373,7 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
 
 async def get_metrics(request: web.Request) -> web.Response:
     openmetrics = negotiate(request.headers.get("Accept", ""))
-    compress = "gzip" in request.headers.get("Accept-Encoding", "")
+    compress = accepts_gzip(request.headers.get("Accept-Encoding", ""))
     payload = await asyncio.to_thread(render_metrics, request.app, openmetrics, compress)
     response = web.Response(body=payload)
     response.headers["Content-Type"] = (
@@ -354,28 +430,27 @@ def create_app(
 ) -> web.Application:
     settings = settings or Settings()
     app = web.Application(
+        # bodies are read as they stream in, under the per-route limits (see _read_body)
         client_max_size=max(settings.max_body_bytes, settings.otlp_max_body_bytes),
-        middlewares=[guard.authenticate],
+        middlewares=[guard.otlp_port_only, guard.authenticate, refusals, guard.release_bodies],
     )
     app[SETTINGS] = settings
     if metrics is None:
-        metrics = ABMetrics(settings.buckets, configs=settings.experiments)
+        metrics = ABMetrics(
+            settings.buckets,
+            configs=settings.experiments,
+            receiver=Receiver(settings.buckets, settings.otlp_limits),
+        )
     metrics.limits = settings.limits  # the server's settings govern what it accepts
     app[METRICS] = metrics
     app[SELF] = self_metrics or SelfMetrics()
     app[ENGINE] = ComparisonEngine(app[METRICS])
-    app[RECEIVER] = otlp.Receiver(app[METRICS].buckets, max_name_length=settings.max_name_length)
     app[READINESS] = Readiness()
+    app[INFLIGHT] = InFlight(settings.max_inflight_bytes)
     if settings.persistent:
         assert settings.data_dir is not None
         durability: Durability = "interval" if settings.durability == "interval" else "sync"
-        app[STORE] = Store(
-            settings.data_dir,
-            app[METRICS],
-            durability,
-            settings.flush_interval,
-            receiver=app[RECEIVER],
-        )
+        app[STORE] = Store(settings.data_dir, app[METRICS], durability, settings.flush_interval)
     app.cleanup_ctx.append(background.persistence)
     app.cleanup_ctx.append(background.comparisons)
     if settings.expire_after:
@@ -387,7 +462,8 @@ def create_app(
 
 
 def _routes(app: web.Application) -> None:
-    experiment = "/api/v1/experiments/{experiment}"
+    # names may hold any character but "/" (braces and all): match them as such
+    experiment = "/api/v1/experiments/{experiment:[^/]+}"
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/-/healthy", healthy)
@@ -398,11 +474,12 @@ def _routes(app: web.Application) -> None:
     app.router.add_delete("/api/v1/experiments", delete_all)
     app.router.add_get(experiment, get_experiment)
     app.router.add_delete(experiment, delete_experiment)
-    app.router.add_get(experiment + "/branches/{branch}", get_branch)
+    app.router.add_get(experiment + "/branches/{branch:[^/]+}", get_branch)
     app.router.add_get(experiment + "/summary", get_summary)
     app.router.add_get(experiment + "/compare", compare)
     app.router.add_get(experiment + "/analysis", get_analysis)
     app.router.add_get(experiment + "/config", get_config)
     app.router.add_put(experiment + "/config", put_config)
+    app.router.add_delete(experiment + "/config", delete_config)
     app.router.add_get("/api/v1/stats", get_stats)
     app.router.add_post("/v1/metrics", post_otlp)

@@ -19,11 +19,14 @@ from typing import Any
 from .aggregate import DEFAULT_BUCKETS, check_buckets
 from .config import ExperimentConfig
 from .limits import Limits
+from .otlp import OtlpLimits
 from .validation import MAX_NAME_LENGTH, ValidationError, check_name
 
 DEFAULT_PORT = 9470
 ENV_PREFIX = "ABTEST_EXPORTER_"
 DURABILITY = ("sync", "interval", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +50,27 @@ class Settings:
     max_events: int = 100
     max_name_length: int = MAX_NAME_LENGTH
     max_memory_bytes: int | None = None
+    max_series: int = 100_000
+    max_inflight_bytes: int = 64 * 1024 * 1024
     expire_after: float | None = None
+    # connections
+    idle_timeout: float = 15.0
+    body_timeout: float = 30.0
+    max_connections: int = 1000
     # OTLP
     otlp_port: int | None = None
     otlp_push_endpoint: str | None = None
     otlp_push_interval: float = 60.0
+    otlp_max_bounds: int = 100
+    otlp_max_streams: int = 100_000
     # security
     token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)
     tls_cert: str | None = None
     tls_key: str | None = None
-    allow_clear_all: bool = True
+    allow_clear_all: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
 
     def with_values(self, **values: Any) -> Settings:
@@ -66,7 +79,17 @@ class Settings:
     @property
     def limits(self) -> Limits:
         return Limits(
-            self.max_experiments, self.max_branches, self.max_events, self.max_name_length
+            self.max_experiments,
+            self.max_branches,
+            self.max_events,
+            self.max_name_length,
+            self.max_series,
+        )
+
+    @property
+    def otlp_limits(self) -> OtlpLimits:
+        return OtlpLimits(
+            self.max_name_length, self.otlp_max_bounds, max_streams=self.otlp_max_streams
         )
 
     @property
@@ -82,20 +105,30 @@ def parse_buckets(text: str) -> tuple[float, ...]:
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    noun = "a whole number" if kind is int else "a number"
+
     def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(f"must be > 0, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"must be {noun} > 0, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"must be {noun} > 0, got {text!r}")
         return value
 
-    parse.__name__ = kind.__name__
     return parse
 
 
-def _durability(text: str) -> str:
-    if text not in DURABILITY:
-        raise ValueError(f"must be one of {', '.join(DURABILITY)}")
-    return text
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text.lower()
+
+    return parse
+
+
+_durability = _choice(DURABILITY)
 
 
 def _flag(text: str) -> bool:
@@ -131,14 +164,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_events", _positive(int), "event names per experiment (100)"),
     Option("max_name_length", _positive(int), f"characters in a name ({MAX_NAME_LENGTH})"),
     Option("max_memory_bytes", _positive(int), "refuse writes (503) above this RSS (off)"),
+    Option("max_series", _positive(int), "branch and event series held in all (100000)"),
+    Option("max_inflight_bytes", _positive(int), "request bodies held at once (64 MiB)"),
+    Option("idle_timeout", _positive(float), "close idle or header-dawdling connections (s, 15)"),
+    Option("body_timeout", _positive(float), "time allowed to receive a request body (s, 30)"),
+    Option("max_connections", _positive(int), "open connections at once; more get 503 (1000)"),
     Option("max_pending_writes", _positive(int), "requests waiting for the disk before 429"),
     Option("expire_after", _positive(float), "remove experiments idle this many seconds (off)"),
     Option("otlp_port", _positive(int), "a second listener for OTLP/HTTP (4318 is usual; off)"),
     Option("otlp_push_endpoint", str, "push the aggregate by OTLP/HTTP to this URL (off)"),
     Option("otlp_push_interval", _positive(float), "seconds between OTLP pushes (60)"),
+    Option("otlp_max_bounds", _positive(int), "explicit_bounds per OTLP point (100)"),
+    Option("otlp_max_streams", _positive(int), "OTLP stream states held (100000)"),
     Option("tls_cert", str, "TLS certificate file (PEM); with --tls-key serves HTTPS"),
     Option("tls_key", str, "TLS private key file (PEM)"),
-    Option("allow_clear_all", _flag, "allow DELETE /api/v1/experiments (true)"),
+    Option("allow_clear_all", _flag, "allow DELETE /api/v1/experiments (false)"),
+    Option("log_level", _choice(LOG_LEVELS), "debug, info (default), warning or error"),
+    Option("log_format", _choice(LOG_FORMATS), "text (default) or json, one object per line"),
 )
 
 

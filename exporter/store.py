@@ -15,48 +15,63 @@ nothing is ever wiped silently.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import logging
+import math
+import os
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from .aggregate import BranchParts, EventParts
 from .config import ExperimentConfig
+from .datadir import DataDirError, DataDirLock
 from .exposition import Family, Sample
-from .manager import ABMetrics, StoreBatch
-from .otlp import Receiver, StreamChanges
+from .manager import ABMetrics, Restored, StoreBatch
+from .validation import MAX_ABS_EVENT_VALUE, MAX_COUNT, MAX_LATENCY_MS
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILE_NAME = "abtest.sqlite3"
 Durability = Literal["sync", "interval"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS branches (
-    experiment TEXT NOT NULL, branch TEXT NOT NULL,
-    n INTEGER NOT NULL, ok INTEGER NOT NULL, total_ms REAL NOT NULL,
-    lo REAL NOT NULL, hi REAL NOT NULL, m2 REAL NOT NULL,
-    first REAL NOT NULL, last REAL NOT NULL, buckets BLOB NOT NULL,
-    PRIMARY KEY (experiment, branch)
-);
-CREATE TABLE IF NOT EXISTS events (
-    experiment TEXT NOT NULL, branch TEXT NOT NULL, event TEXT NOT NULL,
-    count INTEGER NOT NULL, total REAL NOT NULL, m2 REAL NOT NULL,
-    PRIMARY KEY (experiment, branch, event)
-);
-CREATE TABLE IF NOT EXISTS configs (experiment TEXT PRIMARY KEY, config TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS otlp_streams (stream TEXT PRIMARY KEY, state TEXT NOT NULL);
-"""
+# Every row carries a CRC-32 of its values: SQLite checks its pages' structure, not
+# the numbers in them, and a flipped bit must stop the start, not serve wrong totals.
+_TABLES = {
+    "branches": (
+        "experiment TEXT NOT NULL, branch TEXT NOT NULL, n INTEGER NOT NULL, "
+        "ok INTEGER NOT NULL, total_ms REAL NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, "
+        "m2 REAL NOT NULL, first REAL NOT NULL, last REAL NOT NULL, buckets BLOB NOT NULL, "
+        "crc INTEGER, PRIMARY KEY (experiment, branch)"
+    ),
+    "events": (
+        "experiment TEXT NOT NULL, branch TEXT NOT NULL, event TEXT NOT NULL, "
+        "count INTEGER NOT NULL, total REAL NOT NULL, m2 REAL NOT NULL, "
+        "crc INTEGER, PRIMARY KEY (experiment, branch, event)"
+    ),
+    "configs": "experiment TEXT PRIMARY KEY, config TEXT NOT NULL, crc INTEGER",
+    "otlp_streams": "stream TEXT PRIMARY KEY, state TEXT NOT NULL, crc INTEGER",
+    "activity": "experiment TEXT PRIMARY KEY, last REAL NOT NULL, crc INTEGER",
+    "idempotency": "key TEXT PRIMARY KEY, entry TEXT NOT NULL, crc INTEGER",
+}
+_V1_TABLES = ("branches", "events", "configs", "otlp_streams")
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+    + "".join(
+        f"CREATE TABLE IF NOT EXISTS {name} ({columns});\n" for name, columns in _TABLES.items()
+    )
+)
 
 
 class StoreError(Exception):
@@ -72,6 +87,16 @@ class StoreStats:
     rows_written: int = 0
 
 
+def crc(values: tuple[Any, ...]) -> int:
+    """CRC-32 of a row's values (floats by their exact repr, blobs as hex)."""
+    text = "\x1f".join(v.hex() if isinstance(v, bytes) else repr(v) for v in values)
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+def _with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*row, crc(row))
+
+
 class Store:
     def __init__(
         self,
@@ -80,18 +105,15 @@ class Store:
         durability: Durability = "sync",
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
-        receiver: Receiver | None = None,
     ) -> None:
         self.path = Path(directory) / FILE_NAME
-        # OTLP cumulative streams are persisted with the aggregate, so that after a restart
-        # an app's next point is counted as an increment, not as everything again
-        self._receiver = receiver
         self.durability = durability
         self.stats = StoreStats()
         self._metrics = metrics
         self._interval = interval
         self.commit_delay = 0.005
         self._clock = clock
+        self._lock = DataDirLock(directory)
         self._connection: sqlite3.Connection | None = None
         self._durable = -1
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -103,10 +125,38 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------
 
     def open(self) -> tuple[int, int]:
-        """Open (or create) the file, check it, and restore the aggregate from it.
-        Returns the numbers of branch and event series restored."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        aside = f"mv {self.path} {self.path}.bad (and its -wal and -shm files)"
+        """Take the directory, open (or create) the file, check every row, and restore
+        the aggregate from it. Returns the numbers of branch and event series restored.
+        Any problem raises StoreError with one line saying what to do."""
+        try:
+            self._lock.acquire()
+        except DataDirError as exc:
+            raise StoreError(str(exc)) from None
+        try:
+            return self._open()
+        except StoreError:
+            self._lock.release()
+            raise
+        except (sqlite3.Error, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            self._lock.release()
+            raise StoreError(
+                f"{self.path} cannot be restored ({type(exc).__name__}: {exc}). "
+                f"Move it aside to start empty: {self._aside()}"
+            ) from None
+
+    def _aside(self) -> str:
+        return f"mv {self.path} {self.path}.bad (and its -wal and -shm files)"
+
+    def _open(self) -> tuple[int, int]:
+        aside = self._aside()
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+            raise StoreError(
+                f"{self.path} is not readable and writable by this user (uid {os.getuid()}): "
+                "fix its permissions (nothing is wrong with its contents)"
+            )
+        damage = wal_problem(Path(f"{self.path}-wal"))
+        if damage:
+            raise StoreError(f"{self.path}-wal is damaged ({damage}). Move it aside: {aside}")
         try:
             connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
@@ -117,14 +167,28 @@ class Store:
                 raise StoreError(
                     f"{self.path} is damaged ({check}). Move it aside to start empty: {aside}"
                 )
-            connection.executescript(_SCHEMA)
-            meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+            tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master")}
+            meta = (
+                dict(connection.execute("SELECT key, value FROM meta").fetchall())
+                if "meta" in tables
+                else {}
+            )
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise StoreError(
+                    f"{self.path} cannot be written ({exc}): check the permissions and free "
+                    "space of the data directory (nothing is wrong with its contents)"
+                ) from None
+            raise StoreError(
+                f"{self.path} is not a usable database ({exc}). "
+                f"Move it aside to start empty: {aside}"
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"{self.path} is not a usable database ({exc}). "
                 f"Move it aside to start empty: {aside}"
             ) from None
-        version = int(meta.get("format_version", FORMAT_VERSION))
+        version = int(meta.get("format_version", FORMAT_VERSION if not tables else 1))
         if version > FORMAT_VERSION:
             raise StoreError(
                 f"{self.path} was written by a newer abtest-exporter (format {version}; this one "
@@ -139,49 +203,35 @@ class Store:
                 f"{aside}"
             )
         with _transaction(connection):
+            if version < FORMAT_VERSION and tables:
+                _migrate_v1(connection)
+            for statement in _SCHEMA.split(";")[:-1]:
+                connection.execute(statement)
             connection.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [("format_version", str(FORMAT_VERSION)), ("buckets", json.dumps(buckets))],
             )
         self._connection = connection
-        return self._restore(connection)
-
-    def _restore(self, connection: sqlite3.Connection) -> tuple[int, int]:
-        branches, events = BranchParts(), EventParts()
-        for e, b, n, ok, total, lo, hi, m2, first, last, buckets in connection.execute(
-            "SELECT * FROM branches"
-        ):
-            counts = np.frombuffer(buckets, dtype="<i8").tolist()  # little-endian int64
-            branches.add((e, b), n, ok, total, m2, lo, hi, first, last, counts)
-        for e, b, ev, count, total, m2 in connection.execute("SELECT * FROM events"):
-            events.add((e, b, ev), count, total, m2)
-        configs = {
-            experiment: ExperimentConfig.from_mapping(json.loads(text))
-            for experiment, text in connection.execute("SELECT * FROM configs")
-        }
-        self._metrics.record_parts(branches, events, check_limits=False)
-        self._metrics.restore_configs(configs)
-        if self._receiver is not None:
-            self._receiver.streams.load(connection.execute("SELECT * FROM otlp_streams"))
-            self._receiver.streams.take_changes()  # already on disk
-        restored = self._metrics.changes_for_store()  # already on disk: nothing to write
-        self._durable = restored.version
-        return len(branches.keys), len(events.keys)
+        restored = _read(connection, len(buckets))
+        self._metrics.restore(restored)
+        self._durable = self._metrics.changes_for_store().version  # already on disk
+        return len(restored.branches.keys), len(restored.events.keys)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="abtest-store", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Write what is left and close the file."""
+        """Write what is left, close the file and let the directory go."""
         self._stopping = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
-        self.commit()
         if self._connection is not None:
+            self.commit()
             self._connection.close()
             self._connection = None
+        self._lock.release()
 
     # -- writing ------------------------------------------------------------------
 
@@ -201,23 +251,15 @@ class Store:
     def commit(self) -> bool:
         """One group commit of everything changed so far; True if it succeeded."""
         started = time.perf_counter()
-        streams = StreamChanges(set(), set(), [], [])
-        if self._receiver is not None:
-            with self._receiver.lock:  # stream states and their increments, together
-                batch = self._metrics.changes_for_store()
-                streams = self._receiver.streams.take_changes()
-        else:
-            batch = self._metrics.changes_for_store()
-        if batch or streams:
+        batch = self._metrics.changes_for_store()
+        if batch:
             try:
-                self._write(batch, streams)
-            except Exception:  # the writer must outlive any failure: retry next round
-                log.exception("persisting failed; will retry")
+                self._write(batch)
+            except Exception as exc:  # the writer must outlive any failure: retry next round
+                if self.stats.failures == 0 or self.stats.commits:
+                    log.error("writing %s failed (%s); retrying", self.path, exc)
                 self.stats.failures += 1
                 self._metrics.return_changes(batch)
-                if self._receiver is not None:
-                    with self._receiver.lock:
-                        self._receiver.streams.return_changes(streams)
                 return False
             self.stats.commits += 1
             self.stats.rows_written += len(batch.branches) + len(batch.events)
@@ -227,37 +269,40 @@ class Store:
         self._release()
         return True
 
-    def _write(self, batch: StoreBatch, streams: StreamChanges) -> None:
+    def _write(self, batch: StoreBatch) -> None:
         connection = self._connection
         assert connection is not None
+        execute, many = connection.execute, connection.executemany
+        streams, keys = batch.streams, batch.keys
         with _transaction(connection):
-            connection.executemany(
-                "INSERT OR REPLACE INTO otlp_streams VALUES (?, ?)", streams.rows
+            many(
+                "INSERT OR REPLACE INTO otlp_streams VALUES (?, ?, ?)", map(_with_crc, streams.rows)
             )
-            connection.executemany(
-                "DELETE FROM otlp_streams WHERE stream = ?", [(k,) for k in streams.gone]
-            )
+            many("DELETE FROM otlp_streams WHERE stream = ?", [(k,) for k in streams.gone])
+            if streams.horizon is not None:
+                execute("INSERT OR REPLACE INTO meta VALUES ('otlp_horizon', ?)",
+                        (str(streams.horizon),))  # fmt: skip
+            many("INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?)", map(_with_crc, keys.rows))
+            many("DELETE FROM idempotency WHERE key = ?", [(k,) for k in keys.gone])
             if batch.changes.cleared:
-                connection.execute("DELETE FROM branches")
-                connection.execute("DELETE FROM events")
+                for table in ("branches", "events", "activity"):
+                    execute(f"DELETE FROM {table}")
             for experiment in batch.changes.removed:
-                connection.execute("DELETE FROM branches WHERE experiment = ?", (experiment,))
-                connection.execute("DELETE FROM events WHERE experiment = ?", (experiment,))
-            connection.executemany(
-                "INSERT OR REPLACE INTO branches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*row[:10], row[10].astype("<i8").tobytes()) for row in batch.branches],
+                for table in ("branches", "events", "activity"):
+                    execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,))
+            many(
+                "INSERT OR REPLACE INTO branches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_with_crc((*row[:10], row[10].astype("<i8").tobytes())) for row in batch.branches],
             )
-            connection.executemany(
-                "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?)", batch.events
-            )
+            many("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 map(_with_crc, batch.events))  # fmt: skip
+            many("INSERT OR REPLACE INTO activity VALUES (?, ?, ?)", map(_with_crc, batch.activity))
             for experiment, config in batch.configs.items():
                 if config is None:
-                    connection.execute("DELETE FROM configs WHERE experiment = ?", (experiment,))
+                    execute("DELETE FROM configs WHERE experiment = ?", (experiment,))
                 else:
-                    connection.execute(
-                        "INSERT OR REPLACE INTO configs VALUES (?, ?)",
-                        (experiment, json.dumps(config.to_json())),
-                    )
+                    row = (experiment, json.dumps(config.to_json()))
+                    execute("INSERT OR REPLACE INTO configs VALUES (?, ?, ?)", _with_crc(row))
 
     # -- waiting for durability ---------------------------------------------------------
 
@@ -324,6 +369,135 @@ class Store:
                 [Sample((("durability", self.durability),), self.waiting)],
             ),
         ]
+
+
+def _read(connection: sqlite3.Connection, bucket_count: int) -> Restored:
+    """Every row, its checksum and its invariants checked; a ValueError names the first
+    row that fails."""
+    branches, events = BranchParts(), EventParts()
+    for row in _rows(connection, "branches"):
+        e, b, n, ok, total, lo, hi, m2, first, last, blob = row
+        counts = np.frombuffer(blob, dtype="<i8").tolist()  # little-endian int64
+        problem = _branch_problem(n, ok, total, lo, hi, m2, first, last, counts, bucket_count)
+        if problem:
+            raise ValueError(f"branch row {(e, b)!r}: {problem}")
+        branches.add((e, b), n, ok, total, m2, lo, hi, first, last, counts)
+    for e, b, ev, count, total, m2 in _rows(connection, "events"):
+        if not (_whole(count) and _finite(total, m2) and m2 >= -_slack(total, count)
+                and abs(total) <= count * MAX_ABS_EVENT_VALUE):  # fmt: skip
+            raise ValueError(f"event row {(e, b, ev)!r}: figures out of range")
+        events.add((e, b, ev), count, total, max(m2, 0.0))
+    configs = {
+        experiment: ExperimentConfig.from_mapping(json.loads(text))
+        for experiment, text in _rows(connection, "configs")
+    }
+    activity = {e: float(last) for e, last in _rows(connection, "activity")}
+    streams = [(ast.literal_eval(k), state) for k, state in _rows(connection, "otlp_streams")]
+    meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+    horizon = int(meta.get("otlp_horizon", "0"))
+    keys = list(_rows(connection, "idempotency"))
+    return Restored(branches, events, activity, configs, streams, horizon, keys)
+
+
+def _rows(connection: sqlite3.Connection, table: str) -> Iterator[tuple[Any, ...]]:
+    for *values, stored in connection.execute(f"SELECT * FROM {table}"):
+        row = tuple(values)
+        if stored != crc(row):
+            raise ValueError(f"a row of {table} fails its checksum: {row[:3]!r}")
+        yield row
+
+
+def _whole(*values: Any) -> bool:
+    return all(isinstance(v, int) and 0 <= v <= MAX_COUNT for v in values)
+
+
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, float | int) and math.isfinite(v) for v in values)
+
+
+def _slack(total: float, count: int) -> float:
+    """Rounding room for M2 computed in floating point."""
+    return 1e-9 * (abs(total) + 1.0) ** 2 / max(count, 1)
+
+
+def _branch_problem(
+    n: Any, ok: Any, total: Any, lo: Any, hi: Any, m2: Any, first: Any, last: Any,
+    counts: list[int], bucket_count: int,
+) -> str | None:  # fmt: skip
+    if not (_whole(n, ok) and ok <= n):
+        return "counts out of range (0 <= ok <= n)"
+    if len(counts) != bucket_count + 1 or min(counts) < 0 or sum(counts) != n:
+        return "histogram buckets do not add up to the query count"
+    if not (_finite(total, m2) and 0 <= total <= n * MAX_LATENCY_MS and m2 >= -_slack(total, n)):
+        return "latency sum or spread out of range"
+    if n:
+        if not (_finite(lo, hi, first, last) and 0 <= lo <= hi <= MAX_LATENCY_MS
+                and first <= last):  # fmt: skip
+            return "min/max or first/last out of range"
+        tolerance = 1e-9 * max(abs(total), 1.0)
+        if not lo * n - tolerance <= total <= hi * n + tolerance:
+            return "latency sum outside n x [min, max]"
+    return None
+
+
+def _migrate_v1(connection: sqlite3.Connection) -> None:
+    """Format 1 had no checksums, no activity and no idempotency tables: add them, and
+    checksum the rows as they are (their invariants are checked on the read that follows)."""
+    for table in _V1_TABLES:
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER")
+        rows = connection.execute(f"SELECT rowid, * FROM {table}").fetchall()
+        connection.executemany(
+            f"UPDATE {table} SET crc = ? WHERE rowid = ?",
+            [(crc(tuple(row[1:-1])), row[0]) for row in rows],
+        )
+
+
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def wal_problem(path: Path) -> str | None:
+    """What is wrong with a write-ahead log, if anything. SQLite stops replaying a log at
+    the first frame whose checksum fails and silently drops every commit after it; a torn
+    last transaction after a crash is normal, but a bad frame with valid commits of the same
+    log after it means acknowledged writes would vanish."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) < 32:
+        return None
+    magic, _, page_size, _, salt1, salt2 = struct.unpack(">6I", data[:24])
+    if magic not in _WAL_MAGIC:
+        return "bad header" if any(data[:32]) else None
+    order = ">" if magic & 1 else "<"
+    s0, s1 = _wal_checksum(data[:24], order, 0, 0)
+    if (s0, s1) != struct.unpack(">2I", data[24:32]):
+        return "its header fails its checksum"
+    frame = 24 + page_size
+    offset, index, broken = 32, 0, None
+    while offset + frame <= len(data):
+        header = data[offset : offset + 24]
+        _, commit, f1, f2, c0, c1 = struct.unpack(">6I", header)
+        if (f1, f2) != (salt1, salt2):
+            break  # a frame of an older log generation: the end of this one
+        if broken is None:
+            s0, s1 = _wal_checksum(header[:8], order, s0, s1)
+            s0, s1 = _wal_checksum(data[offset + 24 : offset + frame], order, s0, s1)
+            if (s0, s1) != (c0, c1):
+                broken = index
+        elif commit:
+            return f"frame {broken} fails its checksum and commits follow it"
+        offset += frame
+        index += 1
+    return None
+
+
+def _wal_checksum(data: bytes, order: str, s0: int, s1: int) -> tuple[int, int]:
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

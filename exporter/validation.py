@@ -15,6 +15,8 @@ MAX_NAME_LENGTH: Final = 128
 # 31 years, 1e15 is more revenue than any single event carries.
 MAX_LATENCY_MS: Final = 1e12
 MAX_ABS_EVENT_VALUE: Final = 1e15
+# Counts stay exact as floats (and far from int64's wrap) up to 2**53.
+MAX_COUNT: Final = 2**53 - 1
 
 # C0/C1 controls, lone surrogates (unencodable as UTF-8) and line/paragraph separators.
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")

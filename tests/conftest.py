@@ -39,7 +39,8 @@ def metrics(clock: FakeClock) -> ABMetrics:
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, metrics: ABMetrics) -> Client:
-    app = create_app(metrics, Settings(max_body_bytes=1_000_000, max_batch_records=1000))
+    settings = Settings(max_body_bytes=1_000_000, max_batch_records=1000, allow_clear_all=True)
+    app = create_app(metrics, settings)
     return await aiohttp_client(app)
 
 

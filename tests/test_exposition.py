@@ -90,9 +90,24 @@ def test_openmetrics_parses_and_ends_with_eof(metrics: ABMetrics) -> None:
     families = {f.name: f for f in parse_om(text)}
     assert families["abtest_queries"].type == "counter"
     assert families["abtest_query_duration_seconds"].type == "histogram"
-    assert families["abtest_event_value"].type == "summary"
+    # a summary's _sum may not be negative in OpenMetrics, event values may: two families
+    assert families["abtest_event_value_count"].type == "unknown"
+    assert families["abtest_event_value_sum"].type == "unknown"
     queries = {tuple(sorted(s.labels.items())): s.value for s in families["abtest_queries"].samples}
     assert queries[(("branch", "control"), ("experiment", "checkout"))] == 3
+
+
+def test_negative_event_sums_pass_a_strict_openmetrics_parser(metrics: ABMetrics) -> None:
+    """Issue 9, item 10: a refund made the whole scrape unreadable to strict parsers."""
+    metrics.record_event("shop", "control", "refund", -42.5)
+    text = render(metrics.snapshot(), openmetrics=True)
+    families = {f.name: f for f in parse_om(text)}
+    (sample,) = families["abtest_event_value_sum"].samples
+    assert sample.name == "abtest_event_value_sum" and sample.value == -42.5
+    (count,) = families["abtest_event_value_count"].samples
+    assert count.value == 1
+    # the classic text format keeps the summary, with the same sample names
+    assert "# TYPE abtest_event_value summary" in render(metrics.snapshot())
 
 
 def test_label_values_are_escaped(metrics: ABMetrics) -> None:

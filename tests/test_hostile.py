@@ -4,6 +4,7 @@ named test for each nasty case. No 5xx, no crash, nothing of a refused request a
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -61,6 +62,12 @@ def test_schemathesis_finds_no_server_error_on_any_endpoint(tmp_path: Path) -> N
         text=True,
         timeout=300,
         check=False,
+        cwd=tmp_path,  # its cache goes there, not into the tree
+        env={
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
+            "PYTHONPATH": str(Path(__file__).parent.parent),
+        },
     )
     summary = result.stdout[-3000:]
     try:
@@ -280,13 +287,15 @@ async def test_short_of_memory_answers_503_before_applying(aiohttp_client: Any) 
 
 
 async def test_a_blocked_disk_fills_the_write_queue(aiohttp_client: Any, tmp_path: Path) -> None:
-    """The data file is locked by another process: the first write waits (and times out
-    with 503), the next is turned away with 429 before anything is applied."""
+    """The data file is locked by another process: the first write waits (and times out:
+    applied in memory, answered 202 since it carried no Idempotency-Key, so that nobody
+    resends it), the next is turned away with 429 before anything is applied."""
     import asyncio
 
     settings = Settings(data_dir=str(tmp_path), max_pending_writes=1, durable_timeout=1.5)
     metrics = ABMetrics()
     client: Client = await aiohttp_client(create_app(metrics, settings))
+    await wait_ready(client)
     blocker = sqlite3.connect(tmp_path / FILE_NAME, timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -296,10 +305,22 @@ async def test_a_blocked_disk_fills_the_write_queue(aiohttp_client: Any, tmp_pat
         assert second.status == 429 and second.headers["Retry-After"] == "1"
         assert metrics.stats().total_queries_recorded == 1  # the second was not applied
         response = await first
-        assert response.status == 503 and "not yet on disk" in (await response.json())["error"]
+        reply = await response.json()
+        assert response.status == 202 and reply["durable"] is False
+        assert "do not resend" in reply["warning"]
     finally:
         blocker.rollback()
         blocker.close()
+
+
+async def wait_ready(client: Client) -> None:
+    import asyncio
+
+    for _ in range(200):
+        if (await client.get("/-/ready")).status == 200:
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError("the app did not restore its data file")
 
 
 def test_tls_and_secrets_never_logged(tmp_path: Path) -> None:

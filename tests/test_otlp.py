@@ -23,7 +23,7 @@ from opentelemetry.sdk.resources import Resource
 
 from exporter import ABMetrics
 from exporter.aggregate import DEFAULT_BUCKETS
-from exporter.otlp import Receiver, Streams
+from exporter.otlp import OtlpLimits, Parsed, Receiver, parse
 
 from .conftest import Client
 from .helpers import Exporter
@@ -274,8 +274,9 @@ async def test_invalid_points_are_rejected_and_the_rest_applied(
     branch = metrics.get_branch_metrics("e", "control")
     assert branch is not None and branch.query_count == 3
     text = await (await client.get("/metrics")).text()
+    # counted in records, like everything else: two points of three queries each
     assert (
-        'abtest_exporter_rejected_records_total{source="otlp",reason="missing_attribute"} 2' in text
+        'abtest_exporter_rejected_records_total{source="otlp",reason="missing_attribute"} 6' in text
     )
     assert 'abtest_exporter_rejected_records_total{source="otlp",reason="unknown_metric"} 1' in text
     assert 'abtest_exporter_accepted_records_total{source="otlp",kind="query"} 3' in text
@@ -439,26 +440,104 @@ async def test_body_limit_applies_after_decompression(aiohttp_client: Any) -> No
     assert response.status == 413
 
 
-def test_stream_state_is_bounded_and_expires() -> None:
-    now = [0.0]
-    streams = Streams(max_streams=2, ttl=60.0, clock=lambda: now[0])
-    receiver = Receiver(DEFAULT_BUCKETS, streams)
+def parsed(body: dict[str, Any], limits: OtlpLimits | None = None) -> Parsed:
     from google.protobuf import json_format
 
-    for branch in ("a", "b", "c"):
-        message = ExportMetricsServiceRequest()
-        attributes = [*point()["attributes"]]
-        attributes[1] = {"key": "abtest.branch", "value": {"stringValue": branch}}
-        json_format.ParseDict(
-            request([point(attributes=attributes)]), message, ignore_unknown_fields=True
-        )
-        receiver.receive(message)
-    assert len(streams) == 2 and streams.evicted == 1
-    now[0] = 1000.0
     message = ExportMetricsServiceRequest()
-    json_format.ParseDict(request([point()]), message, ignore_unknown_fields=True)
-    receiver.receive(message)
-    assert len(streams) == 1  # the two idle ones expired
+    json_format.ParseDict(body, message, ignore_unknown_fields=True)
+    return parse(message, limits or OtlpLimits())
+
+
+def on_branch(branch: str, **overrides: Any) -> dict[str, Any]:
+    attributes = [*point()["attributes"]]
+    attributes[1] = {"key": "abtest.branch", "value": {"stringValue": branch}}
+    return point(attributes=attributes, **overrides)
+
+
+def test_forgotten_streams_are_never_counted_twice() -> None:
+    """Issue 9, item 5: a cumulative stream pushed out past the bound came back counted in
+    full (1,000,000 became 2,000,000). Now its next point only sets a baseline."""
+    limits = OtlpLimits(max_streams=2)
+    metrics = ABMetrics(receiver=Receiver(DEFAULT_BUCKETS, limits))
+    for name in ("a", "b", "c"):  # three streams: "a" is forgotten
+        metrics.record_otlp(parsed(request([on_branch(name)]), limits))
+    assert metrics.stream_figures().held == 2 and metrics.stream_figures().evicted == 1
+    later = on_branch("a", timeUnixNano="1700000020000000000", count="6",
+                      bucketCounts=["2", "4", "0"], sum=0.12)  # fmt: skip
+    _, received = metrics.record_otlp(parsed(request([later]), limits))
+    assert received is not None and received.uncertain == 1
+    counts = {b: metrics.get_branch_metrics("e", b) for b in "abc"}
+    assert {b: m.query_count for b, m in counts.items() if m} == {"a": 3, "b": 3, "c": 3}
+    # from there on "a" counts increments again
+    latest = on_branch("a", timeUnixNano="1700000030000000000", count="9",
+                       bucketCounts=["3", "6", "0"], sum=0.18)  # fmt: skip
+    metrics.record_otlp(parsed(request([latest]), limits))
+    branch = metrics.get_branch_metrics("e", "a")
+    assert branch is not None and branch.query_count == 6
+    # a stream that starts after everything forgotten is new: counted in full
+    fresh = on_branch("d", startTimeUnixNano="1700000040000000000",
+                      timeUnixNano="1700000050000000000")  # fmt: skip
+    metrics.record_otlp(parsed(request([fresh]), limits))
+    branch = metrics.get_branch_metrics("e", "d")
+    assert branch is not None and branch.query_count == 3
+
+
+def test_a_bad_point_leaves_every_stream_of_its_request_untouched() -> None:
+    """Issue 9, item 3: one point with count 2**63 made a 500 after other streams of the
+    same request had moved on, so the app's retry was skipped: 15 expected, 5 counted.
+    Now the bad point is refused alone and the good ones count exactly once."""
+    metrics = ABMetrics()
+    good = [on_branch(b, count="5", bucketCounts=["5", "0", "0"], sum=0.025) for b in "xyz"]
+    bad = on_branch("w", count=str(2**63), bucketCounts=[str(2**63), "0", "0"])
+    for _ in range(2):  # the app retries the same export
+        _, received = metrics.record_otlp(parsed(request([*good, bad])))
+        assert received is not None and received.refused.points == 1
+    assert metrics.stats().total_queries_recorded == 15
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"count": "4611686018427387904", "bucketCounts": ["4611686018427387904", "0", "0"]},
+        {"sum": 1e306},
+        {"min": -1.0},
+        {"max": 1e300},
+        {"explicitBounds": [0.01, 1e300]},
+        {"explicitBounds": list(range(1, 200)), "bucketCounts": ["3"] + ["0"] * 199},
+    ],
+)
+def test_out_of_range_points_are_refused_and_nothing_overflows(overrides: dict[str, Any]) -> None:
+    """Issue 9, item 4: three delta points of 2**62 wrapped int64; a sum of 1e306 s made
+    sums inf and the comparison gauges NaN."""
+    metrics = ABMetrics()
+    for step in range(3):
+        start, end = 1700000000000000000 + 10**10 * step, 1700000000000000000 + 10**10 * (step + 1)
+        body = request([point(startTimeUnixNano=str(start), timeUnixNano=str(end), **overrides)],
+                       temporality=1)  # fmt: skip
+        _, received = metrics.record_otlp(parsed(body))
+        assert received is not None and received.refused.points == 1
+    assert metrics.stats().total_queries_recorded == 0
+    from exporter.exposition import render
+
+    text = render(metrics.snapshot())
+    assert "nan" not in text.lower() and "-" not in text.split("abtest_queries_total")[-1][:40]
+
+
+def test_counts_stop_short_of_overflow() -> None:
+    """Valid points whose sum would pass 2**53 are refused (limit_count), never wrapped."""
+    metrics = ABMetrics()
+    big = 2**52
+    refused = 0
+    for step in range(3):
+        start, end = 1700000000000000000 + 10**10 * step, 1700000000000000000 + 10**10 * (step + 1)
+        body = request([point(startTimeUnixNano=str(start), timeUnixNano=str(end), count=str(big),
+                              bucketCounts=[str(big), "0", "0"], sum=big * 0.001)],
+                       temporality=1)  # fmt: skip
+        _, received = metrics.record_otlp(parsed(body))
+        assert received is not None
+        refused += received.refused.records["limit_count"]
+    assert metrics.stats().total_queries_recorded == big  # the second would reach 2**53
+    assert refused == 2 * big
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
