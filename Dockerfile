@@ -43,6 +43,8 @@ WORKDIR /data
 VOLUME /data
 # 9470: HTTP (metrics, API, OTLP); 4318: the optional second OTLP listener (--otlp-port).
 EXPOSE 9470 4318
+# For `docker run` only (Kubernetes uses the chart's probes); plain HTTP on 9470, so drop
+# it (HEALTHCHECK NONE in a derived image) when serving TLS or another port.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9470/-/healthy', timeout=4)"]
 ENTRYPOINT ["abtest-exporter"]

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from exporter.cli import build_parser, settings_from
-from exporter.settings import load_file
+from exporter.settings import from_environment, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "abtest-exporter"
@@ -338,6 +338,7 @@ def test_pods_are_hardened(chart: helm_python.Chart, values_file: Path | None) -
     pods += [o["spec"] for o in objects if o["kind"] == "Pod"]
     for pod in pods:
         assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False  # see test_service_links_would_break_it
         context = pod["securityContext"]
         assert context["runAsNonRoot"] is True
         assert context["runAsUser"] == 65532  # the image's user (tests/test_dockerfile.py)
@@ -407,6 +408,14 @@ def test_labels_and_selectors(chart: helm_python.Chart, values_file: Path | None
             assert spec["selector"]["matchLabels"] == selector
         if obj["kind"] == "Pod":  # the helm-test pod must get no Service traffic
             assert not selector.items() <= obj["metadata"]["labels"].items()
+
+
+def test_service_links_would_break_it() -> None:
+    """Why the pods set enableServiceLinks: false. Kubernetes would put a Service named
+    abtest-exporter into the environment as ABTEST_EXPORTER_PORT=tcp://..., the variable
+    the exporter reads as its port."""
+    with pytest.raises(ValueError, match="ABTEST_EXPORTER_PORT"):
+        from_environment({"ABTEST_EXPORTER_PORT": "tcp://10.96.0.12:9470"})
 
 
 def test_notes_say_how_to_reach_it(chart: helm_python.Chart) -> None:
