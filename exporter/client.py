@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -104,29 +105,49 @@ def _body(batch: list[Record]) -> bytes:
 
 class _Attempts:
     """One batch's delivery: after each try, the delay before the next, or None when done
-    (sent, refused, or out of time), keeping the stats."""
+    (sent, refused, or out of time), keeping the stats. The batch keeps one idempotency
+    key across its retries, so a retry of a write that did land is not counted twice."""
 
-    def __init__(self, size: int, stats: ClientStats, base: float, cap: float, give_up: float):
-        self._size, self._stats = size, stats
-        self._base, self._cap = base, cap
+    def __init__(
+        self, size: int, stats: ClientStats, retry: _Retry, url: str, give_up: float
+    ) -> None:
+        self._size, self._stats, self._retry, self._url = size, stats, retry, url
         self._deadline = time.monotonic() + give_up
+        self._give_up = give_up
         self._attempt = 0
+        self.key = uuid.uuid4().hex
 
-    def after(self, outcome: str, retry_after: float | None) -> float | None:
+    def after(self, outcome: str, retry_after: float | None, why: str = "") -> float | None:
         if outcome == _Send.DONE:
             self._stats.sent += self._size
             return None
         if outcome == _Send.REFUSED:
             self._stats.refused += self._size
             return None
-        delay = backoff(self._attempt, self._base, self._cap, retry_after)
+        delay = backoff(self._attempt, self._retry.base, self._retry.cap, retry_after)
         if time.monotonic() + delay > self._deadline:
             self._stats.failed += self._size
-            log.warning("giving up on %d records after %d attempts", self._size, self._attempt + 1)
+            log.warning(
+                "giving up on %d records for %s after %d attempts (%s)",
+                self._size, self._url, self._attempt + 1, why or "no success answer",
+            )  # fmt: skip
             return None
+        if self._attempt == 0:
+            log.warning(
+                "cannot deliver %d records to %s (%s); retrying for up to %.0f s",
+                self._size, self._url, why or "no success answer", self._give_up,
+            )  # fmt: skip
         self._stats.retries += 1
         self._attempt += 1
         return delay
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    base: float
+    cap: float
+    give_up: float  # seconds a batch is retried for while running
+    at_close: float  # ... and at close: a wrong URL must not hold an app's exit for long
 
 
 class _Tracker:
@@ -226,7 +247,7 @@ class _Recording:
         max_buffer: int,
         on_full: OnFull,
         timeout: float,
-        retry: tuple[float, float, float],
+        retry: _Retry,
         token: str | None,
     ) -> None:
         self.url = url.rstrip("/") + "/api/v1/records"
@@ -240,8 +261,10 @@ class _Recording:
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
 
-    def _attempts(self, batch: list[Record]) -> _Attempts:
-        return _Attempts(len(batch), self.stats, *self._retry)
+    def _attempts(self, batch: list[Record], closing: bool = False) -> _Attempts:
+        retry = self._retry
+        give_up = min(retry.give_up, retry.at_close) if closing else retry.give_up
+        return _Attempts(len(batch), self.stats, retry, self.url, give_up)
 
     def record_query(self, experiment: str, branch: str, latency_ms: float, success: bool) -> None:
         self._buffer.put(("q", experiment, branch, latency_ms, success), self._batch_size)
@@ -269,9 +292,10 @@ class Client(_Recording):
         retry_base: float = 0.1,
         retry_cap: float = 10.0,
         give_up_after: float = 300.0,
+        close_timeout: float = 10.0,
         token: str | None = None,
     ) -> None:
-        retry = (retry_base, retry_cap, give_up_after)
+        retry = _Retry(retry_base, retry_cap, give_up_after, close_timeout)
         self._setup(url, batch_size, flush_interval, max_buffer, on_full, timeout, retry, token)
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
@@ -291,11 +315,13 @@ class Client(_Recording):
             self._send_batch()
 
     def close(self) -> None:
+        """Send what is left, retrying for at most `close_timeout` seconds per batch."""
         if not self._closed.is_set():
             self._closed.set()
             self._buffer.wanted.set()
             self._thread.join()
-            self.flush()
+            while len(self._buffer):
+                self._send_batch(closing=True)
             atexit.unregister(self.close)
 
     def _run(self) -> None:
@@ -307,29 +333,30 @@ class Client(_Recording):
             while len(self._buffer) and not self._closed.is_set():
                 self._send_batch()
 
-    def _send_batch(self) -> None:
+    def _send_batch(self, closing: bool = False) -> None:
         with self._send_lock:
             batch = self._buffer.take(self._batch_size)
             if batch:
-                self._deliver(batch)
+                self._deliver(batch, closing)
 
-    def _deliver(self, batch: list[Record]) -> None:
-        body, attempts = _body(batch), self._attempts(batch)
-        while (delay := attempts.after(*self._post(body))) is not None:
+    def _deliver(self, batch: list[Record], closing: bool = False) -> None:
+        body, attempts = _body(batch), self._attempts(batch, closing)
+        headers = {**self._headers, "Idempotency-Key": attempts.key}
+        while (delay := attempts.after(*self._post(body, headers))) is not None:
             time.sleep(delay)
 
-    def _post(self, body: bytes) -> tuple[str, float | None]:
-        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[str, float | None, str]:
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return _classify(response.status), None
+                return _classify(response.status), None, ""
         except urllib.error.HTTPError as exc:
             outcome = _classify(exc.code)
             if outcome == _Send.REFUSED:
                 log.error("the exporter refused a batch: %s %s", exc.code, exc.read()[:500])
-            return outcome, parse_retry_after(exc.headers.get("Retry-After"))
-        except (urllib.error.URLError, OSError):
-            return _Send.RETRY, None
+            return outcome, parse_retry_after(exc.headers.get("Retry-After")), f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            return _Send.RETRY, None, str(getattr(exc, "reason", exc))
 
 
 class AsyncClient(_Recording):
@@ -346,9 +373,10 @@ class AsyncClient(_Recording):
         retry_base: float = 0.1,
         retry_cap: float = 10.0,
         give_up_after: float = 300.0,
+        close_timeout: float = 10.0,
         token: str | None = None,
     ) -> None:
-        retry = (retry_base, retry_cap, give_up_after)
+        retry = _Retry(retry_base, retry_cap, give_up_after, close_timeout)
         # blocking would stall the event loop: an async client always drops the oldest
         self._setup(
             url, batch_size, flush_interval, max_buffer, "drop_oldest", timeout, retry, token
@@ -376,12 +404,14 @@ class AsyncClient(_Recording):
             await self._send_batch()
 
     async def close(self) -> None:
+        """Send what is left, retrying for at most `close_timeout` seconds per batch."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-            await self.flush()
+            while len(self._buffer):
+                await self._send_batch(closing=True)
             await self._session.close()
 
     async def _run(self) -> None:
@@ -391,29 +421,31 @@ class AsyncClient(_Recording):
             while len(self._buffer):
                 await self._send_batch()
 
-    async def _send_batch(self) -> None:
+    async def _send_batch(self, closing: bool = False) -> None:
         assert self._send_lock is not None
         async with self._send_lock:
             batch = self._buffer.take(self._batch_size)
             if batch:
-                await self._deliver(batch)
+                await self._deliver(batch, closing)
 
-    async def _deliver(self, batch: list[Record]) -> None:
-        body, attempts = _body(batch), self._attempts(batch)
-        while (delay := attempts.after(*await self._post(body))) is not None:
+    async def _deliver(self, batch: list[Record], closing: bool = False) -> None:
+        body, attempts = _body(batch), self._attempts(batch, closing)
+        headers = {**self._headers, "Idempotency-Key": attempts.key}
+        while (delay := attempts.after(*await self._post(body, headers))) is not None:
             await asyncio.sleep(delay)
 
-    async def _post(self, body: bytes) -> tuple[str, float | None]:
+    async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[str, float | None, str]:
         import aiohttp
 
         try:
-            async with self._session.post(self.url, data=body, headers=self._headers) as response:
+            async with self._session.post(self.url, data=body, headers=headers) as response:
                 outcome = _classify(response.status)
                 if outcome == _Send.REFUSED:
                     log.error("the exporter refused a batch: %s", await response.text())
-                return outcome, parse_retry_after(response.headers.get("Retry-After"))
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return _Send.RETRY, None
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                return outcome, retry_after, f"HTTP {response.status}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return _Send.RETRY, None, f"{type(exc).__name__}: {exc}"
 
 
 async def _wait_event(event: threading.Event, timeout: float) -> None:

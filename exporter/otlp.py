@@ -19,13 +19,14 @@ a retry or a late arrival and is skipped. Delta: added as they come; an exact
 repeat of a remembered window is a retry, one overlapping a remembered window (or
 older than all of them) is refused.
 
-Stream state is bounded: past `max_streams` the least recently seen stream is
-forgotten, and the latest end time of any forgotten stream becomes the *horizon*.
-A cumulative stream seen for the first time whose start is at or before the
-horizon may be one we forgot, so its point only sets the baseline (counted in
-`abtest_exporter_otlp_uncertain_points_total`); a delta point ending at or before
-it is refused as possibly counted. Forgetting can lose an increment, never count
-one twice.
+Stream state is bounded: past `max_streams` new streams are refused (never a live
+one pushed out), and a stream silent for `stream_ttl` is forgotten; the latest end
+time of any forgotten stream becomes the *horizon*. A cumulative stream seen for
+the first time whose start is at or before the horizon may be one we forgot, so
+its point only sets the baseline (counted in
+`abtest_exporter_otlp_uncertain_points_total`): an app that was merely paused sends
+the same totals again and loses nothing. A delta point ending at or before the
+horizon is refused as possibly counted. Forgetting never counts anything twice.
 
 Bucket bounds are re-binned onto the aggregate's: each source bucket goes to the
 first of our buckets whose upper bound is at or above its own, so cumulative
@@ -40,9 +41,10 @@ import bisect
 import contextlib
 import json
 import math
+import time
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
@@ -100,6 +102,7 @@ class OtlpLimits:
     max_bounds: int = 100  # explicit_bounds per point
     max_bounds_sets: int = 1000  # distinct explicit_bounds held at once
     max_streams: int = 100_000  # stream states held
+    stream_ttl: float = 3600.0  # seconds of silence before a stream's state is forgotten
 
 
 class DecodeError(ValueError):
@@ -383,14 +386,25 @@ class _Stream:
     buckets: array[int]
     bounds: tuple[float, ...]
     windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
+    seen: float = 0.0  # the receiver's clock when the stream last sent
 
 
 class Streams:
-    """Last point per stream, least recently seen first; not locked (the owner locks)."""
+    """Last point per stream, least recently seen first; not locked (the owner locks).
 
-    def __init__(self, max_streams: int = 100_000) -> None:
+    Bounded in number (past the bound new streams are refused, never a live one pushed
+    out) and in time (a stream silent for `ttl` seconds is forgotten)."""
+
+    def __init__(
+        self,
+        max_streams: int = 100_000,
+        ttl: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._states: OrderedDict[StreamKey, _Stream] = OrderedDict()
         self.max_streams = max_streams
+        self.ttl = ttl
+        self._clock = clock
         self.horizon = 0  # latest end time (ns) of any forgotten stream
         self.evicted = 0
         # changed and dropped since the store last took them
@@ -404,18 +418,30 @@ class Streams:
     def get(self, key: StreamKey) -> _Stream | None:
         return self._states.get(key)
 
+    def room(self, new: int) -> bool:
+        """Whether `new` more streams fit."""
+        return len(self._states) + new <= self.max_streams
+
     def put(self, key: StreamKey, state: _Stream) -> None:
+        state.seen = self._clock()
         states = self._states
         states[key] = state
         states.move_to_end(key)
         self._changed.add(key)
         self._dropped.discard(key)
-        while len(states) > self.max_streams:
-            old_key, old = states.popitem(last=False)
-            self.horizon = max(self.horizon, old.time)
+
+    def expire(self) -> None:
+        """Forget streams silent for longer than the ttl (the oldest come first)."""
+        states, cutoff = self._states, self._clock() - self.ttl
+        while states:
+            key, oldest = next(iter(states.items()))
+            if oldest.seen >= cutoff:
+                break
+            del states[key]
+            self.horizon = max(self.horizon, oldest.time)
             self._horizon_changed = True
-            self._changed.discard(old_key)
-            self._dropped.add(old_key)
+            self._changed.discard(key)
+            self._dropped.add(key)
             self.evicted += 1
 
     def take_changes(self) -> StreamChanges:
@@ -434,10 +460,13 @@ class Streams:
         self._horizon_changed |= changes.horizon is not None
 
     def load(self, rows: Iterable[tuple[StreamKey, str]], horizon: int) -> None:
-        """Restore states written by take_changes."""
+        """Restore states written by take_changes (seen now: their ttl starts again)."""
         self.horizon = horizon
-        for key, state in rows:
-            self._states[key] = _load(state)
+        now = self._clock()
+        for key, text in rows:
+            state = _load(text)
+            state.seen = now
+            self._states[key] = state
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +530,7 @@ class Received:
     refused: Refusals = field(default_factory=Refusals)
     duplicates: int = 0  # points skipped as retries or late arrivals
     uncertain: int = 0  # cumulative points taken as a baseline (stream possibly forgotten)
+    new_streams: int = 0
 
     def response(self) -> ExportMetricsServiceResponse:
         if not self.refused.points:
@@ -516,10 +546,15 @@ class Received:
 class Receiver:
     """Turns checked points into increments; holds the per-stream state."""
 
-    def __init__(self, bounds: Sequence[float], limits: OtlpLimits | None = None) -> None:
+    def __init__(
+        self,
+        bounds: Sequence[float],
+        limits: OtlpLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits or OtlpLimits()
         self._bounds = tuple(bounds)
-        self.streams = Streams(self.limits.max_streams)
+        self.streams = Streams(self.limits.max_streams, self.limits.stream_ttl, clock)
         self._rebin: dict[tuple[tuple[float, ...], float], list[int]] = {}
         # distinct bounds in use, shared by every stream that sends them (bounded)
         self._bounds_pool: dict[tuple[float, ...], tuple[float, ...]] = {}
@@ -528,6 +563,7 @@ class Receiver:
         """The parts the points add; no stream changes until `commit`."""
         out = Received(refused=parsed.refused)
         pending: dict[tuple[str, tuple[float, ...], float], _Pending] = {}
+        self.streams.expire()
         for point in parsed.points:
             refusal = self._increment(out, pending, point)
             if refusal is not None:
@@ -557,6 +593,12 @@ class Receiver:
             bounds = self._bounds_pool[point.bounds] = point.bounds
         key = point.stream
         state = out.updates.get(key) or self.streams.get(key)
+        if state is None and not self.streams.room(out.new_streams + 1):
+            return (
+                "limit_otlp_streams",
+                f"the limit of {self.limits.max_streams} OTLP streams is reached; "
+                "streams silent for --otlp-stream-ttl are forgotten",
+            )
         start, end, horizon = point.start, point.end, self.streams.horizon
         count, total, increments = point.count, point.total, point.buckets
         windows = array("q")
@@ -598,6 +640,8 @@ class Receiver:
         if point.query and count > 0 and not math.isnan(total) and not 0 <= total <= limit:
             return "invalid_value", "cumulative duration sum went down or grew too fast"
         latest = max(end, state.time) if state is not None else end
+        if key not in out.updates and self.streams.get(key) is None:
+            out.new_streams += 1
         out.updates[key] = _Stream(
             start, latest, point.count, point.total, array("q", point.buckets), bounds, windows
         )

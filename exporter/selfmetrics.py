@@ -111,8 +111,8 @@ class SelfMetrics:
             Family(
                 "abtest_exporter_otlp_uncertain_points_total",
                 "counter",
-                "Cumulative OTLP points of a stream possibly forgotten (past --otlp-max-streams): "
-                "taken as a baseline, not counted.",
+                "Cumulative OTLP points of a stream possibly forgotten (silent past "
+                "--otlp-stream-ttl): taken as a baseline, not counted.",
                 [Sample((), uncertain)],
             ),
             Family(
@@ -124,7 +124,7 @@ class SelfMetrics:
             Family(
                 "abtest_exporter_otlp_stream_evictions_total",
                 "counter",
-                "OTLP stream states forgotten, least recently seen first, past --otlp-max-streams.",
+                "OTLP stream states forgotten after --otlp-stream-ttl without a point.",
                 [Sample((), streams.evicted)],
             ),
             Family(

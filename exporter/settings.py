@@ -63,6 +63,7 @@ class Settings:
     otlp_push_interval: float = 60.0
     otlp_max_bounds: int = 100
     otlp_max_streams: int = 100_000
+    otlp_stream_ttl: float = 3600.0
     # security
     token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)
@@ -89,7 +90,10 @@ class Settings:
     @property
     def otlp_limits(self) -> OtlpLimits:
         return OtlpLimits(
-            self.max_name_length, self.otlp_max_bounds, max_streams=self.otlp_max_streams
+            self.max_name_length,
+            self.otlp_max_bounds,
+            max_streams=self.otlp_max_streams,
+            stream_ttl=self.otlp_stream_ttl,
         )
 
     @property
@@ -176,6 +180,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("otlp_push_interval", _positive(float), "seconds between OTLP pushes (60)"),
     Option("otlp_max_bounds", _positive(int), "explicit_bounds per OTLP point (100)"),
     Option("otlp_max_streams", _positive(int), "OTLP stream states held (100000)"),
+    Option("otlp_stream_ttl", _positive(float), "forget OTLP streams silent this long (s, 3600)"),
     Option("tls_cert", str, "TLS certificate file (PEM); with --tls-key serves HTTPS"),
     Option("tls_key", str, "TLS private key file (PEM)"),
     Option("allow_clear_all", _flag, "allow DELETE /api/v1/experiments (false)"),

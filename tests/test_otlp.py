@@ -455,31 +455,44 @@ def on_branch(branch: str, **overrides: Any) -> dict[str, Any]:
 
 
 def test_forgotten_streams_are_never_counted_twice() -> None:
-    """Issue 9, item 5: a cumulative stream pushed out past the bound came back counted in
-    full (1,000,000 became 2,000,000). Now its next point only sets a baseline."""
-    limits = OtlpLimits(max_streams=2)
-    metrics = ABMetrics(receiver=Receiver(DEFAULT_BUCKETS, limits))
-    for name in ("a", "b", "c"):  # three streams: "a" is forgotten
+    """Issue 9, item 5: a cumulative stream forgotten after the 1 h TTL came back counted
+    in full (an app paused 61 minutes went from 5,010 to 10,010). Now its next point
+    only sets a baseline: a paused app sends the same totals and loses nothing."""
+    now = [0.0]
+    limits = OtlpLimits(stream_ttl=3600.0)
+    metrics = ABMetrics(receiver=Receiver(DEFAULT_BUCKETS, limits, clock=lambda: now[0]))
+    for name in ("a", "b"):
         metrics.record_otlp(parsed(request([on_branch(name)]), limits))
-    assert metrics.stream_figures().held == 2 and metrics.stream_figures().evicted == 1
-    later = on_branch("a", timeUnixNano="1700000020000000000", count="6",
-                      bucketCounts=["2", "4", "0"], sum=0.12)  # fmt: skip
-    _, received = metrics.record_otlp(parsed(request([later]), limits))
+    now[0] = 3700.0  # both silent past the ttl: forgotten at the next request
+    same = on_branch("a", timeUnixNano="1700000020000000000")  # paused: same totals
+    _, received = metrics.record_otlp(parsed(request([same]), limits))
     assert received is not None and received.uncertain == 1
-    counts = {b: metrics.get_branch_metrics("e", b) for b in "abc"}
-    assert {b: m.query_count for b, m in counts.items() if m} == {"a": 3, "b": 3, "c": 3}
-    # from there on "a" counts increments again
-    latest = on_branch("a", timeUnixNano="1700000030000000000", count="9",
-                       bucketCounts=["3", "6", "0"], sum=0.18)  # fmt: skip
-    metrics.record_otlp(parsed(request([latest]), limits))
+    assert metrics.stream_figures().evicted == 2 and metrics.stream_figures().held == 1
+    later = on_branch("a", timeUnixNano="1700000030000000000", count="9",
+                      bucketCounts=["3", "6", "0"], sum=0.18)  # fmt: skip
+    metrics.record_otlp(parsed(request([later]), limits))  # from there on: increments
     branch = metrics.get_branch_metrics("e", "a")
-    assert branch is not None and branch.query_count == 6
-    # a stream that starts after everything forgotten is new: counted in full
+    assert branch is not None and branch.query_count == 9  # 3 + 6, never 3 + 3 + 9
     fresh = on_branch("d", startTimeUnixNano="1700000040000000000",
                       timeUnixNano="1700000050000000000")  # fmt: skip
-    metrics.record_otlp(parsed(request([fresh]), limits))
+    metrics.record_otlp(parsed(request([fresh]), limits))  # started after: counted in full
     branch = metrics.get_branch_metrics("e", "d")
     assert branch is not None and branch.query_count == 3
+
+
+def test_past_the_stream_bound_new_streams_are_refused_not_live_ones_forgotten() -> None:
+    """Issue 9, item 5: past the 100,000-stream bound the least recently seen stream was
+    dropped and counted again in full (1,000,000 became 2,000,000)."""
+    limits = OtlpLimits(max_streams=2)
+    metrics = ABMetrics(receiver=Receiver(DEFAULT_BUCKETS, limits))
+    for name in ("a", "b", "c"):
+        _, received = metrics.record_otlp(parsed(request([on_branch(name)]), limits))
+    assert received is not None and received.refused.records["limit_otlp_streams"] == 3
+    later = on_branch("a", timeUnixNano="1700000020000000000", count="6",
+                      bucketCounts=["2", "4", "0"], sum=0.12)  # fmt: skip
+    metrics.record_otlp(parsed(request([later]), limits))
+    counts = {b: metrics.get_branch_metrics("e", b) for b in "abc"}
+    assert {b: m.query_count for b, m in counts.items() if m} == {"a": 6, "b": 3}
 
 
 def test_a_bad_point_leaves_every_stream_of_its_request_untouched() -> None:
