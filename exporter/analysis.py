@@ -9,7 +9,7 @@ immutable objects for the API and the gauges.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -50,7 +50,14 @@ class MetricComparison:
     fixed_horizon_ci_upper: float | None
     adjusted_p_value: float  # sequential p adjusted across the experiment's comparisons
     probability_better: float | None
-    significant: bool
+    significant: bool  # adjusted_p_value < alpha and both arms at min_sample_size
+    # +1 better, -1 worse (by the metric's direction), 0 inconclusive: significant and no
+    # sample-ratio mismatch in the experiment, else 0
+    verdict: int
+    relative_ci_lower: float | None  # confidence sequence for relative_difference (delta
+    relative_ci_upper: float | None  # method), unadjusted like ci_*: goes with p_value
+    mde: float | None  # minimum detectable effect now (metric's unit), 80% power, sequential
+    eta_seconds: float | None  # time until the MDE reaches |difference| at the current rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,10 @@ class ExperimentAnalysis:
     comparisons: Mapping[str, tuple[MetricComparison, ...]]  # by treatment branch
     latency: Mapping[str, LatencyDistribution]  # by treatment branch
     percentiles: Mapping[str, Mapping[str, float]]  # branch -> p50/p95/p99 in seconds
+    # smallest branch's queries / min_sample_size, at most 1 (1: verdicts may be given)
+    progress: float
+    # the treatment whose verdict is +1 on the primary metric (the largest gain if several)
+    winner: str | None
 
 
 @dataclass
@@ -133,6 +144,8 @@ def analyse(
     names = list(view.experiments if experiments is None else experiments)
     names = [e for e in names if e in view.experiments]
     setup: list[tuple[str, str, ExperimentConfig]] = []
+    ratios: list[SampleRatio | None] = []
+    durations: list[float] = []
     table = _Table()
     c = view.branch
     for index, experiment in enumerate(names):
@@ -140,6 +153,8 @@ def analyse(
         rows = view.experiments[experiment]
         control = (controls or {}).get(experiment) or control_of(rows, config)
         setup.append((experiment, control, config))
+        ratios.append(_srm(view, experiment, config))
+        durations.append(_active_seconds(view, rows))
         if control not in rows:
             continue
         events = _event_stats(view, experiment)
@@ -149,19 +164,52 @@ def analyse(
                 _add_rows(
                     table, index, branch, c, a, b, events.get(control, {}), events.get(branch, {})
                 )
-    results = _compute(table, [cfg for _, _, cfg in setup])
+    detected = [bool(r is not None and r.detected) for r in ratios]
+    results = _compute(table, [cfg for _, _, cfg in setup], detected, durations)
     return {
         experiment: ExperimentAnalysis(
             experiment=experiment,
             control=control,
             config=config,
-            srm=_srm(view, experiment, config),
+            srm=ratios[i],
             comparisons=MappingProxyType(results.get(i, {})),
             latency=MappingProxyType(_latency(view, experiment, control)),
             percentiles=MappingProxyType(_percentiles(view, experiment)),
+            progress=_progress(view, experiment, config),
+            winner=winner(results.get(i, {}), config),
         )
         for i, (experiment, control, config) in enumerate(setup)
     }
+
+
+def _active_seconds(view: View, rows: Mapping[str, int]) -> float:
+    """First to latest query of the experiment: the span its sample rate is measured over."""
+    c = view.branch
+    seen = [r for r in rows.values() if c["n"][r]]
+    if not seen:
+        return 0.0
+    return float(max(c["last"][seen]) - min(c["first"][seen]))
+
+
+def _progress(view: View, experiment: str, config: ExperimentConfig) -> float:
+    rows = view.experiments[experiment]
+    smallest = min((int(view.branch["n"][r]) for r in rows.values()), default=0)
+    return min(1.0, smallest / config.min_sample_size)
+
+
+def winner(
+    comparisons: Mapping[str, Sequence[MetricComparison]], config: ExperimentConfig
+) -> str | None:
+    """The treatment whose verdict is "better" on the primary metric; with several, the
+    one with the largest gain in the metric's good direction (then the first name)."""
+    metric, event = config.primary()
+    better = [
+        (-(m.difference if not m.lower_is_better else -m.difference), branch)
+        for branch, found in comparisons.items()
+        for m in found
+        if m.metric == metric and m.event == event and m.verdict == 1
+    ]
+    return min(better)[1] if better else None
 
 
 def _event_stats(view: View, experiment: str) -> dict[str, dict[str, tuple[int, float, float]]]:
@@ -267,7 +315,10 @@ def _add_rows(
 
 
 def _compute(
-    table: _Table, configs: list[ExperimentConfig]
+    table: _Table,
+    configs: list[ExperimentConfig],
+    srm_detected: Sequence[bool],
+    durations: Sequence[float],
 ) -> dict[int, dict[str, tuple[MetricComparison, ...]]]:
     if not table.experiment:
         return {}
@@ -312,12 +363,34 @@ def _compute(
 
     estimate = st.Estimate(difference, variance)
     seq = st.sequential(estimate, n_a + n_b, alpha, tuning)
-    relative, _ = st.relative_difference(n_a, unit_mean_a, unit_var_a, n_b, unit_mean_b, unit_var_b)
+    relative, relative_var = st.relative_difference(
+        n_a, unit_mean_a, unit_var_a, n_b, unit_mean_b, unit_var_b
+    )
     adjusted = np.ones(size)
     for index in np.unique(exp):
         group = exp == index
         adjusted[group] = st.adjust(seq.p_value[group], configs[index].correction)
     significant = (adjusted < alpha) & (n_a >= min_size) & (n_b >= min_size)
+    trusted = ~np.array([srm_detected[i] for i in table.experiment], dtype=bool)
+    direction = np.where(lower, -1, 1)
+    verdict = np.where(significant & trusted, np.sign(difference) * direction, 0).astype(int)
+    # the relative lift's own confidence sequence: delta-method variance, same N and alpha
+    rel_ok = np.isfinite(relative) & np.isfinite(relative_var)
+    rel_seq = st.sequential(
+        st.Estimate(np.where(rel_ok, relative, 0.0), np.where(rel_ok, relative_var, 0.0)),
+        n_a + n_b,
+        alpha,
+        tuning,
+    )
+    rel_lo = np.where(rel_ok, rel_seq.ci_lower, np.nan)
+    rel_hi = np.where(rel_ok, rel_seq.ci_upper, np.nan)
+    # power: SE from the arms' per-observation variances pooled (weighted by n)
+    pooled = (n_a * unit_var_a + n_b * unit_var_b) / (n_a + n_b)
+    se = np.sqrt(np.where(pooled > 0, pooled, 0.0) * (1.0 / n_a + 1.0 / n_b))
+    mde = st.minimum_detectable_effect(se, n_a + n_b, alpha, tuning)
+    growth = st.growth_to_detect(difference, se, n_a + n_b, alpha, tuning)
+    span = np.array([durations[i] for i in table.experiment])
+    eta = np.where(span > 0, (growth - 1.0) * span, np.nan)
 
     out: dict[int, dict[str, list[MetricComparison]]] = {}
     for i in range(size):
@@ -343,6 +416,11 @@ def _compute(
                 adjusted_p_value=float(adjusted[i]),
                 probability_better=_finite(better[i]),
                 significant=bool(significant[i]),
+                verdict=int(verdict[i]),
+                relative_ci_lower=_finite(rel_lo[i]),
+                relative_ci_upper=_finite(rel_hi[i]),
+                mde=_finite(mde[i]),
+                eta_seconds=_finite(eta[i]),
             )
         )
     return {e: {b: tuple(ms) for b, ms in by.items()} for e, by in out.items()}

@@ -231,6 +231,7 @@ async def test_config_round_trip_and_refusal(client: Client, metrics: ABMetrics)
         "min_sample_size": 500,
         "sequential_tuning": 10000,
         "correction": "bh",
+        "primary_metric": "event_rate:conversion",
     }
     response = await client.put("/api/v1/experiments/e/config", json=config)
     assert response.status == 200
