@@ -165,8 +165,11 @@ def test_status_says_better_worse_and_flags_srm_with_the_read_token(tmp_path: Pa
     assert rows["treatment", "latency_mean"].endswith("WORSE")
     assert "winner on success_ratio: treatment" in shop
     assert "SAMPLE-RATIO MISMATCH" in skewed
-    verdicts = [line for line in skewed.splitlines()
-                if line.startswith("treatment") and ("success_ratio" in line or "mean" in line)]  # fmt: skip
+    verdicts = [
+        line
+        for line in skewed.splitlines()
+        if line.startswith("treatment") and ("success_ratio" in line or "mean" in line)
+    ]
     assert len(verdicts) >= 2 and all(v.endswith("inconclusive (SRM: untrusted)") for v in verdicts)
     assert "winner on success_ratio: none yet" in skewed
     # event_mean:flat has no spread: hidden unless --all
