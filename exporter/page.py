@@ -100,9 +100,10 @@ def _path(experiment: str, tail: str = "") -> str:
 
 def _empty(origin: str) -> str:
     curl = (
-        f"curl -s {origin}/api/v1/records -H 'Content-Type: application/json' -d '"
-        '{"queries": [{"experiment": "checkout", "branch": "control", '
-        '"latency_ms": 12.5, "success": true}]}\''
+        f"curl -s {origin}/api/v1/records -H 'Content-Type: application/json' -d '{{\n"
+        '  "queries": [{"experiment": "checkout", "branch": "control", '
+        '"latency_ms": 12.5, "success": true}]\n'
+        "}'"
     )
     otlp = (
         "# pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http\n"

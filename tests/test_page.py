@@ -246,3 +246,17 @@ def test_the_page_in_a_real_browser(running: Exporter, tmp_path: Path) -> None:
     chromium(f"--screenshot={shot}", "--window-size=1280,900", running.url + "/")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     print(f"screenshot of the results page: {shot}")
+
+
+def test_the_empty_pages_curl_command_sends_the_first_record(exporter: Exporter) -> None:
+    """Copy the command from an empty exporter's page, run it: the experiment appears."""
+    before = parse(process_page(exporter)).root
+    command = before.find("pre", id="curl")[0].text()
+    assert command.startswith(f"curl -s {exporter.url}/api/v1/records")
+    shell = shutil.which("bash")
+    assert shell and shutil.which("curl"), "bash and curl run the page's command"
+    result = subprocess.run([shell, "-c", command], capture_output=True, text=True, timeout=30,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0 and '"accepted"' in result.stdout, result
+    after = parse(process_page(exporter)).root
+    assert [s.attrs["data-experiment"] for s in after.find("section")] == ["checkout"]
