@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -58,6 +58,9 @@ class MetricComparison:
     relative_ci_upper: float | None  # method), unadjusted like ci_*: goes with p_value
     mde: float | None  # minimum detectable effect now (metric's unit), 80% power, sequential
     eta_seconds: float | None  # time until the MDE reaches |difference| at the current rate
+
+
+_FIELDS: Final = tuple(f.name for f in fields(MetricComparison))
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,42 +395,46 @@ def _compute(
     span = np.array([durations[i] for i in table.experiment])
     eta = np.where(span > 0, (growth - 1.0) * span, np.nan)
 
+    # columns as Python lists (NaN as None where a figure may be missing): indexing
+    # numpy arrays element by element costs more than the statistics themselves
+    def plain(values: Any) -> list[Any]:
+        return [float(v) for v in np.asarray(values, dtype=float).tolist()]
+
+    def optional(values: Any) -> list[float | None]:
+        return [v if math.isfinite(v) else None for v in plain(values)]
+
+    named: tuple[tuple[str, list[Any]], ...] = (
+        ("metric", table.metric),
+        ("event", table.event),
+        ("lower_is_better", lower.tolist()),
+        ("sample_size_a", n_a.astype(int).tolist()),
+        ("sample_size_b", n_b.astype(int).tolist()),
+        ("value_a", plain(unit_mean_a)),
+        ("value_b", plain(unit_mean_b)),
+        ("difference", plain(difference)),
+        ("relative_difference", optional(relative)),
+        ("ci_lower", optional(seq.ci_lower)),
+        ("ci_upper", optional(seq.ci_upper)),
+        ("p_value", plain(seq.p_value)),
+        ("fixed_horizon_p_value", plain(fixed_p)),
+        ("fixed_horizon_ci_lower", optional(fixed_lo)),
+        ("fixed_horizon_ci_upper", optional(fixed_hi)),
+        ("adjusted_p_value", plain(adjusted)),
+        ("probability_better", optional(better)),
+        ("significant", significant.tolist()),
+        ("verdict", verdict.tolist()),
+        ("relative_ci_lower", optional(rel_lo)),
+        ("relative_ci_upper", optional(rel_hi)),
+        ("mde", optional(mde)),
+        ("eta_seconds", optional(eta)),
+    )
+    # built positionally (fast): the names above must be the dataclass's fields, in order
+    assert tuple(name for name, _ in named) == _FIELDS
+    columns = zip(table.experiment, table.branch, *(c for _, c in named), strict=True)
     out: dict[int, dict[str, list[MetricComparison]]] = {}
-    for i in range(size):
-        value_a = unit_mean_a[i]
-        value_b = unit_mean_b[i]
-        out.setdefault(table.experiment[i], {}).setdefault(table.branch[i], []).append(
-            MetricComparison(
-                metric=table.metric[i],
-                event=table.event[i],
-                lower_is_better=bool(lower[i]),
-                sample_size_a=int(n_a[i]),
-                sample_size_b=int(n_b[i]),
-                value_a=float(value_a),
-                value_b=float(value_b),
-                difference=float(difference[i]),
-                relative_difference=_finite(relative[i]),
-                ci_lower=_finite(seq.ci_lower[i]),
-                ci_upper=_finite(seq.ci_upper[i]),
-                p_value=float(seq.p_value[i]),
-                fixed_horizon_p_value=float(fixed_p[i]),
-                fixed_horizon_ci_lower=_finite(fixed_lo[i]),
-                fixed_horizon_ci_upper=_finite(fixed_hi[i]),
-                adjusted_p_value=float(adjusted[i]),
-                probability_better=_finite(better[i]),
-                significant=bool(significant[i]),
-                verdict=int(verdict[i]),
-                relative_ci_lower=_finite(rel_lo[i]),
-                relative_ci_upper=_finite(rel_hi[i]),
-                mde=_finite(mde[i]),
-                eta_seconds=_finite(eta[i]),
-            )
-        )
+    for experiment, branch, *values in columns:
+        out.setdefault(experiment, {}).setdefault(branch, []).append(MetricComparison(*values))
     return {e: {b: tuple(ms) for b, ms in by.items()} for e, by in out.items()}
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def _srm(view: View, experiment: str, config: ExperimentConfig) -> SampleRatio | None:
