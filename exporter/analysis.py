@@ -9,8 +9,8 @@ immutable objects for the API and the gauges.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -50,7 +50,17 @@ class MetricComparison:
     fixed_horizon_ci_upper: float | None
     adjusted_p_value: float  # sequential p adjusted across the experiment's comparisons
     probability_better: float | None
-    significant: bool
+    significant: bool  # adjusted_p_value < alpha and both arms at min_sample_size
+    # +1 better, -1 worse (by the metric's direction), 0 inconclusive: significant and no
+    # sample-ratio mismatch in the experiment, else 0
+    verdict: int
+    relative_ci_lower: float | None  # confidence sequence for relative_difference (delta
+    relative_ci_upper: float | None  # method), unadjusted like ci_*: goes with p_value
+    mde: float | None  # minimum detectable effect now (metric's unit), 80% power, sequential
+    eta_seconds: float | None  # time until the MDE reaches |difference| at the current rate
+
+
+_FIELDS: Final = tuple(f.name for f in fields(MetricComparison))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +89,10 @@ class ExperimentAnalysis:
     comparisons: Mapping[str, tuple[MetricComparison, ...]]  # by treatment branch
     latency: Mapping[str, LatencyDistribution]  # by treatment branch
     percentiles: Mapping[str, Mapping[str, float]]  # branch -> p50/p95/p99 in seconds
+    # smallest branch's queries / min_sample_size, at most 1 (1: verdicts may be given)
+    progress: float
+    # the treatment whose verdict is +1 on the primary metric (the largest gain if several)
+    winner: str | None
 
 
 @dataclass
@@ -133,6 +147,8 @@ def analyse(
     names = list(view.experiments if experiments is None else experiments)
     names = [e for e in names if e in view.experiments]
     setup: list[tuple[str, str, ExperimentConfig]] = []
+    ratios: list[SampleRatio | None] = []
+    durations: list[float] = []
     table = _Table()
     c = view.branch
     for index, experiment in enumerate(names):
@@ -140,6 +156,8 @@ def analyse(
         rows = view.experiments[experiment]
         control = (controls or {}).get(experiment) or control_of(rows, config)
         setup.append((experiment, control, config))
+        ratios.append(_srm(view, experiment, config))
+        durations.append(_active_seconds(view, rows))
         if control not in rows:
             continue
         events = _event_stats(view, experiment)
@@ -149,19 +167,52 @@ def analyse(
                 _add_rows(
                     table, index, branch, c, a, b, events.get(control, {}), events.get(branch, {})
                 )
-    results = _compute(table, [cfg for _, _, cfg in setup])
+    detected = [bool(r is not None and r.detected) for r in ratios]
+    results = _compute(table, [cfg for _, _, cfg in setup], detected, durations)
     return {
         experiment: ExperimentAnalysis(
             experiment=experiment,
             control=control,
             config=config,
-            srm=_srm(view, experiment, config),
+            srm=ratios[i],
             comparisons=MappingProxyType(results.get(i, {})),
             latency=MappingProxyType(_latency(view, experiment, control)),
             percentiles=MappingProxyType(_percentiles(view, experiment)),
+            progress=_progress(view, experiment, config),
+            winner=winner(results.get(i, {}), config),
         )
         for i, (experiment, control, config) in enumerate(setup)
     }
+
+
+def _active_seconds(view: View, rows: Mapping[str, int]) -> float:
+    """First to latest query of the experiment: the span its sample rate is measured over."""
+    c = view.branch
+    seen = [r for r in rows.values() if c["n"][r]]
+    if not seen:
+        return 0.0
+    return float(max(c["last"][seen]) - min(c["first"][seen]))
+
+
+def _progress(view: View, experiment: str, config: ExperimentConfig) -> float:
+    rows = view.experiments[experiment]
+    smallest = min((int(view.branch["n"][r]) for r in rows.values()), default=0)
+    return min(1.0, smallest / config.min_sample_size)
+
+
+def winner(
+    comparisons: Mapping[str, Sequence[MetricComparison]], config: ExperimentConfig
+) -> str | None:
+    """The treatment whose verdict is "better" on the primary metric; with several, the
+    one with the largest gain in the metric's good direction (then the first name)."""
+    metric, event = config.primary()
+    better = [
+        (-(m.difference if not m.lower_is_better else -m.difference), branch)
+        for branch, found in comparisons.items()
+        for m in found
+        if m.metric == metric and m.event == event and m.verdict == 1
+    ]
+    return min(better)[1] if better else None
 
 
 def _event_stats(view: View, experiment: str) -> dict[str, dict[str, tuple[int, float, float]]]:
@@ -267,7 +318,10 @@ def _add_rows(
 
 
 def _compute(
-    table: _Table, configs: list[ExperimentConfig]
+    table: _Table,
+    configs: list[ExperimentConfig],
+    srm_detected: Sequence[bool],
+    durations: Sequence[float],
 ) -> dict[int, dict[str, tuple[MetricComparison, ...]]]:
     if not table.experiment:
         return {}
@@ -312,44 +366,75 @@ def _compute(
 
     estimate = st.Estimate(difference, variance)
     seq = st.sequential(estimate, n_a + n_b, alpha, tuning)
-    relative, _ = st.relative_difference(n_a, unit_mean_a, unit_var_a, n_b, unit_mean_b, unit_var_b)
+    relative, relative_var = st.relative_difference(
+        n_a, unit_mean_a, unit_var_a, n_b, unit_mean_b, unit_var_b
+    )
     adjusted = np.ones(size)
     for index in np.unique(exp):
         group = exp == index
         adjusted[group] = st.adjust(seq.p_value[group], configs[index].correction)
     significant = (adjusted < alpha) & (n_a >= min_size) & (n_b >= min_size)
+    trusted = ~np.array([srm_detected[i] for i in table.experiment], dtype=bool)
+    direction = np.where(lower, -1, 1)
+    verdict = np.where(significant & trusted, np.sign(difference) * direction, 0).astype(int)
+    # the relative lift's own confidence sequence: delta-method variance, same N and alpha
+    rel_ok = np.isfinite(relative) & np.isfinite(relative_var)
+    rel_seq = st.sequential(
+        st.Estimate(np.where(rel_ok, relative, 0.0), np.where(rel_ok, relative_var, 0.0)),
+        n_a + n_b,
+        alpha,
+        tuning,
+    )
+    rel_lo = np.where(rel_ok, rel_seq.ci_lower, np.nan)
+    rel_hi = np.where(rel_ok, rel_seq.ci_upper, np.nan)
+    # power: SE from the arms' per-observation variances pooled (weighted by n)
+    pooled = (n_a * unit_var_a + n_b * unit_var_b) / (n_a + n_b)
+    se = np.sqrt(np.where(pooled > 0, pooled, 0.0) * (1.0 / n_a + 1.0 / n_b))
+    mde = st.minimum_detectable_effect(se, n_a + n_b, alpha, tuning)
+    growth = st.growth_to_detect(difference, se, n_a + n_b, alpha, tuning)
+    span = np.array([durations[i] for i in table.experiment])
+    eta = np.where(span > 0, (growth - 1.0) * span, np.nan)
 
+    # columns as Python lists (NaN as None where a figure may be missing): indexing
+    # numpy arrays element by element costs more than the statistics themselves
+    def plain(values: Any) -> list[Any]:
+        return [float(v) for v in np.asarray(values, dtype=float).tolist()]
+
+    def optional(values: Any) -> list[float | None]:
+        return [v if math.isfinite(v) else None for v in plain(values)]
+
+    named: tuple[tuple[str, list[Any]], ...] = (
+        ("metric", table.metric),
+        ("event", table.event),
+        ("lower_is_better", lower.tolist()),
+        ("sample_size_a", n_a.astype(int).tolist()),
+        ("sample_size_b", n_b.astype(int).tolist()),
+        ("value_a", plain(unit_mean_a)),
+        ("value_b", plain(unit_mean_b)),
+        ("difference", plain(difference)),
+        ("relative_difference", optional(relative)),
+        ("ci_lower", optional(seq.ci_lower)),
+        ("ci_upper", optional(seq.ci_upper)),
+        ("p_value", plain(seq.p_value)),
+        ("fixed_horizon_p_value", plain(fixed_p)),
+        ("fixed_horizon_ci_lower", optional(fixed_lo)),
+        ("fixed_horizon_ci_upper", optional(fixed_hi)),
+        ("adjusted_p_value", plain(adjusted)),
+        ("probability_better", optional(better)),
+        ("significant", significant.tolist()),
+        ("verdict", verdict.tolist()),
+        ("relative_ci_lower", optional(rel_lo)),
+        ("relative_ci_upper", optional(rel_hi)),
+        ("mde", optional(mde)),
+        ("eta_seconds", optional(eta)),
+    )
+    # built positionally (fast): the names above must be the dataclass's fields, in order
+    assert tuple(name for name, _ in named) == _FIELDS
+    columns = zip(table.experiment, table.branch, *(c for _, c in named), strict=True)
     out: dict[int, dict[str, list[MetricComparison]]] = {}
-    for i in range(size):
-        value_a = unit_mean_a[i]
-        value_b = unit_mean_b[i]
-        out.setdefault(table.experiment[i], {}).setdefault(table.branch[i], []).append(
-            MetricComparison(
-                metric=table.metric[i],
-                event=table.event[i],
-                lower_is_better=bool(lower[i]),
-                sample_size_a=int(n_a[i]),
-                sample_size_b=int(n_b[i]),
-                value_a=float(value_a),
-                value_b=float(value_b),
-                difference=float(difference[i]),
-                relative_difference=_finite(relative[i]),
-                ci_lower=_finite(seq.ci_lower[i]),
-                ci_upper=_finite(seq.ci_upper[i]),
-                p_value=float(seq.p_value[i]),
-                fixed_horizon_p_value=float(fixed_p[i]),
-                fixed_horizon_ci_lower=_finite(fixed_lo[i]),
-                fixed_horizon_ci_upper=_finite(fixed_hi[i]),
-                adjusted_p_value=float(adjusted[i]),
-                probability_better=_finite(better[i]),
-                significant=bool(significant[i]),
-            )
-        )
+    for experiment, branch, *values in columns:
+        out.setdefault(experiment, {}).setdefault(branch, []).append(MetricComparison(*values))
     return {e: {b: tuple(ms) for b, ms in by.items()} for e, by in out.items()}
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def _srm(view: View, experiment: str, config: ExperimentConfig) -> SampleRatio | None:

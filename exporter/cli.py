@@ -30,6 +30,7 @@ from .settings import (
     Settings,
     from_environment,
     load_file,
+    read_tokens,
 )
 from .version import __version__
 
@@ -87,12 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub, "serve", "Run the exporter.")
     _serve_parser(sub, "demo", "Run the exporter with a simulated experiment.")
     status = sub.add_parser(
-        "status", help="Print experiments and comparisons of a running exporter."
+        "status",
+        help="Print experiments and comparisons of a running exporter.",
+        description="Verdicts per treatment and metric. The read token, if the exporter has "
+        f"one, comes from {ENV_PREFIX}METRICS_TOKEN or the file named by "
+        f"{ENV_PREFIX}METRICS_TOKEN_FILE, as for the server.",
     )
     status.add_argument(
         "--url",
         default=_env("url") or f"http://127.0.0.1:{DEFAULT_PORT}",
         help="the exporter's base URL",
+    )
+    status.add_argument(
+        "--all",
+        action="store_true",
+        help="also show comparisons that cannot be computed yet (no spread in the data)",
     )
     return parser
 
@@ -258,8 +268,11 @@ def configure_logging(level: str, form: str) -> None:
     root.setLevel(level.upper())
 
 
-def fetch(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def fetch(url: str, token: str | None = None) -> Any:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
 
@@ -268,10 +281,12 @@ def _pct(value: float) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
+    """Experiments, then every treatment's comparison as a verdict a person can act on."""
     base = args.url.rstrip("/")
     try:
-        experiments = fetch(f"{base}/api/v1/experiments")["experiments"]
-    except OSError as exc:
+        token = read_tokens(dict(os.environ)).get("metrics_token")
+        experiments = fetch(f"{base}/api/v1/experiments", token)["experiments"]
+    except (OSError, ValueError) as exc:
         print(f"abtest-exporter: cannot reach {base}: {exc}", file=sys.stderr)
         return 1
     if not experiments:
@@ -279,19 +294,22 @@ def status(args: argparse.Namespace) -> int:
     for summary in experiments:
         name = summary["experiment"]
         quoted = urllib.parse.quote(name, safe="")
-        detail = fetch(f"{base}/api/v1/experiments/{quoted}")
-        analysis = fetch(f"{base}/api/v1/experiments/{quoted}/analysis")
+        detail = fetch(f"{base}/api/v1/experiments/{quoted}", token)
+        analysis = fetch(f"{base}/api/v1/experiments/{quoted}/analysis", token)
         control = summary["control"]
         srm = analysis["srm"]
+        mismatch = bool(srm and srm["detected"])
         srm_text = (
-            ""
-            if srm is None
-            else (f", SRM p={srm['p_value']:.2g}{' MISMATCH' if srm['detected'] else ''}")
+            "" if srm is None else f", SRM p={srm['p_value']:.2g}{' MISMATCH' if mismatch else ''}"
         )
+        primary = analysis["config"]["primary_metric"]
+        winner = analysis["winner"] or "none yet"
         print(
-            f"\n{name}  (control: {control}, best: {summary['best_branch']}, "
-            f"{summary['total_queries']} queries{srm_text})"
+            f"\n{name}  (control: {control}, winner on {primary}: {winner}, "
+            f"{summary['total_queries']} queries, progress {_pct(analysis['progress'])}{srm_text})"
         )
+        if mismatch:
+            print("  SAMPLE-RATIO MISMATCH: the split is broken, no result here can be trusted")
         order = sorted(detail["branches"].items(), key=lambda item: item[0] != control)
         print_table(
             [("branch", "queries", "success", "mean latency", "p95")]
@@ -307,14 +325,21 @@ def status(args: argparse.Namespace) -> int:
             ]
         )
         rows: list[tuple[str, ...]] = [
-            ("vs control", "metric", "difference", "always-valid CI", "p (adj.)", "")
-        ]
+            ("vs control", "metric", "control", "treatment", "difference", "lift",
+             "lift CI (always valid)", "chance better", "p (adj.)", "verdict")
+        ]  # fmt: skip
+        hidden = 0
         for branch, comparisons in analysis["comparisons"].items():
             for m in comparisons:
-                rows.append(describe(branch, m))
+                if not args.all and m["ci_lower"] is None:
+                    hidden += 1  # no spread yet: nothing to say
+                    continue
+                rows.append(describe(branch, m, mismatch))
         if len(rows) > 1:
             print()
             print_table(rows)
+        if hidden:
+            print(f"({hidden} comparison(s) cannot be computed yet; --all shows them)")
     return 0
 
 
@@ -322,20 +347,51 @@ def _p95(percentiles: dict[str, float] | None) -> str:
     return f"{percentiles['p95'] * 1000:.1f} ms" if percentiles else "-"
 
 
-def describe(branch: str, m: dict[str, Any]) -> tuple[str, ...]:
-    scale, unit = (1000.0, " ms") if m["metric"] == "latency_mean" else (1.0, "")
-    metric = m["metric"] + (f":{m['event']}" if m["event"] else "")
+def _value(
+    metric: str, value: float | None, signed: bool = False, difference: bool = False
+) -> str:
+    """A figure in the unit people read: percent (points for differences) for ratios, ms
+    for latency."""
+    if value is None:
+        return "-"
+    sign = "+" if signed else ""
+    if metric == "success_ratio":
+        return f"{100 * value:{sign}.2f}" + (" pp" if signed or difference else "%")
+    if metric == "latency_mean":
+        return f"{1000 * value:{sign}.2f} ms"
+    return f"{value:{sign}.4g}"
 
-    def number(value: float | None) -> str:
-        return "?" if value is None else f"{value * scale:+.4g}{unit}"
 
-    interval = f"[{number(m['ci_lower'])}, {number(m['ci_upper'])}]"
-    verdict = "SIGNIFICANT" if m["significant"] else ""
+def _lift(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.2f}%"
+
+
+VERDICTS = {1: "BETTER", -1: "WORSE", 0: "inconclusive"}
+
+
+def describe(branch: str, m: dict[str, Any], srm: bool = False) -> tuple[str, ...]:
+    """One comparison as a row: values, difference and lift in their units, the lift's
+    always-valid interval, and the verdict (flagged on every row when the split is off)."""
+    metric = m["metric"]
+    lo, hi = m["relative_ci_lower"], m["relative_ci_upper"]
+    interval = "-" if lo is None or hi is None else f"[{_lift(lo)}, {_lift(hi)}]"
+    chance = m["probability_better"]
+    verdict = VERDICTS[m["verdict"]]
+    if srm:
+        verdict += " (SRM: untrusted)"
+    elif m["verdict"] == 0 and m["significant"]:
+        verdict += " (below min_sample_size)"
+    elif m["verdict"] == 0 and m["mde"] is not None:
+        verdict += f" (detectable now: {_value(metric, m['mde'], difference=True)})"
     return (
         branch,
-        metric,
-        number(m["difference"]),
+        metric + (f":{m['event']}" if m["event"] else ""),
+        _value(metric, m["value_a"]),
+        _value(metric, m["value_b"]),
+        _value(metric, m["difference"], signed=True),
+        _lift(m["relative_difference"]),
         interval,
+        "-" if chance is None else f"{100 * chance:.1f}%",
         f"{m['adjusted_p_value']:.3g}",
         verdict,
     )

@@ -15,6 +15,8 @@ class BranchComparison:
     `is_significant` is true when any metric's adjusted always-valid p-value is below
     the experiment's alpha with both arms at the minimum sample size; `confidence`
     is then 1 - alpha, else 0. `metrics` holds every metric's full comparison.
+    The seed's latency fields (`avg_latency_a`, ...) are milliseconds; the `_seconds`
+    ones carry the same in seconds, the unit of `metrics` and of /metrics.
     """
 
     experiment: str
@@ -28,6 +30,9 @@ class BranchComparison:
     avg_latency_a: float
     avg_latency_b: float
     latency_diff: float
+    avg_latency_a_seconds: float
+    avg_latency_b_seconds: float
+    latency_diff_seconds: float
     is_significant: bool
     confidence: float
     metrics: tuple[MetricComparison, ...]
@@ -58,6 +63,9 @@ def compare(
         avg_latency_a=a.avg_latency_ms,
         avg_latency_b=b.avg_latency_ms,
         latency_diff=b.avg_latency_ms - a.avg_latency_ms,
+        avg_latency_a_seconds=a.avg_latency_ms / 1000,
+        avg_latency_b_seconds=b.avg_latency_ms / 1000,
+        latency_diff_seconds=(b.avg_latency_ms - a.avg_latency_ms) / 1000,
         is_significant=significant,
         confidence=1.0 - analysis.config.alpha if significant else 0.0,
         metrics=found,

@@ -23,7 +23,10 @@ CONFIG_KEYS: Final = (
     "min_sample_size",
     "sequential_tuning",
     "correction",
+    "primary_metric",
 )
+PRIMARY_METRICS: Final = ("success_ratio", "latency_mean")
+EVENT_METRICS: Final = ("event_rate", "event_mean")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class ExperimentConfig:
     `sequential_tuning`: N*, the sample size where the always-valid interval is
     tightest. `correction`: multiple-comparison adjustment across treatments
     and metrics ("holm", "bh" for Benjamini-Hochberg, or "none").
+    `primary_metric`: the metric that names the experiment's winner ("success_ratio",
+    "latency_mean", "event_rate:<event>" or "event_mean:<event>").
     """
 
     control: str | None = None
@@ -44,6 +49,7 @@ class ExperimentConfig:
     min_sample_size: int = 100
     sequential_tuning: float = 5000.0
     correction: Correction = "holm"
+    primary_metric: str = "success_ratio"
     # the keys explicitly given, so that the API can echo what was configured
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -55,7 +61,13 @@ class ExperimentConfig:
             "min_sample_size": self.min_sample_size,
             "sequential_tuning": self.sequential_tuning,
             "correction": self.correction,
+            "primary_metric": self.primary_metric,
         }
+
+    def primary(self) -> tuple[str, str]:
+        """The primary metric as (metric label, event label)."""
+        metric, _, event = self.primary_metric.partition(":")
+        return metric, event
 
     @classmethod
     def from_mapping(cls, data: object, where: str = "") -> ExperimentConfig:
@@ -104,9 +116,28 @@ class ExperimentConfig:
                 bad("correction", f"must be one of {', '.join(CORRECTIONS)}")
             else:
                 values["correction"] = data["correction"]
+        if data.get("primary_metric") is not None:
+            problem = _primary_problem(data["primary_metric"])
+            if problem:
+                bad("primary_metric", problem)
+            else:
+                values["primary_metric"] = data["primary_metric"]
         if errors:
             raise ValidationError("invalid_config", "; ".join(errors))
         return cls(**values, explicit=frozenset(k for k in data if data[k] is not None))
+
+
+def _primary_problem(value: object) -> str | None:
+    expected = "must be success_ratio, latency_mean, event_rate:<event> or event_mean:<event>"
+    if not isinstance(value, str):
+        return expected
+    metric, colon, event = value.partition(":")
+    if metric in PRIMARY_METRICS and not colon:
+        return None
+    if metric in EVENT_METRICS and colon:
+        problem = name_problem(event)
+        return f"event name {problem}" if problem else None
+    return expected
 
 
 def _number(value: object) -> bool:

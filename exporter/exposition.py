@@ -320,6 +320,28 @@ COMPARISON_GAUGES: tuple[tuple[str, str], ...] = (
         "Probability that the treatment is better (for latency: lower), Bayesian with a "
         "flat prior; for latency_distribution the chance a treatment query is faster.",
     ),
+    (
+        "verdict",
+        "+1 treatment better, -1 worse (by the metric's direction: lower latency is better), "
+        "0 inconclusive: significant (adjusted p below alpha, both arms at min_sample_size) "
+        "and no sample-ratio mismatch, else 0.",
+    ),
+    (
+        "relative_ci_lower",
+        "Lower end of the always-valid confidence sequence for relative_difference (delta "
+        "method); unadjusted, like ci_lower: it goes with p_value.",
+    ),
+    ("relative_ci_upper", "Upper end of the confidence sequence for relative_difference."),
+    (
+        "mde",
+        "Minimum detectable effect at the current sample, in the metric's unit: the true "
+        "difference the always-valid test detects with 80% power at alpha.",
+    ),
+    (
+        "eta_seconds",
+        "Estimated time until the minimum detectable effect reaches the observed difference, "
+        "at the current rate (0: already there); left out when it cannot be reached.",
+    ),
 )
 
 
@@ -331,8 +353,16 @@ def render_analysis(analyses: Mapping[str, ExperimentAnalysis]) -> str:
     latency: list[tuple[str, LatencyDistribution]] = []
     srm: list[tuple[str, SampleRatio]] = []
     percentiles: list[str] = []
+    progress: list[str] = []
+    winners: list[str] = []
     for name, analysis in analyses.items():
         exp, control = escape(name), escape(analysis.control)
+        progress.append(
+            f'abtest_experiment_progress_ratio{{experiment="{exp}"}} {analysis.progress!r}\n'
+        )
+        if analysis.winner is not None:
+            branch = escape(analysis.winner)
+            winners.append(f'abtest_experiment_winner{{experiment="{exp}",branch="{branch}"}} 1\n')
         if analysis.srm is not None:
             srm.append((f'experiment="{exp}"', analysis.srm))
         for branch, by_name in analysis.percentiles.items():
@@ -349,6 +379,12 @@ def render_analysis(analyses: Mapping[str, ExperimentAnalysis]) -> str:
                 label = f'{base},metric="latency_distribution",event=""'
                 latency.append((label, analysis.latency[branch]))
     out = Writer(openmetrics=False)
+    if progress:
+        out.header("abtest_experiment_progress_ratio", "gauge", PROGRESS_HELP)
+        out.parts.append("".join(progress))
+    if winners:
+        out.header("abtest_experiment_winner", "gauge", WINNER_HELP)
+        out.parts.append("".join(winners))
     if srm:
         out.header("abtest_srm_p_value", "gauge", SRM_HELP)
         out.lines("abtest_srm_p_value", (s for s, _ in srm), (repr(r.p_value) for _, r in srm))
@@ -385,6 +421,15 @@ def render_analysis(analyses: Mapping[str, ExperimentAnalysis]) -> str:
     return "".join(out.parts)
 
 
+PROGRESS_HELP = (
+    "Smallest branch's queries as a share of min_sample_size, at most 1: below 1 no "
+    "verdict is given yet."
+)
+WINNER_HELP = (
+    "The treatment whose verdict is better (+1) on the experiment's primary_metric "
+    "(default success_ratio); absent when none is. Always 1. Unlike best_branch, "
+    "significance-aware."
+)
 SRM_HELP = (
     "Sample-ratio mismatch: chi-square p-value of branch query counts against the "
     "configured allocation (default equal). Below 0.001 the split is broken."

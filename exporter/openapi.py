@@ -149,7 +149,7 @@ def _paths() -> dict[str, Any]:
                         {"name": "b", "in": "query", "required": True, "schema": _NAME},
                     ],
                     "responses": {
-                        "200": _json({"type": "object"}, "The comparison."),
+                        "200": _json(_ref("Comparison"), "The comparison."),
                         "400": _ERROR,
                         "404": _NOT_FOUND,
                     },
@@ -159,7 +159,7 @@ def _paths() -> dict[str, Any]:
                 "get": {
                     "summary": "Every treatment against the control: all metrics, SRM, percentiles",
                     "parameters": experiment,
-                    "responses": {"200": _json({"type": "object"}, "Analysis."), "404": _NOT_FOUND},
+                    "responses": {"200": _json(_ref("Analysis"), "Analysis."), "404": _NOT_FOUND},
                 }
             },
             "/api/v1/experiments/{experiment}/config": {
@@ -194,6 +194,51 @@ def _paths() -> dict[str, Any]:
             },
         },
         "components": {"schemas": _schemas()},
+    }
+
+
+def _num(description: str, nullable: bool = False) -> dict[str, Any]:
+    return {"type": ["number", "null"] if nullable else "number", "description": description}
+
+
+def _metric_comparison() -> dict[str, Any]:
+    """Which interval goes with which p: `ci_*` and `relative_ci_*` are unadjusted
+    confidence sequences at level alpha and go with `p_value`; `significant` and
+    `verdict` use `adjusted_p_value`."""
+    return {
+        "type": "object",
+        "description": "One metric of a treatment against the control. Intervals are "
+        "unadjusted and go with p_value; significant and verdict use adjusted_p_value, so "
+        "an interval may exclude 0 while the verdict stays 0 (inconclusive).",
+        "properties": {
+            "metric": {"type": "string"},
+            "event": {"type": "string"},
+            "value_a": _num("Control's value: ratio 0..1, seconds, or events per query."),
+            "value_b": _num("Treatment's value, same unit."),
+            "difference": _num("value_b - value_a."),
+            "relative_difference": _num("difference / value_a (lift).", True),
+            "ci_lower": _num("Confidence sequence for difference, unadjusted: with p_value.", True),
+            "ci_upper": _num("Upper end of that sequence.", True),
+            "relative_ci_lower": _num(
+                "Confidence sequence for the lift (delta method), unadjusted: with p_value.", True
+            ),
+            "relative_ci_upper": _num("Upper end of that sequence.", True),
+            "p_value": _num("Always-valid p-value, one comparison."),
+            "adjusted_p_value": _num("p_value adjusted across the experiment (Holm or BH)."),
+            "significant": {
+                "type": "boolean",
+                "description": "adjusted_p_value < alpha and both arms at min_sample_size.",
+            },
+            "verdict": {
+                "type": "integer",
+                "enum": [-1, 0, 1],
+                "description": "+1 better, -1 "
+                "worse (metric's direction), 0: not significant or SRM.",
+            },
+            "probability_better": _num("Chance the treatment is better.", True),
+            "mde": _num("Minimum detectable effect now (80% power, sequential).", True),
+            "eta_seconds": _num("Time until mde reaches |difference| at the current rate.", True),
+        },
     }
 
 
@@ -275,6 +320,50 @@ def _schemas() -> dict[str, Any]:
                 "min_sample_size": {"type": "integer", "minimum": 1, "maximum": 10**12},
                 "sequential_tuning": {"type": "number", "minimum": 1, "maximum": 1e12},
                 "correction": {"type": "string", "enum": list(CORRECTIONS)},
+                "primary_metric": {
+                    "anyOf": [
+                        {
+                            "type": "string",
+                            "pattern": "^(success_ratio|latency_mean|(event_rate|event_mean):"
+                            "[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]{1,128})$",
+                        },
+                        {"type": "null"},
+                    ],
+                    "description": "The metric whose verdict names the winner (default "
+                    "success_ratio).",
+                },
+            },
+        },
+        "MetricComparison": _metric_comparison(),
+        "Comparison": {
+            "type": "object",
+            "description": "Branch b against branch a (the seed's fields, then every metric).",
+            "properties": {
+                "avg_latency_a": _num("Mean latency of a in milliseconds (the seed's unit)."),
+                "avg_latency_b": _num("Mean latency of b in milliseconds."),
+                "latency_diff": _num("b - a in milliseconds."),
+                "avg_latency_a_seconds": _num("Mean latency of a in seconds."),
+                "avg_latency_b_seconds": _num("Mean latency of b in seconds."),
+                "latency_diff_seconds": _num("b - a in seconds (the unit of `metrics`)."),
+                "is_significant": {
+                    "type": "boolean",
+                    "description": "Any metric significant (adjusted p < alpha).",
+                },
+                "metrics": {"type": "array", "items": _ref("MetricComparison")},
+            },
+        },
+        "Analysis": {
+            "type": "object",
+            "properties": {
+                "progress": _num("Smallest branch's queries / min_sample_size, at most 1."),
+                "winner": {
+                    "type": ["string", "null"],
+                    "description": "The treatment whose verdict is +1 on primary_metric.",
+                },
+                "comparisons": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": _ref("MetricComparison")},
+                },
             },
         },
         "Branch": {"type": "object"},

@@ -7,8 +7,8 @@ snapshot (so every family describes the same moment), in the SDK's own data
 model. Names follow OTel conventions (dots, units as metadata): abtest.queries,
 abtest.query.failures, abtest.query.duration (s), abtest.event.value,
 abtest.branch.success_ratio, abtest.branch.latency.mean/min/max (s),
-abtest.event.mean, abtest.comparison.<gauge> and abtest.srm.p_value, with the
-labels as abtest.* attributes.
+abtest.event.mean, abtest.comparison.<gauge>, abtest.srm.p_value and
+abtest.experiment.{progress_ratio,winner}, with the labels as abtest.* attributes.
 """
 
 from __future__ import annotations
@@ -104,6 +104,10 @@ def snapshot_metrics(
     for name, analysis in analyses.items():
         if analysis.srm is not None:
             gauge("abtest.srm.p_value", {"abtest.experiment": name}, analysis.srm.p_value)
+        gauge("abtest.experiment.progress_ratio", {"abtest.experiment": name}, analysis.progress)
+        if analysis.winner is not None:
+            winner = {"abtest.experiment": name, "abtest.branch": analysis.winner}
+            gauge("abtest.experiment.winner", winner, 1.0)
         for branch, comparisons in analysis.comparisons.items():
             for m in comparisons:
                 attributes = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import html
 import json
 import logging
 import time
@@ -14,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import background, guard, idempotency, otlp
+from . import background, guard, idempotency, otlp, page
 from .config import ExperimentConfig
 from .engine import ComparisonEngine
 from .exposition import (
@@ -398,29 +397,13 @@ async def ready(request: web.Request) -> web.Response:
     return web.Response(text="OK\n")
 
 
-_LINKS = (
-    ("/metrics", "Prometheus metrics"),
-    ("/api/v1/experiments", "Experiments (JSON)"),
-    ("/api/v1/stats", "Stats (JSON)"),
-    ("/openapi.json", "OpenAPI document"),
-    ("/-/healthy", "Health"),
-    ("/-/ready", "Readiness"),
-)
-
-
 async def landing(request: web.Request) -> web.Response:
-    experiments = request.app[METRICS].experiments()
-    items = "".join(f'<li><a href="{h}">{html.escape(t)}</a></li>' for h, t in _LINKS)
-    rows = "".join(
-        f'<li><a href="/api/v1/experiments/{html.escape(e)}">{html.escape(e)}</a></li>'
-        for e in experiments[:200]
-    )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>abtest-exporter</title></head>"
-        f"<body><h1>abtest-exporter {__version__}</h1><ul>{items}</ul>"
-        f"<h2>Experiments ({len(experiments)})</h2><ul>{rows}</ul></body></html>"
-    )
-    return web.Response(text=page, content_type="text/html")
+    """The results page (exporter/page.py), from the latest comparisons."""
+    summaries = await asyncio.to_thread(request.app[METRICS].all_summaries)
+    analyses = request.app[ENGINE].latest.analyses
+    origin = f"{request.scheme}://{request.host}"
+    text = page.render(summaries, analyses, __version__, origin)
+    return web.Response(text=text, content_type="text/html")
 
 
 def create_app(

@@ -154,6 +154,55 @@ def sequential(estimate: Estimate, total_n: Array, alpha: Array, tuning: Array) 
     return Sequential(np.where(ok, p, 1.0), d - half, d + half)
 
 
+def sequential_multiplier(total_n: Array, alpha: Array, tuning: Array) -> Array:
+    """The confidence sequence's half-width in standard errors: half-width / sqrt(V).
+    It depends on N, alpha and N* only (the fixed-horizon analogue is z_{1-alpha/2})."""
+    n = np.asarray(total_n, dtype=np.float64)
+    rho2 = sequential_rho(alpha, tuning) ** 2
+    scale = n * rho2 + 1.0
+    return np.asarray(np.sqrt(2.0 * scale / (n * rho2) * np.log(np.sqrt(scale) / alpha)))
+
+
+def minimum_detectable_effect(
+    se: Array, total_n: Array, alpha: Array, tuning: Array, power: float = 0.8
+) -> Array:
+    """Smallest true difference the always-valid test detects with `power` at the current
+    sample: (sequential multiplier + z_power) * SE. NaN where SE is not positive."""
+    width = sequential_multiplier(total_n, alpha, tuning) + special.ndtri(power)
+    return np.where(se > 0, width * np.where(se > 0, se, 1.0), np.nan)
+
+
+def growth_to_detect(
+    effect: Array,
+    se: Array,
+    total_n: Array,
+    alpha: Array,
+    tuning: Array,
+    power: float = 0.8,
+    max_growth: float = 1e9,
+) -> Array:
+    """The factor k by which the sample must grow (same split, same per-observation
+    variance, so SE shrinks as 1/sqrt(k)) until the minimum detectable effect reaches
+    |effect|: 1 when it already has, NaN when it cannot be computed or needs more than
+    `max_growth`. Bisection in log k (the MDE falls monotonically with k)."""
+    target = np.abs(effect)
+    ok = (target > 0) & (se > 0) & np.isfinite(target)
+    safe_se = np.where(ok, se, 1.0)
+
+    def mde(k: Array) -> Array:
+        return minimum_detectable_effect(safe_se / np.sqrt(k), total_n * k, alpha, tuning, power)
+
+    lo, hi = np.zeros(np.shape(target)), np.full(np.shape(target), np.log(max_growth))
+    done = mde(np.ones(np.shape(target))) <= target
+    reachable = mde(np.exp(hi)) <= target
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        above = mde(np.exp(mid)) > target
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    growth = np.where(done, 1.0, np.exp(hi))
+    return np.where(ok & (done | reachable), growth, np.nan)
+
+
 # -- Bayesian ----------------------------------------------------------------
 
 

@@ -231,6 +231,7 @@ async def test_config_round_trip_and_refusal(client: Client, metrics: ABMetrics)
         "min_sample_size": 500,
         "sequential_tuning": 10000,
         "correction": "bh",
+        "primary_metric": "event_rate:conversion",
     }
     response = await client.put("/api/v1/experiments/e/config", json=config)
     assert response.status == 200
@@ -285,10 +286,20 @@ async def test_compare_and_analysis_carry_the_statistics(
     assert comparison["is_significant"] is False and comparison["confidence"] == 0.0
     assert comparison["latency_distribution"]["probability_faster"] == 0.5
     assert comparison["srm_p_value"] == 1.0 and comparison["srm_detected"] is False
+    # one unit per field: the seed's ms fields stay, the _seconds ones match /metrics
+    assert comparison["avg_latency_a_seconds"] == pytest.approx(comparison["avg_latency_a"] / 1000)
+    latency = metrics_by_name["latency_mean"]
+    assert comparison["latency_diff_seconds"] == pytest.approx(latency["difference"], abs=1e-12)
+    assert latency["value_a"] == pytest.approx(comparison["avg_latency_a_seconds"])
+    assert (
+        success["verdict"] == 0 and success["relative_ci_lower"] < 0 < success["relative_ci_upper"]
+    )
+    assert success["mde"] > 0 and "eta_seconds" in success
     analysis = await (await client.get("/api/v1/experiments/e/analysis")).json()
     assert analysis["control"] == "control" and analysis["srm"]["detected"] is False
     assert set(analysis["percentiles"]["control"]) == {"p50", "p95", "p99"}
     assert len(analysis["comparisons"]["treatment"]) == 2
+    assert analysis["progress"] == 1.0 and analysis["winner"] is None
     assert (await client.get("/api/v1/experiments/nope/analysis")).status == 404
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -110,9 +111,70 @@ def test_demo_feeds_data_and_status_prints_a_table() -> None:
     assert lines[header + 1].startswith("control")  # control first, then treatments
     assert lines[header + 2].startswith("treatment") and lines[header + 2].endswith(" ms")
     comparisons = next(i for i, line in enumerate(lines) if line.startswith("vs control"))
-    assert "always-valid CI" in lines[comparisons]
+    assert "lift CI (always valid)" in lines[comparisons] and "verdict" in lines[comparisons]
     assert any(" success_ratio " in line for line in lines[comparisons:])
-    assert "SRM p=" in out
+    assert "SRM p=" in out and "winner on success_ratio" in out
+    assert "SIGNIFICANT" not in out  # verdicts say which way: BETTER / WORSE / inconclusive
+
+
+def status_of(url: str, *flags: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABTEST_EXPORTER_")}
+    if token is not None:
+        env["ABTEST_EXPORTER_METRICS_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "status", "--url", url, *flags],
+        capture_output=True, text=True, timeout=30, check=False, env=env,
+    )  # fmt: skip
+
+
+def known_queries() -> list[dict[str, object]]:
+    """shop: treatment succeeds more (90% vs 80%) and is slower (+10 ms), 50/50;
+    skewed: the same effects on a 3000/2000 split (a sample-ratio mismatch)."""
+    queries: list[dict[str, object]] = []
+    for experiment, sizes in (("shop", (3000, 3000)), ("skewed", (3000, 2000))):
+        for (branch, success, latency), size in zip(
+            (("control", 8, 100.0), ("treatment", 9, 110.0)), sizes, strict=True
+        ):
+            queries += [{"experiment": experiment, "branch": branch, "success": i % 10 < success,
+                         "latency_ms": latency + i % 7} for i in range(size)]  # fmt: skip
+    return queries
+
+
+def test_status_says_better_worse_and_flags_srm_with_the_read_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    process = Exporter(["--stats-interval", "0.2"],
+                       env={"ABTEST_EXPORTER_METRICS_TOKEN_FILE": str(token_file)})  # fmt: skip
+    try:
+        assert process.post({"queries": known_queries(), "events": [
+            {"experiment": "shop", "branch": b, "event": "flat", "value": 1.0}
+            for b in ("control", "treatment") for _ in range(3)]})[0] == 200  # fmt: skip
+        refused = status_of(process.url)
+        shown = status_of(process.url, token="s3cret")
+        everything = status_of(process.url, "--all", token="s3cret")
+    finally:
+        process.stop()
+    assert refused.returncode == 1 and "401" in refused.stderr
+    assert shown.returncode == 0, shown.stderr
+    shop, skewed = shown.stdout.split("\nskewed")
+    rows = {tuple(line.split()[:2]): line for line in shop.splitlines()
+            if line.startswith(("treatment ", "control "))}  # fmt: skip
+    success = rows["treatment", "success_ratio"]
+    assert "80.00%" in success and "90.00%" in success and "+10.00 pp" in success
+    assert "+12.50%" in success and success.endswith("BETTER")
+    assert rows["treatment", "latency_mean"].endswith("WORSE")
+    assert "winner on success_ratio: treatment" in shop
+    assert "SAMPLE-RATIO MISMATCH" in skewed
+    verdicts = [
+        line
+        for line in skewed.splitlines()
+        if line.startswith("treatment") and ("success_ratio" in line or "mean" in line)
+    ]
+    assert len(verdicts) >= 2 and all(v.endswith("inconclusive (SRM: untrusted)") for v in verdicts)
+    assert "winner on success_ratio: none yet" in skewed
+    # event_mean:flat has no spread: hidden unless --all
+    assert "event_mean:flat" not in shown.stdout and "--all shows them" in shop
+    assert "event_mean:flat" in everything.stdout
 
 
 def test_status_reports_an_unreachable_exporter() -> None:

@@ -196,6 +196,34 @@ def tricky(metrics: ABMetrics) -> None:
     metrics.record_event("events-only", "b", "x", 2.0)
 
 
+def test_verdicts_winner_and_power_are_published() -> None:
+    """A clear win on success (and a slower treatment) at 50/50: every new family, with
+    the values of the analysis it came from."""
+    metrics = ABMetrics()
+    for i in range(4000):
+        metrics.record_query("shop", "control", 100.0 + i % 10, i % 10 < 8)
+        metrics.record_query("shop", "treatment", 110.0 + i % 10, i % 10 < 9)
+    analysis = metrics.analyse()
+    found = samples(render(metrics.snapshot(), analysis=render_analysis(analysis)))
+    c = {"experiment": "shop", "control": "control", "branch": "treatment", "event": ""}
+    assert found[key("abtest_comparison_verdict", metric="success_ratio", **c)] == 1
+    assert found[key("abtest_comparison_verdict", metric="latency_mean", **c)] == -1
+    assert found[key("abtest_experiment_winner", experiment="shop", branch="treatment")] == 1
+    assert found[key("abtest_experiment_progress_ratio", experiment="shop")] == 1
+    success = next(m for m in analysis["shop"].comparisons["treatment"]
+                   if m.metric == "success_ratio")  # fmt: skip
+    assert found[key("abtest_comparison_relative_ci_lower", metric="success_ratio", **c)] == (
+        success.relative_ci_lower
+    )
+    assert success.relative_ci_lower is not None and success.relative_ci_upper is not None
+    assert 0 < success.relative_ci_lower < 0.125 < success.relative_ci_upper
+    assert found[key("abtest_comparison_mde", metric="success_ratio", **c)] == success.mde
+    assert found[key("abtest_comparison_eta_seconds", metric="success_ratio", **c)] == 0
+    result = subprocess.run(["promtool", "check", "metrics"], input=render_analysis(analysis),
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
 def test_analysis_block_is_finite_and_promtool_clean(metrics: ABMetrics) -> None:
     feed(metrics)
     tricky(metrics)
@@ -215,6 +243,17 @@ def test_analysis_block_is_finite_and_promtool_clean(metrics: ABMetrics) -> None
     zero = {"metric": "event_mean", "event": "zero", **flat}
     assert found[key("abtest_comparison_difference", **zero)] == 1.0
     assert key("abtest_comparison_relative_difference", **zero) not in found
+    assert key("abtest_comparison_relative_ci_lower", **zero) not in found
+    # the new families: verdict 0 and no MDE without spread; progress; no winner yet
+    assert found[key("abtest_comparison_verdict", metric="success_ratio", event="", **flat)] == 0
+    assert key("abtest_comparison_mde", metric="success_ratio", event="", **flat) not in found
+    assert found[key("abtest_experiment_progress_ratio", experiment="flat")] == pytest.approx(0.03)
+    assert not [name for name, _ in found if name == "abtest_experiment_winner"]
+    families = {f.name: f for f in parse_text(text)}
+    for name in ("abtest_comparison_verdict", "abtest_comparison_relative_ci_lower",
+                 "abtest_comparison_relative_ci_upper", "abtest_comparison_mde",
+                 "abtest_experiment_progress_ratio"):  # fmt: skip
+        assert families[name].type == "gauge" and len(families[name].documentation) > 30, name
     promtool = shutil.which("promtool")
     assert promtool
     result = subprocess.run(

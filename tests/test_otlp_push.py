@@ -89,4 +89,11 @@ async def test_push_round_trips_the_numbers(aiohttp_server: Any) -> None:
         for p in found["abtest.comparison.p_value"].gauge.data_points
     }
     assert pushed["success_ratio"] == success.p_value
+    verdicts = {
+        attributes(p)["abtest.metric"]: p.as_double
+        for p in found["abtest.comparison.verdict"].gauge.data_points
+    }
+    assert verdicts["success_ratio"] == success.verdict
+    progress = found["abtest.experiment.progress_ratio"].gauge.data_points
+    assert [p.as_double for p in progress] == [1.0]  # 300 per branch, 100 needed
     assert "abtest.exporter.up" in found
