@@ -219,7 +219,8 @@ def cap_connections(server: web.Server, limit: int, refused: Callable[[], None])
         if len(server.connections) > limit:
             refused()
             transport.write(busy)
-            transport.close()
+            # closed once the handler's task has started, which expects its connection
+            asyncio.get_running_loop().call_soon(transport.close)
 
     server.connection_made = connection_made  # type: ignore[method-assign]
 
@@ -347,9 +348,7 @@ def _p95(percentiles: dict[str, float] | None) -> str:
     return f"{percentiles['p95'] * 1000:.1f} ms" if percentiles else "-"
 
 
-def _value(
-    metric: str, value: float | None, signed: bool = False, difference: bool = False
-) -> str:
+def _value(metric: str, value: float | None, signed: bool = False, difference: bool = False) -> str:
     """A figure in the unit people read: percent (points for differences) for ratios, ms
     for latency."""
     if value is None:

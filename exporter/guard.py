@@ -77,11 +77,29 @@ async def release_bodies(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     finally:
-        if held := request.get(HELD_BYTES, 0):
-            request.app[INFLIGHT].release(held)
+        release(request)
 
 
 HELD_BYTES = web.RequestKey("held_bytes", int)
+# What a body costs once decoded, per byte: JSON records become dicts and lists (about
+# 8x their text), OTLP protobuf points Python objects (about 4x).
+DECODED_WEIGHT = {"application/json": 8, "application/x-protobuf": 4}
+
+
+def hold(request: web.Request, size: int) -> bool:
+    """Charge `size` bytes of this request to the in-flight budget; False if it is full."""
+    own = request.get(HELD_BYTES, 0)
+    if not request.app[INFLIGHT].reserve(size, own):
+        return False
+    request[HELD_BYTES] = own + size
+    return True
+
+
+def release(request: web.Request) -> None:
+    """Give back what the request holds (once its body is applied, before it waits)."""
+    if held := request.get(HELD_BYTES, 0):
+        request.app[INFLIGHT].release(held)
+        request[HELD_BYTES] = 0
 
 
 def admit_write(request: web.Request) -> None:

@@ -32,8 +32,9 @@ class InFlight:
         self.budget = budget
         self.held = 0
 
-    def reserve(self, size: int) -> bool:
-        if self.held and self.held + size > self.budget:
+    def reserve(self, size: int, own: int = 0) -> bool:
+        """Take `size` more bytes for a request already holding `own`."""
+        if self.held - own and self.held + size > self.budget:
             return False
         self.held += size
         return True

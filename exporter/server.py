@@ -83,13 +83,17 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     """The decompressed body, read as it streams in: refused past `limit` (or past the
     in-flight budget, or too slow) before more of it is held in memory."""
     app = request.app
-    settings, inflight, source = app[SETTINGS], app[INFLIGHT], _source(request)
+    settings, source = app[SETTINGS], _source(request)
     too_large = Refusal(
         413,
         f"body larger than the limit of {limit} bytes (after decompression)",
         "body_too_large",
         source,
     )
+    busy = Refusal(
+        503, "too many request bodies are being read at once; retry shortly", "busy", source,
+        {"Retry-After": "1"},
+    )  # fmt: skip
     if (request.content_length or 0) > limit + 1024:  # compressed and still too large
         raise too_large
     chunks: list[bytes] = []
@@ -100,15 +104,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
                 size += len(chunk)
                 if size > limit:
                     raise too_large
-                if not inflight.reserve(len(chunk)):
-                    raise Refusal(
-                        503,
-                        "too many request bodies are being read at once; retry shortly",
-                        "busy",
-                        source,
-                        {"Retry-After": "1"},
-                    )
-                request[guard.HELD_BYTES] = request.get(guard.HELD_BYTES, 0) + len(chunk)
+                if not guard.hold(request, len(chunk)):
+                    raise busy
                 chunks.append(chunk)
     except TimeoutError:
         raise Refusal(
@@ -120,6 +117,10 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         ) from None
     except (ConnectionResetError, asyncio.IncompleteReadError):
         raise Refusal(400, "the client went away mid-body", "disconnected", source) from None
+    # what the body becomes once decoded is charged too, until it is applied
+    weight = guard.DECODED_WEIGHT.get(request.content_type, 1) - 1
+    if not guard.hold(request, size * weight):
+        raise busy
     return b"".join(chunks)
 
 
@@ -166,6 +167,7 @@ async def _finish(
     if written.repeat is not None:
         request.app[SELF].repeated(_source(request))
         answer = written.repeat
+    guard.release(request)  # the body is applied: what waits for the disk is small
     if await guard.durable(request, written.version):
         return _send(answer)
     if once is not None:
@@ -208,9 +210,11 @@ async def post_otlp(request: web.Request) -> web.Response:
     except otlp.DecodeError as exc:
         raise Refusal(400, str(exc), "malformed", "otlp") from None
     written, received = metrics.record_otlp(parsed, once, respond)
+    answer = respond(received) if received else _EMPTY
     if received is not None:
         self_metrics.otlp(received)
-    return await _finish(request, written, respond(received) if received else _EMPTY, once)
+    del parsed, received  # not held while waiting for the disk
+    return await _finish(request, written, answer, once)
 
 
 _EMPTY = Answer(200, b"", JSON)
@@ -243,6 +247,7 @@ async def post_records(request: web.Request) -> web.Response:
     if written.repeat is None:
         self_metrics.accept("http", "query", records.queries)
         self_metrics.accept("http", "event", records.events)
+    del data, body, batch, records  # not held while waiting for the disk
     return await _finish(request, written, answer, once)
 
 
