@@ -492,18 +492,23 @@ class ABMetrics:
             self.receiver.streams.return_changes(batch.streams)
             self._keys.return_changes(batch.keys)
 
-    def restore(self, restored: Restored) -> None:
-        """Load what the data file holds (already durable: nothing is marked changed)."""
+    def restore(self, restored: Restored) -> int:
+        """Load what the data file holds. It is already durable, so only what was recorded
+        before the restore stays marked changed. Returns the version that includes it."""
         with self._lock:
-            self._aggregate.add_parts(restored.branches, restored.events)
-            self._aggregate.touch_latest(restored.activity)
+            self._fold_locked()
+            agg = self._aggregate
+            earlier = agg.take_changes()
+            agg.add_parts(restored.branches, restored.events)
+            agg.touch_latest(restored.activity)
             self._configs.update(restored.configs)
             self.receiver.streams.load(restored.streams, restored.horizon)
             self._keys.load(restored.keys)
-            self._aggregate.take_changes()
-            self.receiver.streams.take_changes()
-            self._keys.take_changes()
-            self._aggregate.version += 1
+            agg.take_changes()
+            # rows recorded before the restore still need writing (with the restored part)
+            agg.changes = earlier
+            agg.version += 1
+            return agg.version
 
     def get_config(self, experiment: str) -> ExperimentConfig:
         return self._configs.get(experiment, ExperimentConfig())

@@ -65,9 +65,9 @@ _TABLES = {
     "activity": "experiment TEXT PRIMARY KEY, last REAL NOT NULL, crc INTEGER",
     "idempotency": "key TEXT PRIMARY KEY, entry TEXT NOT NULL, crc INTEGER",
 }
-_V1_TABLES = ("branches", "events", "configs", "otlp_streams")
+_V1_TABLES = ("meta", "branches", "events", "configs", "otlp_streams")
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER);\n"
     + "".join(
         f"CREATE TABLE IF NOT EXISTS {name} ({columns});\n" for name, columns in _TABLES.items()
     )
@@ -137,7 +137,7 @@ class Store:
         except StoreError:
             self._lock.release()
             raise
-        except (sqlite3.Error, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        except Exception as exc:  # whatever a damaged file makes the reading code raise
             self._lock.release()
             raise StoreError(
                 f"{self.path} cannot be restored ({type(exc).__name__}: {exc}). "
@@ -162,17 +162,13 @@ class Store:
             connection.execute("PRAGMA journal_mode=WAL")
             synchronous = "FULL" if self.durability == "sync" else "NORMAL"
             connection.execute(f"PRAGMA synchronous={synchronous}")
-            check = connection.execute("PRAGMA quick_check").fetchone()[0]
+            check = " ".join(connection.execute("PRAGMA quick_check").fetchone()[0].split())
             if check != "ok":
                 raise StoreError(
                     f"{self.path} is damaged ({check}). Move it aside to start empty: {aside}"
                 )
             tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master")}
-            meta = (
-                dict(connection.execute("SELECT key, value FROM meta").fetchall())
-                if "meta" in tables
-                else {}
-            )
+            meta = _read_meta(connection) if "meta" in tables else {}
         except sqlite3.OperationalError as exc:
             if "readonly" in str(exc) or "unable to open" in str(exc):
                 raise StoreError(
@@ -208,13 +204,15 @@ class Store:
             for statement in _SCHEMA.split(";")[:-1]:
                 connection.execute(statement)
             connection.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [("format_version", str(FORMAT_VERSION)), ("buckets", json.dumps(buckets))],
+                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+                [
+                    _with_crc(("format_version", str(FORMAT_VERSION))),
+                    _with_crc(("buckets", json.dumps(buckets))),
+                ],
             )
         self._connection = connection
         restored = _read(connection, len(buckets))
-        self._metrics.restore(restored)
-        self._durable = self._metrics.changes_for_store().version  # already on disk
+        self._durable = self._metrics.restore(restored)  # already on disk
         return len(restored.branches.keys), len(restored.events.keys)
 
     def start(self) -> None:
@@ -280,8 +278,8 @@ class Store:
             )
             many("DELETE FROM otlp_streams WHERE stream = ?", [(k,) for k in streams.gone])
             if streams.horizon is not None:
-                execute("INSERT OR REPLACE INTO meta VALUES ('otlp_horizon', ?)",
-                        (str(streams.horizon),))  # fmt: skip
+                execute("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+                        _with_crc(("otlp_horizon", str(streams.horizon))))  # fmt: skip
             many("INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?)", map(_with_crc, keys.rows))
             many("DELETE FROM idempotency WHERE key = ?", [(k,) for k in keys.gone])
             if batch.changes.cleared:
@@ -393,10 +391,17 @@ def _read(connection: sqlite3.Connection, bucket_count: int) -> Restored:
     }
     activity = {e: float(last) for e, last in _rows(connection, "activity")}
     streams = [(ast.literal_eval(k), state) for k, state in _rows(connection, "otlp_streams")]
-    meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-    horizon = int(meta.get("otlp_horizon", "0"))
+    horizon = int(_read_meta(connection).get("otlp_horizon", "0"))
     keys = list(_rows(connection, "idempotency"))
     return Restored(branches, events, activity, configs, streams, horizon, keys)
+
+
+def _read_meta(connection: sqlite3.Connection) -> dict[str, str]:
+    """The meta table, its checksums checked (format 1 had none: checked by use)."""
+    columns = [row[1] for row in connection.execute("PRAGMA table_info(meta)")]
+    if "crc" not in columns:
+        return dict(connection.execute("SELECT key, value FROM meta").fetchall())
+    return {str(key): str(value) for key, value in _rows(connection, "meta")}
 
 
 def _rows(connection: sqlite3.Connection, table: str) -> Iterator[tuple[Any, ...]]:
