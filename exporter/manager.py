@@ -314,7 +314,20 @@ class ABMetrics:
     def stream_figures(self) -> StreamFigures:
         with self._lock:
             streams = self.receiver.streams
-            return StreamFigures(len(streams), streams.evicted)
+            return StreamFigures(len(streams), streams.evicted, streams.recalled)
+
+    def cold_streams(self, lookup: Callable[[str], str | None] | None) -> None:
+        """Where stream states that left memory are read back from (the data file)."""
+        with self._lock:
+            self.receiver.streams.cold = lookup
+
+    def streams_written(self) -> None:
+        with self._lock:
+            self.receiver.streams.written()
+
+    def forget_streams(self, gone: Sequence[tuple[StreamKey, int]]) -> None:
+        with self._lock:
+            self.receiver.streams.forget(gone)
 
     def _admit_branch(self, key: BranchKey) -> list[int]:
         length = self.limits.max_name_length
@@ -502,7 +515,7 @@ class ABMetrics:
             agg.add_parts(restored.branches, restored.events)
             agg.touch_latest(restored.activity)
             self._configs.update(restored.configs)
-            self.receiver.streams.load(restored.streams, restored.horizon)
+            self.receiver.streams.load(restored.streams, restored.horizon, restored.stored_streams)
             self._keys.load(restored.keys)
             agg.take_changes()
             # rows recorded before the restore still need writing (with the restored part)
@@ -682,6 +695,7 @@ class Restored:
     streams: list[tuple[StreamKey, str]]
     horizon: int
     keys: list[tuple[str, str]]
+    stored_streams: int  # stream states in the file (only the recent ones in `streams`)
 
 
 def _take(pending: list[T]) -> list[T]:

@@ -392,8 +392,12 @@ class _Stream:
 class Streams:
     """Last point per stream, least recently seen first; not locked (the owner locks).
 
-    Bounded in number (past the bound new streams are refused, never a live one pushed
-    out) and in time (a stream silent for `ttl` seconds is forgotten)."""
+    In memory only, the states are bounded in number (past `max_streams` new streams
+    are refused, never a live one pushed out) and in time (a stream silent for `ttl`
+    is forgotten, behind the horizon). With a data file (`cold` set), memory is a cache:
+    a state leaves memory once it is on disk and is read back at the stream's next point,
+    so nothing is lost; the file holds at most `max_stored` states and forgets only
+    those silent for the store's retention (see `forget`)."""
 
     def __init__(
         self,
@@ -403,65 +407,113 @@ class Streams:
     ) -> None:
         self._states: OrderedDict[StreamKey, _Stream] = OrderedDict()
         self.max_streams = max_streams
+        self.max_stored = 10 * max_streams
         self.ttl = ttl
         self._clock = clock
         self.horizon = 0  # latest end time (ns) of any forgotten stream
-        self.evicted = 0
-        # changed and dropped since the store last took them
+        self.evicted = 0  # forgotten for good
+        self.recalled = 0  # read back from disk
+        self.stored = 0  # states in the data file (with a cold store)
+        self.cold: Callable[[str], str | None] | None = None
+        # changed and dropped since the store last took them; taken but not yet written
         self._changed: set[StreamKey] = set()
         self._dropped: set[StreamKey] = set()
+        self._in_flight: set[StreamKey] = set()
         self._horizon_changed = False
 
     def __len__(self) -> int:
         return len(self._states)
 
     def get(self, key: StreamKey) -> _Stream | None:
-        return self._states.get(key)
+        state = self._states.get(key)
+        if state is None and self.cold is not None and key not in self._dropped:
+            text = self.cold(repr(key))
+            if text is not None:
+                state = _load(text)
+                state.seen = self._clock()
+                self._states[key] = state
+                self.recalled += 1
+        return state
 
     def room(self, new: int) -> bool:
-        """Whether `new` more streams fit."""
+        """Whether `new` more streams fit (dirty states may overrun the cache by the
+        streams of one commit interval)."""
+        if self.cold is not None:
+            return self.stored + new <= self.max_stored and len(self._states) + new <= (
+                2 * self.max_streams
+            )
         return len(self._states) + new <= self.max_streams
 
-    def put(self, key: StreamKey, state: _Stream) -> None:
+    def put(self, key: StreamKey, state: _Stream, new: bool) -> None:
         state.seen = self._clock()
         states = self._states
         states[key] = state
         states.move_to_end(key)
         self._changed.add(key)
         self._dropped.discard(key)
+        self.stored += new
 
     def expire(self) -> None:
-        """Forget streams silent for longer than the ttl (the oldest come first)."""
+        """Memory only: forget streams silent for longer than the ttl, behind the horizon.
+        With a data file: let clean states silent for the ttl, or past `max_streams`, go
+        from memory (they are on disk)."""
         states, cutoff = self._states, self._clock() - self.ttl
-        while states:
-            key, oldest = next(iter(states.items()))
-            if oldest.seen >= cutoff:
+        if self.cold is None:
+            while states:
+                key, oldest = next(iter(states.items()))
+                if oldest.seen >= cutoff:
+                    break
+                del states[key]
+                self._forgotten(key, oldest.time)
+            return
+        excess = len(states) - self.max_streams
+        for key in list(states):
+            state = states[key]
+            if excess <= 0 and state.seen >= cutoff:
                 break
-            del states[key]
-            self.horizon = max(self.horizon, oldest.time)
-            self._horizon_changed = True
+            if key not in self._changed and key not in self._in_flight:
+                del states[key]
+                excess -= 1
+
+    def forget(self, keys: Iterable[tuple[StreamKey, int]]) -> None:
+        """Forget these (key, last time) states for good: the store's retention."""
+        for key, last in keys:
+            if self._states.pop(key, None) is not None or key not in self._dropped:
+                self.stored -= 1
             self._changed.discard(key)
-            self._dropped.add(key)
-            self.evicted += 1
+            self._forgotten(key, last)
+
+    def _forgotten(self, key: StreamKey, last: int) -> None:
+        self.horizon = max(self.horizon, last)
+        self._horizon_changed = True
+        self._dropped.add(key)
+        self.evicted += 1
 
     def take_changes(self) -> StreamChanges:
         """The states to write and the keys to delete since the last call, as text."""
         changed, dropped = self._changed, self._dropped
         self._changed, self._dropped = set(), set()
+        self._in_flight = changed
         horizon = self.horizon if self._horizon_changed else None
         self._horizon_changed = False
         rows = [(repr(k), _dump(self._states[k])) for k in changed if k in self._states]
         return StreamChanges(changed, dropped, rows, [repr(k) for k in dropped], horizon)
+
+    def written(self) -> None:
+        """The last changes taken are on disk."""
+        self._in_flight = set()
 
     def return_changes(self, changes: StreamChanges) -> None:
         """A write failed: mark them as changed again, for the next one."""
         self._changed |= {k for k in changes.changed if k in self._states}
         self._dropped |= {k for k in changes.dropped if k not in self._states}
         self._horizon_changed |= changes.horizon is not None
+        self._in_flight = set()
 
-    def load(self, rows: Iterable[tuple[StreamKey, str]], horizon: int) -> None:
+    def load(self, rows: Iterable[tuple[StreamKey, str]], horizon: int, stored: int) -> None:
         """Restore states written by take_changes (seen now: their ttl starts again)."""
         self.horizon = horizon
+        self.stored = stored
         now = self._clock()
         for key, text in rows:
             state = _load(text)
@@ -473,6 +525,7 @@ class Streams:
 class StreamFigures:
     held: int
     evicted: int
+    recalled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +546,11 @@ def _dump(state: _Stream) -> str:
          None if math.isnan(state.total) else state.total, state.buckets.tolist(),
          state.bounds, state.windows.tolist()]
     )  # fmt: skip
+
+
+def check_state(text: str) -> None:
+    """Raise ValueError if a stored stream state is not a believable one."""
+    _load(text)
 
 
 def _load(text: str) -> _Stream:
@@ -531,6 +589,7 @@ class Received:
     duplicates: int = 0  # points skipped as retries or late arrivals
     uncertain: int = 0  # cumulative points taken as a baseline (stream possibly forgotten)
     new_streams: int = 0
+    created: set[StreamKey] = field(default_factory=set)  # streams seen for the first time
 
     def response(self) -> ExportMetricsServiceResponse:
         if not self.refused.points:
@@ -575,7 +634,7 @@ class Receiver:
         """Move the streams whose increments were applied (or had none to apply)."""
         for key, state in received.updates.items():
             if key not in refused_streams:
-                self.streams.put(key, state)
+                self.streams.put(key, state, key in received.created)
 
     def _increment(
         self,
@@ -642,6 +701,7 @@ class Receiver:
         latest = max(end, state.time) if state is not None else end
         if key not in out.updates and self.streams.get(key) is None:
             out.new_streams += 1
+            out.created.add(key)
         out.updates[key] = _Stream(
             start, latest, point.count, point.total, array("q", point.buckets), bounds, windows
         )

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import otlp
 from .aggregate import BranchParts, EventParts
 from .config import ExperimentConfig
 from .datadir import DataDirError, DataDirLock
@@ -61,7 +62,7 @@ _TABLES = {
         "crc INTEGER, PRIMARY KEY (experiment, branch, event)"
     ),
     "configs": "experiment TEXT PRIMARY KEY, config TEXT NOT NULL, crc INTEGER",
-    "otlp_streams": "stream TEXT PRIMARY KEY, state TEXT NOT NULL, crc INTEGER",
+    "otlp_streams": "stream TEXT PRIMARY KEY, state TEXT NOT NULL, seen REAL, crc INTEGER",
     "activity": "experiment TEXT PRIMARY KEY, last REAL NOT NULL, crc INTEGER",
     "idempotency": "key TEXT PRIMARY KEY, entry TEXT NOT NULL, crc INTEGER",
 }
@@ -115,6 +116,9 @@ class Store:
         self._clock = clock
         self._lock = DataDirLock(directory)
         self._connection: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # for stream states read on demand
+        self.retention = 7 * 24 * 3600.0  # seconds a silent OTLP stream's state is kept
+        self._pruned_at = 0.0
         self._durable = -1
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._waiters_lock = threading.Lock()
@@ -211,8 +215,11 @@ class Store:
                 ],
             )
         self._connection = connection
-        restored = _read(connection, len(buckets))
+        streams = self._metrics.receiver.streams
+        restored = _read(connection, len(buckets), streams.max_streams)
         self._durable = self._metrics.restore(restored)  # already on disk
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._metrics.cold_streams(self._cold_stream)
         return len(restored.branches.keys), len(restored.events.keys)
 
     def start(self) -> None:
@@ -229,6 +236,10 @@ class Store:
             self.commit()
             self._connection.close()
             self._connection = None
+        if self._reader is not None:
+            self._metrics.cold_streams(None)
+            self._reader.close()
+            self._reader = None
         self._lock.release()
 
     # -- writing ------------------------------------------------------------------
@@ -259,8 +270,10 @@ class Store:
                 self.stats.failures += 1
                 self._metrics.return_changes(batch)
                 return False
+            self._metrics.streams_written()
             self.stats.commits += 1
             self.stats.rows_written += len(batch.branches) + len(batch.events)
+        self._prune()
         self.stats.last_success = self._clock()
         self.stats.last_seconds = time.perf_counter() - started
         self._durable = max(self._durable, batch.version)
@@ -273,8 +286,10 @@ class Store:
         execute, many = connection.execute, connection.executemany
         streams, keys = batch.streams, batch.keys
         with _transaction(connection):
+            now = self._clock()
             many(
-                "INSERT OR REPLACE INTO otlp_streams VALUES (?, ?, ?)", map(_with_crc, streams.rows)
+                "INSERT OR REPLACE INTO otlp_streams VALUES (?, ?, ?, ?)",
+                [_with_crc((key, state, now)) for key, state in streams.rows],
             )
             many("DELETE FROM otlp_streams WHERE stream = ?", [(k,) for k in streams.gone])
             if streams.horizon is not None:
@@ -301,6 +316,33 @@ class Store:
                 else:
                     row = (experiment, json.dumps(config.to_json()))
                     execute("INSERT OR REPLACE INTO configs VALUES (?, ?, ?)", _with_crc(row))
+
+    def _cold_stream(self, key: str) -> str | None:
+        """A stream state from the file (called under the aggregate's lock)."""
+        assert self._reader is not None
+        row = self._reader.execute(
+            "SELECT stream, state, seen, crc FROM otlp_streams WHERE stream = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        if row[3] != crc(tuple(row[:3])):
+            raise StoreError(f"{self.path}: an OTLP stream state fails its checksum")
+        return str(row[1])
+
+    def _prune(self) -> None:
+        """Forget OTLP stream states silent for longer than the retention (once a minute)."""
+        now = self._clock()
+        if self._reader is None or now - self._pruned_at < 60:
+            return
+        self._pruned_at = now
+        rows = self._reader.execute(
+            "SELECT stream, state FROM otlp_streams WHERE seen < ? LIMIT 10000",
+            (now - self.retention,),
+        ).fetchall()
+        if rows:
+            gone = [(ast.literal_eval(key), int(json.loads(state)[1])) for key, state in rows]
+            self._metrics.forget_streams(gone)
+            log.info("forgot %d OTLP streams silent for %.0f s", len(gone), self.retention)
 
     # -- waiting for durability ---------------------------------------------------------
 
@@ -369,7 +411,9 @@ class Store:
         ]
 
 
-def _read(connection: sqlite3.Connection, bucket_count: int) -> Restored:
+def _read(
+    connection: sqlite3.Connection, bucket_count: int, max_streams: int | None = None
+) -> Restored:
     """Every row, its checksum and its invariants checked; a ValueError names the first
     row that fails."""
     branches, events = BranchParts(), EventParts()
@@ -390,10 +434,16 @@ def _read(connection: sqlite3.Connection, bucket_count: int) -> Restored:
         for experiment, text in _rows(connection, "configs")
     }
     activity = {e: float(last) for e, last in _rows(connection, "activity")}
-    streams = [(ast.literal_eval(k), state) for k, state in _rows(connection, "otlp_streams")]
+    rows = list(_rows(connection, "otlp_streams"))
+    for _, state, _ in rows:
+        otlp.check_state(state)
+    if max_streams is not None:  # the most recently seen in memory, the rest read on demand
+        rows = sorted(rows, key=lambda row: float(row[2] or 0))[-max_streams:]
+    streams = [(ast.literal_eval(key), state) for key, state, _ in rows]
+    stored = connection.execute("SELECT COUNT(*) FROM otlp_streams").fetchone()[0]
     horizon = int(_read_meta(connection).get("otlp_horizon", "0"))
     keys = list(_rows(connection, "idempotency"))
-    return Restored(branches, events, activity, configs, streams, horizon, keys)
+    return Restored(branches, events, activity, configs, streams, horizon, keys, stored)
 
 
 def _read_meta(connection: sqlite3.Connection) -> dict[str, str]:
@@ -448,6 +498,8 @@ def _branch_problem(
 def _migrate_v1(connection: sqlite3.Connection) -> None:
     """Format 1 had no checksums, no activity and no idempotency tables: add them, and
     checksum the rows as they are (their invariants are checked on the read that follows)."""
+    connection.execute("ALTER TABLE otlp_streams ADD COLUMN seen REAL")
+    connection.execute("UPDATE otlp_streams SET seen = ?", (time.time(),))
     for table in _V1_TABLES:
         connection.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER")
         rows = connection.execute(f"SELECT rowid, * FROM {table}").fetchall()

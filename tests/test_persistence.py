@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter import ABMetrics
-from exporter.store import FILE_NAME, Store, StoreError
+from exporter.store import FILE_NAME, Store, StoreError, crc
 
 from .crashing import crash_cycle
 from .helpers import Exporter, http, wait_for
@@ -76,6 +76,15 @@ def test_sigkill_under_concurrent_ingest_loses_no_acknowledged_record(tmp_path: 
         assert low <= result.totals[what] <= high, (what, result)
 
 
+def test_sigkill_with_two_exporters_racing_for_the_directory(tmp_path: Path) -> None:
+    """Issue 9, item 1: each restart is two processes at once; one serves, one stops."""
+    result = crash_cycle(str(tmp_path), kills=3, seed=99, race=True)
+    assert result.races == 3 and result.acknowledged["queries"] > 0
+    for what in ("queries", "failures", "events"):
+        low, high = result.acknowledged[what], result.acknowledged[what] + result.uncertain[what]
+        assert low <= result.totals[what] <= high, (what, result)
+
+
 def test_sigkill_exact_when_nothing_is_in_flight(tmp_path: Path) -> None:
     """With no request in flight at the kill, the totals equal the acknowledged ones exactly."""
     exporter = Exporter(data_dir=str(tmp_path))
@@ -128,7 +137,10 @@ def test_a_newer_format_stops_the_start(tmp_path: Path) -> None:
     store.open()
     store.close()
     with sqlite3.connect(tmp_path / FILE_NAME) as connection:
-        connection.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
+        connection.execute(  # as a newer exporter would write it, checksum and all
+            "UPDATE meta SET value = '99', crc = ? WHERE key = 'format_version'",
+            (crc(("format_version", "99")),),
+        )
     result = run_serve(tmp_path)
     assert result.returncode == 2 and "newer abtest-exporter (format 99" in result.stderr
 
