@@ -119,6 +119,7 @@ class Store:
         self._reader: sqlite3.Connection | None = None  # for stream states read on demand
         self.retention = 7 * 24 * 3600.0  # seconds a silent OTLP stream's state is kept
         self._pruned_at = 0.0
+        self._failure_logged = -30.0
         self._durable = -1
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._waiters_lock = threading.Lock()
@@ -265,9 +266,14 @@ class Store:
             try:
                 self._write(batch)
             except Exception as exc:  # the writer must outlive any failure: retry next round
-                if self.stats.failures == 0 or self.stats.commits:
-                    log.error("writing %s failed (%s); retrying", self.path, exc)
                 self.stats.failures += 1
+                now = time.monotonic()
+                if now - self._failure_logged >= 30:  # one line, then one every 30 s
+                    self._failure_logged = now
+                    log.error(
+                        "writing %s failed (%s: %s); retrying (%d failed writes so far)",
+                        self.path, type(exc).__name__, exc, self.stats.failures,
+                    )  # fmt: skip
                 self._metrics.return_changes(batch)
                 return False
             self._metrics.streams_written()
