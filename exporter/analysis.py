@@ -168,7 +168,10 @@ def analyse(
                     table, index, branch, c, a, b, events.get(control, {}), events.get(branch, {})
                 )
     detected = [bool(r is not None and r.detected) for r in ratios]
-    results = _compute(table, [cfg for _, _, cfg in setup], detected, durations)
+    # NaN stands for "cannot be computed yet" here and is left out of every output:
+    # numpy's warnings about it would only litter the operator's log
+    with np.errstate(divide="ignore", invalid="ignore"):
+        results = _compute(table, [cfg for _, _, cfg in setup], detected, durations)
     return {
         experiment: ExperimentAnalysis(
             experiment=experiment,

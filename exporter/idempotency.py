@@ -140,12 +140,6 @@ class Keys:
         for key, entry in loaded:
             self._entries[key] = entry
 
-    def clear(self) -> None:
-        """Forget every key (with the data they answered for: clear-all)."""
-        self._dropped.update(self._entries)
-        self._entries.clear()
-        self._changed.clear()
-
 
 def _dump(entry: Entry) -> str:
     answer = entry.answer

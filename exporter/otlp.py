@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import bisect
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -92,8 +93,12 @@ _WINDOWS = 16  # delta windows remembered per stream, to recognise retries
 # bucket bounds beyond this (in the metric's unit) mean nothing for us and would let
 # the spread estimate overflow
 _MAX_ABS_BOUND: Final = 1e15
+# a point later than this past our clock would silence its stream (and, once forgotten,
+# every stream behind the horizon): app clocks may run ahead, not years ahead
+_MAX_CLOCK_AHEAD_NS: Final = 600 * 10**9
+_MAX_MESSAGE_NAME = 64  # characters of a foreign metric name echoed back in a message
 
-StreamKey = tuple[Any, ...]
+StreamKey = bytes  # blake2b-128 of (resource, scope, metric, attributes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,24 +206,31 @@ def _records(point: HistogramDataPoint) -> int:
     return point.count if 0 < point.count <= MAX_COUNT else 1
 
 
-def parse(request: ExportMetricsServiceRequest, limits: OtlpLimits) -> Parsed:
-    """Check every point of a request; no state is read or changed."""
+def parse(
+    request: ExportMetricsServiceRequest, limits: OtlpLimits, now: float | None = None
+) -> Parsed:
+    """Check every point of a request; no state is read or changed. `now` (unix seconds,
+    default the wall clock) bounds how far ahead of us a point may be."""
     out = Parsed()
+    now_ns = int((time.time() if now is None else now) * 1e9)
     for resource_metrics in request.resource_metrics:
         resource = _attribute_key(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
             scope = (scope_metrics.scope.name, scope_metrics.scope.version)
             for metric in scope_metrics.metrics:
-                _metric(out, (resource, scope, metric.name), metric, limits)
+                _metric(out, (resource, scope, metric.name), metric, limits, now_ns)
     return out
 
 
-def _metric(out: Parsed, prefix: StreamKey, metric: Metric, limits: OtlpLimits) -> None:
+def _metric(
+    out: Parsed, prefix: tuple[Any, ...], metric: Metric, limits: OtlpLimits, now_ns: int
+) -> None:
     kind = metric.WhichOneof("data")
     points = getattr(metric, kind).data_points if kind else ()
     refused = out.refused
     if metric.name not in (QUERY_METRIC, EVENT_METRIC):
-        refused.add("unknown_metric", f"{metric.name!r} is not an abtest metric", len(points),
+        shown = metric.name[:_MAX_MESSAGE_NAME]
+        refused.add("unknown_metric", f"{shown!r} is not an abtest metric", len(points),
                     len(points))  # fmt: skip
         return
     if kind != "histogram":
@@ -254,7 +266,7 @@ def _metric(out: Parsed, prefix: StreamKey, metric: Metric, limits: OtlpLimits) 
     for point in metric.histogram.data_points:
         if point.flags & _NO_RECORDED_VALUE:
             continue
-        checked = _point(prefix, metric.name, temporality == _DELTA, factor, point, limits)
+        checked = _point(prefix, metric.name, temporality == _DELTA, factor, point, limits, now_ns)
         if isinstance(checked, Point):
             out.points.append(checked)
         else:
@@ -262,12 +274,13 @@ def _metric(out: Parsed, prefix: StreamKey, metric: Metric, limits: OtlpLimits) 
 
 
 def _point(
-    prefix: StreamKey,
+    prefix: tuple[Any, ...],
     name: str,
     delta: bool,
     factor: float,
     point: HistogramDataPoint,
     limits: OtlpLimits,
+    now_ns: int,
 ) -> Point | tuple[str, str]:
     # one pass over the attributes: ours must be strings, the rest only identify the stream
     ours: dict[str, str | None] = {}
@@ -308,6 +321,8 @@ def _point(
             "invalid_point",
             f"{name}: explicit_bounds must be increasing and within ±{_MAX_ABS_BOUND:g}",
         )
+    if query and bounds and bounds[0] < 0:
+        return "invalid_point", f"{name}: durations have no negative bucket bounds"
     count = point.count
     if count > MAX_COUNT:
         return "invalid_value", f"{name}: count must be at most {MAX_COUNT}"
@@ -324,6 +339,10 @@ def _point(
     start, end = point.start_time_unix_nano, point.time_unix_nano
     if end < start:
         return "invalid_point", f"{name}: point ends before it starts"
+    if end > now_ns + _MAX_CLOCK_AHEAD_NS:
+        return "invalid_point", f"{name}: point is from the future (more than 10 min ahead)"
+    if delta and not start:
+        return "invalid_point", f"{name}: a delta point needs its start_time_unix_nano"
     sent = [v for v, has in ((point.sum, point.HasField("sum")), (point.min, point.HasField("min")),
                              (point.max, point.HasField("max"))) if has]  # fmt: skip
     if not all(map(math.isfinite, sent)):
@@ -335,7 +354,7 @@ def _point(
     problem = _value_problem(query, factor, count, total, low, high)
     if problem:
         return "invalid_value", f"{name}: {problem}"
-    stream = (*prefix, *names, ours.get(OUTCOME), tuple(sorted(others)))
+    stream = stream_key(repr((*prefix, *names, ours.get(OUTCOME), tuple(sorted(others)))))
     checked = tuple(n for n in names if n is not None)  # all present: checked above
     return Point(
         stream, query, checked, success, delta, start, end, count, total, low, high, buckets,
@@ -364,7 +383,20 @@ def _value_problem(
             return f"min and max must be within ±{MAX_ABS_EVENT_VALUE:g}"
     if not math.isnan(low) and not math.isnan(high) and low > high:
         return "min must not be above max"
+    if count and not math.isnan(total):
+        mean = total / count
+        slack = 1e-9 * max(abs(mean), 1.0)
+        if (not math.isnan(low) and mean < low - slack) or (
+            not math.isnan(high) and mean > high + slack
+        ):
+            return "sum / count must lie between min and max"
     return None
+
+
+def stream_key(identity: str) -> StreamKey:
+    """A stream's identity (resource, scope, metric, attributes, as text) as a 16-byte
+    digest: attributes of any size cost the same to remember (format 1 kept the text)."""
+    return hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], ...]:
@@ -476,11 +508,12 @@ class Streams:
                 excess -= 1
 
     def forget(self, keys: Iterable[tuple[StreamKey, int]]) -> None:
-        """Forget these (key, last time) states for good: the store's retention."""
+        """Forget these (key, last time) states for good: the store's retention, which
+        read them from the file unlocked; one in memory has sent since, and stays."""
         for key, last in keys:
-            if self._states.pop(key, None) is not None or key not in self._dropped:
-                self.stored -= 1
-            self._changed.discard(key)
+            if key in self._states or key in self._dropped:
+                continue
+            self.stored -= 1
             self._forgotten(key, last)
 
     def _forgotten(self, key: StreamKey, last: int) -> None:
@@ -667,14 +700,15 @@ class Receiver:
                     return "stale_delta", "delta point older than forgotten stream state"
             else:
                 windows = state.windows
-                if start < state.time:  # not simply the next window: a retry, or late
+                if start <= state.time:  # not simply the next window: a retry, or late
                     pairs = list(zip(windows[0::2], windows[1::2], strict=True))
                     if (start, end) in pairs:
                         out.duplicates += 1  # a retry: already counted
                         return None
                     if any(start < w_end and w_start < end for w_start, w_end in pairs):
                         return "non_monotonic_delta", "delta point overlaps an earlier one"
-                    if len(pairs) >= _WINDOWS and start < pairs[0][0]:  # history cut short
+                    oldest = min(w_start for w_start, _ in pairs)
+                    if len(pairs) >= _WINDOWS and start <= oldest:  # history cut short
                         return "stale_delta", "delta point older than the windows remembered"
             windows = array("q", [*windows[-2 * (_WINDOWS - 1) :], start, end])
         elif state is None:
@@ -830,4 +864,5 @@ class _Pending:
         rows = np.arange(points)
         low = np.where(np.isnan(low), lowers[rows, first], low)
         high = np.where(np.isnan(high), uppers[rows, last], high)
-        return low, high, m2, total
+        # buckets only bound what min and max were not sent for: the sum decides
+        return np.minimum(low, mean), np.maximum(high, mean), m2, total

@@ -118,7 +118,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except (ConnectionResetError, asyncio.IncompleteReadError):
         raise Refusal(400, "the client went away mid-body", "disconnected", source) from None
     # what the body becomes once decoded is charged too, until it is applied
-    weight = guard.DECODED_WEIGHT.get(request.content_type, 1) - 1
+    weight = guard.DECODED_WEIGHT[source] - 1
     if not guard.hold(request, size * weight):
         raise busy
     return b"".join(chunks)
@@ -209,7 +209,10 @@ async def post_otlp(request: web.Request) -> web.Response:
         parsed = await asyncio.to_thread(parse) if len(body) > _OTLP_INLINE_BYTES else parse()
     except otlp.DecodeError as exc:
         raise Refusal(400, str(exc), "malformed", "otlp") from None
-    written, received = metrics.record_otlp(parsed, once, respond)
+    if len(body) > _OTLP_INLINE_BYTES:  # off the loop: the probes must not wait for it
+        written, received = await asyncio.to_thread(metrics.record_otlp, parsed, once, respond)
+    else:
+        written, received = metrics.record_otlp(parsed, once, respond)
     answer = respond(received) if received else _EMPTY
     if received is not None:
         self_metrics.otlp(received)

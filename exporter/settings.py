@@ -42,8 +42,8 @@ class Settings:
     durable_timeout: float = 30.0
     max_pending_writes: int = 10_000
     # input limits
-    max_body_bytes: int = 16 * 1024 * 1024
-    otlp_max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+    otlp_max_body_bytes: int = 4 * 1024 * 1024
     max_batch_records: int = 100_000
     max_experiments: int = 10_000
     max_branches: int = 100
@@ -51,7 +51,7 @@ class Settings:
     max_name_length: int = MAX_NAME_LENGTH
     max_memory_bytes: int | None = None
     max_series: int = 100_000
-    max_inflight_bytes: int = 64 * 1024 * 1024
+    max_inflight_bytes: int = 128 * 1024 * 1024
     expire_after: float | None = None
     # connections
     idle_timeout: float = 15.0
@@ -160,8 +160,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "flush_interval", _positive(float), "with --durability interval: seconds between writes"
     ),
-    Option("max_body_bytes", _positive(int), "JSON body limit after decompression (16 MiB)"),
-    Option("otlp_max_body_bytes", _positive(int), "OTLP body limit after decompression (64 MiB)"),
+    Option("max_body_bytes", _positive(int), "JSON body limit after decompression (8 MiB)"),
+    Option("otlp_max_body_bytes", _positive(int), "OTLP body limit after decompression (4 MiB)"),
     Option("max_batch_records", _positive(int), "records per batch (100000)"),
     Option("max_experiments", _positive(int), "experiments held (10000)"),
     Option("max_branches", _positive(int), "branches per experiment (100)"),
@@ -169,7 +169,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_name_length", _positive(int), f"characters in a name ({MAX_NAME_LENGTH})"),
     Option("max_memory_bytes", _positive(int), "refuse writes (503) above this RSS (off)"),
     Option("max_series", _positive(int), "branch and event series held in all (100000)"),
-    Option("max_inflight_bytes", _positive(int), "request bodies held at once (64 MiB)"),
+    Option(
+        "max_inflight_bytes",
+        _positive(int),
+        "bodies held at once, at their decoded weight (128 MiB)",
+    ),
     Option("idle_timeout", _positive(float), "close idle or header-dawdling connections (s, 15)"),
     Option("body_timeout", _positive(float), "time allowed to receive a request body (s, 30)"),
     Option("max_connections", _positive(int), "open connections at once; more get 503 (1000)"),

@@ -506,6 +506,12 @@ def _migrate_v1(connection: sqlite3.Connection) -> None:
     checksum the rows as they are (their invariants are checked on the read that follows)."""
     connection.execute("ALTER TABLE otlp_streams ADD COLUMN seen REAL")
     connection.execute("UPDATE otlp_streams SET seen = ?", (time.time(),))
+    # format 1 named a stream by its identity's text; format 2 by a digest of that text
+    renamed = [
+        (repr(otlp.stream_key(text)), text)
+        for (text,) in connection.execute("SELECT stream FROM otlp_streams").fetchall()
+    ]
+    connection.executemany("UPDATE otlp_streams SET stream = ? WHERE stream = ?", renamed)
     for table in _V1_TABLES:
         connection.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER")
         rows = connection.execute(f"SELECT rowid, * FROM {table}").fetchall()

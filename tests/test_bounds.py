@@ -240,3 +240,67 @@ def test_memory_stays_bounded_under_the_worst_requests_within_the_limits(
     finally:
         exporter.stop()
     wait_for(lambda: exporter.process.poll() is not None, 10, "the exporter to stop")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def empty_points_request(points: int) -> bytes:
+    """An OTLP protobuf request of `points` empty histogram points: two bytes each on the
+    wire, the most a body can inflate to once decoded."""
+    histogram = b"\x0a\x00" * points + b"\x10\x01"  # data_points..., delta temporality
+    metric = _field(1, b"abtest.query.duration") + _field(9, histogram)
+    return _field(1, _field(2, _field(2, metric)))  # resource, scope, metric
+
+
+def test_memory_stays_bounded_under_the_worst_otlp_bodies(tmp_path: Path) -> None:
+    """Review of issue 9: 15 MB of empty OTLP points took 890 MB (charged at 4x their
+    size, and one body always fits). Now the body limit (4 MiB) and the charge at the
+    worst measured weight keep several of them to one at a time."""
+    import concurrent.futures
+    import urllib.request
+
+    exporter = Exporter(["--max-memory-bytes", str(300 * 2**20)], data_dir=str(tmp_path))
+    body = empty_points_request(2_090_000)
+    assert 3.98 * 2**20 < len(body) < 4 * 2**20
+    peak = 0
+
+    def send() -> int:
+        request = urllib.request.Request(
+            exporter.url + "/v1/metrics", data=body, method="POST",
+            headers={"Content-Type": "application/x-protobuf"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def rss() -> int:
+        with open(f"/proc/{exporter.process.pid}/status") as handle:
+            line = next(ln for ln in handle if ln.startswith("VmRSS"))
+            return int(line.split()[1]) * 1024
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            jobs = [pool.submit(send) for _ in range(8)]
+            while not all(job.done() for job in jobs):
+                peak = max(peak, rss())
+                time.sleep(0.02)
+            statuses = sorted(job.result() for job in jobs)
+        print(f"peak RSS {peak / 2**20:.0f} MiB; answers {statuses}")
+        assert 200 in statuses and set(statuses) <= {200, 503}
+        assert peak < 400 * 2**20, peak
+        assert exporter.healthy()
+    finally:
+        exporter.stop()

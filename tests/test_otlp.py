@@ -544,7 +544,7 @@ def test_counts_stop_short_of_overflow() -> None:
     for step in range(3):
         start, end = 1700000000000000000 + 10**10 * step, 1700000000000000000 + 10**10 * (step + 1)
         body = request([point(startTimeUnixNano=str(start), timeUnixNano=str(end), count=str(big),
-                              bucketCounts=[str(big), "0", "0"], sum=big * 0.001)],
+                              bucketCounts=[str(big), "0", "0"], sum=big * 0.01)],
                        temporality=1)  # fmt: skip
         _, received = metrics.record_otlp(parsed(body))
         assert received is not None
@@ -598,3 +598,102 @@ async def test_points_over_a_cardinality_limit_are_refused_the_rest_applied(
     assert "limit branches" in reply["partialSuccess"]["errorMessage"]
     experiment = metrics.get_experiment_metrics("e")
     assert experiment is not None and sorted(experiment.branches) == ["a", "b"]
+
+
+def test_points_whose_sum_their_buckets_cannot_hold_still_restore(tmp_path: Any) -> None:
+    """Review of issue 9: a point with no min/max whose mean lies past its buckets was
+    accepted, and then the restore refused the file (sum outside n x [min, max])."""
+    from exporter.store import Store
+
+    metrics = ABMetrics()
+    store = Store(tmp_path, metrics)
+    store.open()
+    loose = point(sum=60.0, bucketCounts=["0", "0", "3"], explicitBounds=[5.0, 10.0])
+    del loose["min"], loose["max"]
+    bare = point(sum=1.0, count="1", bucketCounts=["1"], explicitBounds=[])
+    del bare["min"], bare["max"]
+    bare["attributes"] = on_branch("bare")["attributes"]
+    _, received = metrics.record_otlp(parsed(request([loose, bare])))
+    assert received is not None and received.refused.points == 0
+    store.close()
+    restored = ABMetrics()
+    Store(tmp_path, restored).open()
+    branch = restored.get_branch_metrics("e", "control")
+    assert branch is not None and branch.avg_latency_ms == 20_000.0
+    assert branch.max_latency_ms >= branch.avg_latency_ms >= branch.min_latency_ms
+    outside = point(sum=0.3, timeUnixNano="1700000020000000000")  # mean 0.1 > max 0.02
+    _, received = restored.record_otlp(parsed(request([outside])))
+    assert received is not None and received.refused.records["invalid_value"] == 3
+    negative = point(explicitBounds=[-1.0, 0.025], timeUnixNano="1700000030000000000")
+    _, received = restored.record_otlp(parsed(request([negative])))
+    assert received is not None and received.refused.records["invalid_point"] == 3
+
+
+def test_points_from_the_future_are_refused() -> None:
+    """Review of issue 9: one point 100 years ahead silenced its stream for good."""
+    metrics = ABMetrics()
+    far = str(1700000010000000000 + 100 * 365 * 86400 * 10**9)
+    _, received = metrics.record_otlp(parsed(request([point(timeUnixNano=far)]),
+                                             OtlpLimits()), None)  # fmt: skip
+    assert received is not None and "future" in received.refused.messages[0]
+    metrics.record_otlp(parsed(request([point()])))
+    assert metrics.stats().total_queries_recorded == 3  # the honest point still counts
+    huge = point(startTimeUnixNano=str(2**63 + 5), timeUnixNano=str(2**64 - 1))
+    _, received = metrics.record_otlp(parsed(request([huge], temporality=1)))
+    assert received is not None and received.refused.points == 1  # not a 500
+
+
+def test_delta_retries_of_zero_width_and_late_windows_are_not_counted_again() -> None:
+    """Review of issue 9: a zero-width window resent three times counted 5, 10, 15; a
+    retry of a late window counted again."""
+    metrics = ABMetrics()
+
+    def delta(start: int, end: int) -> None:
+        body = request([point(startTimeUnixNano=str(T + start), timeUnixNano=str(T + end))],
+                       temporality=1)  # fmt: skip
+        metrics.record_otlp(parsed(body))
+
+    T = 1700000000000000000
+    for _ in range(3):
+        delta(10, 10)
+    assert metrics.stats().total_queries_recorded == 3
+    delta(100, 110)
+    delta(120, 130)
+    delta(110, 120)  # late, but new
+    delta(110, 120)  # its retry
+    assert metrics.stats().total_queries_recorded == 12
+
+
+def test_stream_identities_cost_the_same_whatever_their_attributes() -> None:
+    """Review of issue 9: 40 points with 4 MB resource attributes held 200 MB."""
+    big = point()
+    big["attributes"] = [*big["attributes"],
+                         {"key": "blob", "value": {"stringValue": "x" * 100_000}}]  # fmt: skip
+    _, received = ABMetrics().record_otlp(parsed(request([big])))
+    assert received is not None and [len(k) for k in received.updates] == [16]
+
+
+def test_refusal_messages_do_not_echo_long_names() -> None:
+    """Review of issue 9: an unknown metric's name went into the answer kept with its
+    idempotency key: 25 MB per answer."""
+    body = request([point()], name="x" * 1_000_000)
+    _, received = ABMetrics().record_otlp(parsed(body))
+    assert received is not None and len(received.response().SerializeToString()) < 500
+
+
+def test_the_retention_never_forgets_a_stream_that_just_sent() -> None:
+    """Review of issue 9: the prune read states from disk unlocked and forgot one that had
+    sent in between; its retried delta point then counted again."""
+    from exporter.otlp import Streams
+
+    streams = Streams()
+    streams.cold = lambda key: None
+    metrics = ABMetrics()
+    metrics.receiver.streams = streams
+    _, received = metrics.record_otlp(parsed(request([point()], temporality=1)))
+    assert received is not None
+    (key,) = received.updates
+    streams.forget([(key, 1700000010000000000)])  # read from disk before the point landed
+    assert streams.get(key) is not None and streams.horizon == 0
+    metrics.record_otlp(parsed(request([point()], temporality=1)))  # the SDK's retry
+    assert metrics.stats().total_queries_recorded == 3

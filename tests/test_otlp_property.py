@@ -37,14 +37,21 @@ def attributes(stream: int) -> list[dict[str, Any]]:
 
 
 def point(stream: int, start: int, end: int, count: int, **extra: Any) -> dict[str, Any]:
+    """Shapes vary by stream: within the buckets, no buckets at all, all in the overflow
+    bucket with no min or max (the restore must still find every row believable)."""
+    shape = {
+        0: {"sum": 0.002 * count, "bucketCounts": [str(count), "0"], "explicitBounds": [0.005]},
+        1: {"sum": 0.3 * count, "bucketCounts": [str(count)], "explicitBounds": []},
+        2: {"sum": 1.5 * count, "bucketCounts": ["0", str(count)], "explicitBounds": [0.005]},
+        3: {"sum": 0.004 * count, "bucketCounts": [str(count), "0"], "explicitBounds": [0.005],
+            "min": 0.001, "max": 0.005},
+    }[stream % 4]  # fmt: skip
     return {
         "attributes": attributes(stream),
         "startTimeUnixNano": str(start),
         "timeUnixNano": str(end),
         "count": str(count),
-        "sum": 0.002 * count,
-        "bucketCounts": [str(count), "0"],
-        "explicitBounds": [0.005],
+        **shape,
         **extra,
     }
 
