@@ -109,11 +109,6 @@ class Snapshot:
 class ABMetrics:
     """Per-experiment, per-branch A/B metrics (the seed module's manager API)."""
 
-    # Recording is built per instance as closures over its own state (see
-    # _recorders): it is the hot path, and skipping attribute look-ups halves it.
-    record_query: Callable[[str, str, float, bool], None]
-    record_event: Callable[[str, str, str, float], None]
-
     def __init__(
         self,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
@@ -142,7 +137,6 @@ class ABMetrics:
         self._file_configs: dict[str, ExperimentConfig] = dict(configs or {})
         self._configs: dict[str, ExperimentConfig] = dict(self._file_configs)
         self._changed_configs: set[str] = set()  # set since the store last looked
-        self.record_query, self.record_event = self._recorders()
 
     @property
     def buckets(self) -> tuple[float, ...]:
@@ -150,40 +144,36 @@ class ABMetrics:
 
     # -- recording (hot path) ----------------------------------------------
 
-    def _recorders(
-        self,
-    ) -> tuple[Callable[[str, str, float, bool], None], Callable[[str, str, str, float], None]]:
-        branch_slots, event_slots = self._branch_slots, self._event_slots
-        queries, events = self._queries, self._events
-        add_query, add_event, clock, fold = queries.extend, events.extend, self._clock, self._fold
+    # Recording is the hot path: plain methods with a handful of attribute look-ups,
+    # no lock, one atomic list.extend per record (benchmarks/bench_core.py watches it).
 
-        def record_query(experiment: str, branch: str, latency_ms: float, success: bool) -> None:
-            """Record one query: its latency in milliseconds and whether it succeeded."""
-            try:
-                valid = 0.0 <= latency_ms <= MAX_LATENCY_MS  # False for NaN too
-            except TypeError:
-                valid = False
-            if not valid:
-                raise ValidationError(
-                    "invalid_latency", f"latency_ms {latency_problem(latency_ms)}"
-                )
-            key = (experiment, branch)
-            slot = branch_slots.get(key) or self._admit_branch(key)
-            add_query((slot, latency_ms, success, clock()))  # one atomic extend
-            if len(queries) >= _FOLD_AT:
-                fold()
+    def record_query(self, experiment: str, branch: str, latency_ms: float, success: bool) -> None:
+        """Record one query: its latency in milliseconds and whether it succeeded.
+        Raises ValidationError for a latency that is not a finite number in range."""
+        try:
+            valid = 0.0 <= latency_ms <= MAX_LATENCY_MS  # False for NaN too
+        except TypeError:
+            valid = False
+        if not valid:
+            raise ValidationError("invalid_latency", f"latency_ms {latency_problem(latency_ms)}")
+        key = (experiment, branch)
+        slot = self._branch_slots.get(key) or self._admit_branch(key)
+        queries = self._queries
+        queries.extend((slot, latency_ms, success, self._clock()))  # one atomic extend
+        if len(queries) >= _FOLD_AT:
+            self._fold()
 
-        def record_event(experiment: str, branch: str, event: str, value: float) -> None:
-            """Record one custom event (a conversion of 1, revenue of 42.0, ...)."""
-            problem = event_value_problem(value)
-            if problem:
-                raise ValidationError("invalid_value", f"value {problem}")
-            key = (experiment, branch, event)
-            add_event((event_slots.get(key) or self._admit_event(key), value, clock()))
-            if len(events) >= _FOLD_AT:
-                fold()
-
-        return record_query, record_event
+    def record_event(self, experiment: str, branch: str, event: str, value: float) -> None:
+        """Record one custom event (a conversion of 1, revenue of 42.0, ...).
+        Raises ValidationError for a value that is not a finite number within range."""
+        problem = event_value_problem(value)
+        if problem:
+            raise ValidationError("invalid_value", f"value {problem}")
+        key = (experiment, branch, event)
+        events = self._events
+        events.extend((self._event_slots.get(key) or self._admit_event(key), value, self._clock()))
+        if len(events) >= _FOLD_AT:
+            self._fold()
 
     def record_batch(
         self, records: Records, once: Once | None = None, answer: Answer | None = None
