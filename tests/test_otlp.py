@@ -598,3 +598,44 @@ async def test_points_over_a_cardinality_limit_are_refused_the_rest_applied(
     assert "limit branches" in reply["partialSuccess"]["errorMessage"]
     experiment = metrics.get_experiment_metrics("e")
     assert experiment is not None and sorted(experiment.branches) == ["a", "b"]
+
+
+async def test_self_metrics_count_applied_records_not_points(aiohttp_client: Any) -> None:
+    """max_experiments=1 and two points of three queries each, in two experiments: one
+    point is applied, and the self-metrics say 3 queries accepted and 3 rejected (records,
+    not points), matching the 3 queries /metrics shows."""
+    from exporter.server import create_app
+    from exporter.settings import Settings
+
+    metrics = ABMetrics()
+    client = await aiohttp_client(create_app(metrics, Settings(max_experiments=1)))
+    points = []
+    for experiment in ("first", "second"):
+        attributes = point()["attributes"]
+        attributes[0] = {"key": "abtest.experiment", "value": {"stringValue": experiment}}
+        points.append(point(attributes=attributes))
+    status, reply = await send(client, request(points))
+    assert status == 200
+    assert reply["partialSuccess"]["rejectedDataPoints"] == "1"
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    queries = [v for k, v in samples.items() if k.startswith("abtest_queries_total{")]
+    assert queries == [3]
+    accepted = [
+        v
+        for k, v in samples.items()
+        if k.startswith("abtest_exporter_accepted_records_total{")
+        and 'source="otlp"' in k
+        and 'kind="query"' in k
+    ]
+    assert accepted == [3]
+    rejected = [
+        v
+        for k, v in samples.items()
+        if k.startswith("abtest_exporter_rejected_records_total{") and 'source="otlp"' in k
+    ]
+    assert sum(rejected) == 3
