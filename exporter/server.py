@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -39,6 +39,7 @@ from .validation import ValidationError, name_problem
 from .version import __version__
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Batches larger than this are applied on a worker thread so the loop stays responsive.
 _INLINE_RECORDS = 2000
@@ -57,11 +58,11 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=json_body(data), status=status, content_type=JSON)
 
 
-def error(status: int, message: str, errors: list[dict[str, str]] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if errors is not None:
-        body["errors"] = errors
-    return json_response(body, status)
+def _found(found: T | None, what: str) -> T:
+    """A read's result, or a 404 refusal naming what was not found."""
+    if found is None:
+        raise Refusal(404, f"no such {what}")
+    return found
 
 
 def _name(request: web.Request, key: str) -> str:
@@ -227,7 +228,8 @@ async def post_records(request: web.Request) -> web.Response:
         for reason, count in batch.reasons.items():
             self_metrics.reject("http", reason, count)
         message = f"batch refused, nothing applied: {batch.error_count} problem(s)"
-        return error(413 if batch.too_large else 400, message, batch.errors)
+        # counted above by reason, so the refusal itself carries no reason
+        raise Refusal(413 if batch.too_large else 400, message, errors=batch.errors)
     records = batch.records
     answer = _answer({"accepted": {"queries": records.queries, "events": records.events}})
     size = records.queries + records.events
@@ -303,42 +305,40 @@ async def list_experiments(request: web.Request) -> web.Response:
 
 async def get_experiment(request: web.Request) -> web.Response:
     found = request.app[METRICS].get_experiment_metrics(_name(request, "experiment"))
-    return json_response(found) if found else error(404, "no such experiment")
+    return json_response(_found(found, "experiment"))
 
 
 async def get_branch(request: web.Request) -> web.Response:
     experiment, branch = _name(request, "experiment"), _name(request, "branch")
     found = request.app[METRICS].get_branch_metrics(experiment, branch)
-    return json_response(found) if found else error(404, "no such experiment or branch")
+    return json_response(_found(found, "experiment or branch"))
 
 
 async def get_summary(request: web.Request) -> web.Response:
     found = request.app[METRICS].get_summary(_name(request, "experiment"))
-    return json_response(found) if found else error(404, "no such experiment")
+    return json_response(_found(found, "experiment"))
 
 
 async def compare(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     experiment = _name(request, "experiment")
-    found = metrics.get_experiment_metrics(experiment)
-    if found is None:
-        return error(404, "no such experiment")
+    found = _found(metrics.get_experiment_metrics(experiment), "experiment")
     branch_b = request.query.get("b")
     branch_a = request.query.get("a", found.control)
     if branch_b is None:
-        return error(400, "query parameter b (the branch to compare) is required")
+        raise Refusal(400, "query parameter b (the branch to compare) is required")
     for key, value in (("a", branch_a), ("b", branch_b)):
         problem = name_problem(value)
         if problem:
-            return error(400, f"query parameter {key} {problem}")
+            raise Refusal(400, f"query parameter {key} {problem}")
     result = metrics.compare_branches(experiment, branch_a, branch_b)
-    return json_response(result) if result else error(404, "no such branch")
+    return json_response(_found(result, "branch"))
 
 
 async def get_analysis(request: web.Request) -> web.Response:
     experiment = _name(request, "experiment")
     found = request.app[METRICS].analyse(experiment).get(experiment)
-    return json_response(found) if found else error(404, "no such experiment")
+    return json_response(_found(found, "experiment"))
 
 
 async def get_config(request: web.Request) -> web.Response:
