@@ -97,9 +97,12 @@ def render(
     extra: Sequence[Family] = (),
     openmetrics: bool = False,
     analysis: str = "",
+    tail: str = "",
 ) -> str:
     """Every family of the design, from one consistent snapshot; `analysis` is the
-    pre-rendered comparison block (see render_analysis), the same in both formats."""
+    pre-rendered comparison block (see render_analysis), the same in both formats;
+    `tail` is families already rendered in the asked format by another writer (the
+    process metrics, see process.py)."""
     out = Writer(openmetrics)
     _branch_families(out, snapshot)
     _event_families(out, snapshot)
@@ -107,6 +110,7 @@ def render(
     out.parts.append(analysis)
     for family in extra:
         out.family(family)
+    out.parts.append(tail)
     return out.finish()
 
 

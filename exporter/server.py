@@ -363,7 +363,8 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
     )
     store = app.get(STORE)
     families = extra + engine.families() + (store.families() if store is not None else [])
-    payload = render(snapshot, families, openmetrics, latest.text).encode()
+    process = self_metrics.process.render(openmetrics)
+    payload = render(snapshot, families, openmetrics, latest.text, process).encode()
     if compress:
         payload = gzip.compress(payload, compresslevel=1)
     self_metrics.scraped(time.perf_counter() - started)
