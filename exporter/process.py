@@ -10,6 +10,8 @@ beside our hand-rendered families.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
@@ -17,7 +19,10 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client import generate_latest as text_format
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_format
+from prometheus_client.openmetrics.exposition import generate_latest as _openmetrics_format
+
+# the library leaves this one unannotated: its contract, typed here once
+openmetrics_format: Callable[[CollectorRegistry], bytes] = _openmetrics_format
 
 
 class ProcessMetrics:
