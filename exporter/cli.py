@@ -347,9 +347,7 @@ def _p95(percentiles: dict[str, float] | None) -> str:
     return f"{percentiles['p95'] * 1000:.1f} ms" if percentiles else "-"
 
 
-def _value(
-    metric: str, value: float | None, signed: bool = False, difference: bool = False
-) -> str:
+def _value(metric: str, value: float | None, signed: bool = False, difference: bool = False) -> str:
     """A figure in the unit people read: percent (points for differences) for ratios, ms
     for latency."""
     if value is None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .analysis import ExperimentAnalysis, analyse
-from .exposition import Family, Sample, render_analysis
+from .exposition import render_analysis
+from .families import Family, Sample
 from .manager import ABMetrics
 
 log = logging.getLogger(__name__)

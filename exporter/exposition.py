@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,27 +16,12 @@ import numpy as np
 from .aggregate import escape
 from .analysis import ExperimentAnalysis, LatencyDistribution, MetricComparison, SampleRatio
 from .config import ExperimentConfig
+from .families import Family, Sample
 from .manager import Snapshot
 from .results import summarise
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One line of a family: label pairs (already in order) and a finite value."""
-
-    labels: tuple[tuple[str, str], ...]
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Family:
-    name: str
-    kind: str  # counter | gauge | histogram | summary
-    help: str
-    samples: Sequence[Sample]
 
 
 def format_value(value: float) -> str:

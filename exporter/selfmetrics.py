@@ -8,7 +8,7 @@ import threading
 import time
 from collections import Counter
 
-from .exposition import Family, Sample
+from .families import Family, Sample
 from .otlp import Received, StreamFigures
 from .process import ProcessMetrics
 from .version import __version__

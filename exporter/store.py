@@ -36,7 +36,7 @@ import numpy as np
 from .aggregate import BranchParts, EventParts
 from .config import ExperimentConfig
 from .datadir import DataDirError, DataDirLock
-from .exposition import Family, Sample
+from .families import Family, Sample
 from .manager import ABMetrics, Restored, StoreBatch
 from .validation import MAX_ABS_EVENT_VALUE, MAX_COUNT, MAX_LATENCY_MS
 
