@@ -17,30 +17,30 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .comparison import BranchComparison
-    from .config import ExperimentConfig
-    from .manager import ABMetrics, Snapshot
-    from .results import (
+    from .core.experiment_config import ExperimentConfig
+    from .core.results import (
         BranchMetrics,
         EventMetrics,
         ExperimentMetrics,
         ExperimentSummary,
         MetricsStats,
     )
-    from .validation import ValidationError
+    from .core.validation import ValidationError
+    from .state.abmetrics import ABMetrics, Snapshot
+    from .stats.pairwise import BranchComparison
 
 # public name -> the module that defines it
 _HOMES = {
-    "ABMetrics": ".manager",
-    "BranchComparison": ".comparison",
-    "BranchMetrics": ".results",
-    "EventMetrics": ".results",
-    "ExperimentConfig": ".config",
-    "ExperimentMetrics": ".results",
-    "ExperimentSummary": ".results",
-    "MetricsStats": ".results",
-    "Snapshot": ".manager",
-    "ValidationError": ".validation",
+    "ABMetrics": ".state.abmetrics",
+    "BranchComparison": ".stats.pairwise",
+    "BranchMetrics": ".core.results",
+    "EventMetrics": ".core.results",
+    "ExperimentConfig": ".core.experiment_config",
+    "ExperimentMetrics": ".core.results",
+    "ExperimentSummary": ".core.results",
+    "MetricsStats": ".core.results",
+    "Snapshot": ".state.abmetrics",
+    "ValidationError": ".core.validation",
 }
 
 __all__ = [

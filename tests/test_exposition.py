@@ -12,7 +12,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter import ABMetrics
-from exporter.exposition import negotiate, render, render_analysis
+from exporter.outputs.exposition import negotiate, render, render_analysis
 
 from .conftest import Client, FakeClock
 

@@ -22,8 +22,8 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 
 from exporter import ABMetrics
-from exporter.aggregate import DEFAULT_BUCKETS
-from exporter.otlp import OtlpLimits, Parsed, Receiver, parse
+from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.ingest.otlp import OtlpLimits, Parsed, Receiver, parse
 
 from .conftest import Client
 from .helpers import Exporter
@@ -426,8 +426,8 @@ async def test_status_codes(client: Client, metrics: ABMetrics) -> None:
 
 
 async def test_body_limit_applies_after_decompression(aiohttp_client: Any) -> None:
-    from exporter.server import create_app
-    from exporter.settings import Settings
+    from exporter.serve.server import create_app
+    from exporter.serve.settings import Settings
 
     client = await aiohttp_client(create_app(settings=Settings(otlp_max_body_bytes=10_000)))
     body = json.dumps(request([point()] * 200)).encode()
@@ -530,7 +530,7 @@ def test_out_of_range_points_are_refused_and_nothing_overflows(overrides: dict[s
         _, received = metrics.record_otlp(parsed(body))
         assert received is not None and received.refused.points == 1
     assert metrics.stats().total_queries_recorded == 0
-    from exporter.exposition import render
+    from exporter.outputs.exposition import render
 
     text = render(metrics.snapshot())
     assert "nan" not in text.lower() and "-" not in text.split("abtest_queries_total")[-1][:40]
@@ -582,8 +582,8 @@ def test_cumulative_streams_survive_an_exporter_restart(tmp_path: Any, stop: int
 async def test_points_over_a_cardinality_limit_are_refused_the_rest_applied(
     aiohttp_client: Any,
 ) -> None:
-    from exporter.server import create_app
-    from exporter.settings import Settings
+    from exporter.serve.server import create_app
+    from exporter.serve.settings import Settings
 
     metrics = ABMetrics()
     client = await aiohttp_client(create_app(metrics, Settings(max_branches=2)))
@@ -604,8 +604,8 @@ async def test_self_metrics_count_applied_records_not_points(aiohttp_client: Any
     """max_experiments=1 and two points of three queries each, in two experiments: one
     point is applied, and the self-metrics say 3 queries accepted and 3 rejected (records,
     not points), matching the 3 queries /metrics shows."""
-    from exporter.server import create_app
-    from exporter.settings import Settings
+    from exporter.serve.server import create_app
+    from exporter.serve.settings import Settings
 
     metrics = ABMetrics()
     client = await aiohttp_client(create_app(metrics, Settings(max_experiments=1)))

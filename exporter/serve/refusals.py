@@ -22,10 +22,10 @@ from google.protobuf import json_format
 from google.rpc.code_pb2 import Code
 from google.rpc.status_pb2 import Status
 
-from .idempotency import KeyReused
+from ..core.idempotency import KeyReused
+from ..core.limits import LimitError
+from ..core.validation import ValidationError
 from .keys import SELF
-from .limits import LimitError
-from .validation import ValidationError
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from .aggregate import escape
-from .analysis import ExperimentAnalysis, LatencyDistribution, MetricComparison, SampleRatio
-from .config import ExperimentConfig
-from .families import Family, Sample
-from .manager import Snapshot
-from .results import summarise
+from ..core.aggregate import escape
+from ..core.experiment_config import ExperimentConfig
+from ..core.families import Family, Sample
+from ..core.results import summarise
+from ..state.abmetrics import Snapshot
+from ..stats.analysis import ExperimentAnalysis, LatencyDistribution, MetricComparison, SampleRatio
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"

@@ -37,11 +37,11 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from .analysis import ExperimentAnalysis
-from .engine import ComparisonEngine
+from ..state.abmetrics import ABMetrics, Snapshot
+from ..stats.analysis import ExperimentAnalysis
+from ..version import __version__
+from .comparisons import ComparisonEngine
 from .exposition import COMPARISON_GAUGES
-from .manager import ABMetrics, Snapshot
-from .version import __version__
 
 SCOPE = InstrumentationScope("abtest-exporter", __version__)
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import limits
-from .aggregate import (
+from ..core import limits
+from ..core.aggregate import (
     DEFAULT_BUCKETS,
     Aggregate,
     BranchKey,
@@ -27,13 +27,10 @@ from .aggregate import (
     Records,
     View,
 )
-from .analysis import ExperimentAnalysis, analyse
-from .comparison import BranchComparison, compare
-from .config import ExperimentConfig
-from .idempotency import Answer, KeyChanges, Keys, Once
-from .limits import LimitError, Limits
-from .otlp import Parsed, Received, Receiver, StreamChanges, StreamFigures, StreamKey
-from .results import (
+from ..core.experiment_config import ExperimentConfig
+from ..core.idempotency import Answer, KeyChanges, Keys, Once
+from ..core.limits import LimitError, Limits
+from ..core.results import (
     BranchMetrics,
     ExperimentMetrics,
     ExperimentSummary,
@@ -44,7 +41,7 @@ from .results import (
     events_by_branch,
     summarise,
 )
-from .validation import (
+from ..core.validation import (
     MAX_COUNT,
     MAX_LATENCY_MS,
     ValidationError,
@@ -52,6 +49,9 @@ from .validation import (
     event_value_problem,
     latency_problem,
 )
+from ..ingest.otlp import Parsed, Received, Receiver, StreamChanges, StreamFigures, StreamKey
+from ..stats.analysis import ExperimentAnalysis, analyse
+from ..stats.pairwise import BranchComparison, compare
 
 Clock = Callable[[], float]
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "first", "last")

@@ -8,10 +8,10 @@ import threading
 import time
 from collections import Counter
 
-from .families import Family, Sample
-from .otlp import Received, StreamFigures
-from .process import ProcessMetrics
-from .version import __version__
+from ..core.families import Family, Sample
+from ..ingest.otlp import Received, StreamFigures
+from ..outputs.process import ProcessMetrics
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 _LOG_EVERY = 10.0  # seconds between two warnings about refused OTLP points

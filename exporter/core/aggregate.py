@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from .running import merge_moments
+from .moments import merge_moments
 from .tables import ColumnSpec, Table
 
 BranchKey = tuple[str, str]

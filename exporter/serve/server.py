@@ -13,30 +13,33 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import background, guard, idempotency, otlp, page
-from .config import ExperimentConfig
-from .engine import ComparisonEngine
-from .exposition import (
+from ..core import idempotency
+from ..core.experiment_config import ExperimentConfig
+from ..core.idempotency import Answer, Once
+from ..core.limits import LimitError
+from ..core.results import to_json
+from ..core.validation import ValidationError, name_problem
+from ..ingest import otlp
+from ..ingest.otlp import Receiver
+from ..ingest.records import parse_batch
+from ..outputs import page
+from ..outputs.comparisons import ComparisonEngine
+from ..outputs.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     accepts_gzip,
     negotiate,
     render,
 )
-from .idempotency import Answer, Once
-from .ingest import parse_batch
+from ..state.abmetrics import ABMetrics, Written
+from ..state.store import Durability, Store
+from ..version import __version__
+from . import background, guard
 from .keys import ENGINE, INFLIGHT, METRICS, READINESS, SELF, SETTINGS, STORE, InFlight, Readiness
-from .limits import LimitError
-from .manager import ABMetrics, Written
 from .openapi import document
-from .otlp import Receiver
 from .refusals import Refusal, refusals
-from .results import to_json
 from .selfmetrics import SelfMetrics
 from .settings import Settings
-from .store import Durability, Store
-from .validation import ValidationError, name_problem
-from .version import __version__
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
