@@ -268,24 +268,34 @@ async def put_config(request: web.Request) -> web.Response:
 
 
 async def delete_config(request: web.Request) -> web.Response:
-    experiment = _name(request, "experiment")
-    guard.admit_write(request)
-    once = _once(request, b"")
-    answer = _answer({"removed": experiment})
-    written = request.app[METRICS].remove_config_once(experiment, once, answer)
-    if written is None:
-        raise Refusal(404, "no config was set for this experiment through the API")
-    return await _finish(request, written, answer, once)
+    return await _remove(
+        request,
+        "removed",
+        request.app[METRICS].remove_config_once,
+        "no config was set for this experiment through the API",
+    )
 
 
 async def delete_experiment(request: web.Request) -> web.Response:
+    return await _remove(
+        request, "cleared", request.app[METRICS].clear_experiment_once, "no such experiment"
+    )
+
+
+async def _remove(
+    request: web.Request,
+    done: str,
+    apply: Callable[[str, Once | None, Answer], Written | None],
+    missing: str,
+) -> web.Response:
+    """A DELETE of one experiment's something: 404 when there was nothing to remove."""
     experiment = _name(request, "experiment")
     guard.admit_write(request)
     once = _once(request, b"")
-    answer = _answer({"cleared": experiment})
-    written = request.app[METRICS].clear_experiment_once(experiment, once, answer)
+    answer = _answer({done: experiment})
+    written = apply(experiment, once, answer)
     if written is None:
-        raise Refusal(404, "no such experiment")
+        raise Refusal(404, missing)
     return await _finish(request, written, answer, once)
 
 
