@@ -268,6 +268,16 @@ class View:
     touched: dict[str, float]
 
 
+@dataclass(frozen=True, slots=True)
+class ChangedRows:
+    """The aggregate's changes since the store last looked, as rows it can write."""
+
+    changes: Changes
+    branches: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    activity: list[tuple[str, float]]
+
+
 class Aggregate:
     def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
         self.bounds = check_buckets(buckets)
@@ -404,15 +414,26 @@ class Aggregate:
         self.changes.events.update(rows.tolist())
         self.version += 1
 
-    def add(self, records: Records) -> None:
+    def add(self, records: Records, now: float) -> None:
+        """Apply a batch and mark its experiments written at `now`."""
         self.add_queries(
             self.branch_rows(records.query_keys), records.latency_ms, records.success, records.when
         )
         self.add_events(self.event_rows(records.event_keys), records.event_values)
+        self.touch({k[0] for keys in (records.query_keys, records.event_keys) for k in keys}, now)
 
-    def add_parts(self, branches: BranchParts, events: EventParts) -> None:
+    def add_parts(self, branches: BranchParts, events: EventParts, now: float | None) -> None:
+        """Apply increments; with `now`, mark their experiments written then (a restore
+        passes None: its activity times come from the file)."""
         self.add_branch_parts(self.branch_rows(branches.keys), branches)
         self.add_event_parts(self.event_rows(events.keys), events)
+        if now is not None:
+            self.touch({k[0] for keys in (branches.keys, events.keys) for k in keys}, now)
+
+    def bump(self) -> None:
+        """Something the aggregate's readers depend on changed outside its columns (a
+        config, OTLP stream states, a restore): caches keyed on `version` must refresh."""
+        self.version += 1
 
     def remove_experiment(self, experiment: str) -> bool:
         branches = self.experiments.pop(experiment, None)
@@ -459,7 +480,64 @@ class Aggregate:
         taken, self.changes = self.changes, Changes()
         return taken
 
+    def export_changes(self, branch_columns: Sequence[str]) -> ChangedRows:
+        """What changed since the last call, as plain rows for the store: each touched
+        series' state (its key, then `branch_columns`, then buckets), each touched
+        event series' (key, count, total, m2), and the experiments' latest writes."""
+        changes = self.take_changes()
+        touched = self.touched
+        activity = [(x, touched[x]) for x in sorted(changes.touched) if x in touched]
+        branch_keys, event_keys = self.branches.keys, self.events.keys
+        branch_rows = [r for r in sorted(changes.branches) if branch_keys[r] is not None]
+        event_rows = [r for r in sorted(changes.events) if event_keys[r] is not None]
+        b, e = self.branches.columns, self.events.columns
+        branches = list(
+            zip(
+                *zip(*(branch_keys[r] for r in branch_rows), strict=True),
+                *(b[name][branch_rows].tolist() for name in branch_columns),
+                b["buckets"][branch_rows],
+                strict=True,
+            )
+        )
+        events = list(
+            zip(
+                *zip(*(event_keys[r] for r in event_rows), strict=True),
+                *(e[name][event_rows].tolist() for name in ("count", "total", "m2")),
+                strict=True,
+            )
+        )
+        return ChangedRows(changes, branches, events, activity)
+
+    def return_changes(
+        self,
+        changes: Changes,
+        branches: Iterable[Sequence[Any]],
+        events: Iterable[Sequence[Any]],
+        touched: Iterable[str],
+    ) -> None:
+        """A store write failed: mark what it carried (rows by their keys, removals,
+        clears, activity) as changed again, for the next try."""
+        for branch in branches:
+            if (row := self.branches.ids.get((branch[0], branch[1]))) is not None:
+                self.changes.branches.add(row)
+        for event in events:
+            if (row := self.events.ids.get((event[0], event[1], event[2]))) is not None:
+                self.changes.events.add(row)
+        self.changes.removed |= changes.removed
+        self.changes.cleared |= changes.cleared
+        self.changes.touched |= set(touched)
+
     # -- reading ----------------------------------------------------------
+
+    def totals(self) -> tuple[int, int, int, int]:
+        """(experiments, branch series, queries, events) held."""
+        size, event_size = self.branches.size, self.events.size
+        return (
+            len(self.experiments),
+            len(self.branches),
+            int(self.branches.columns["n"][:size].sum()),
+            int(self.events.columns["count"][:event_size].sum()),
+        )
 
     def live_view(self) -> View:
         """The current columns, uncopied: only valid while the caller holds the lock."""

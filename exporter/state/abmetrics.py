@@ -186,8 +186,7 @@ class ABMetrics:
             if (entry := self._repeat(once)) is not None:
                 return entry
             limits.check(self._aggregate, self.limits, records.query_keys, records.event_keys)
-            self._aggregate.add(records)
-            self._touch(records.query_keys, records.event_keys)
+            self._aggregate.add(records, self._clock())
             return self._written(once, answer)
 
     def record_parts(
@@ -202,8 +201,7 @@ class ABMetrics:
             if check_limits:
                 kept_b, kept_e = self._admit_parts(branches, events, refused)
                 branches, events = branches.select(kept_b), events.select(kept_e)
-            self._aggregate.add_parts(branches, events)
-            self._touch(branches.keys, events.keys)
+            self._aggregate.add_parts(branches, events, self._clock())
             return self._aggregate.version, refused
 
     def record_otlp(
@@ -243,10 +241,9 @@ class ABMetrics:
                 refused_points = len(branches.keys) + len(events.keys) - len(kept_b) - len(kept_e)
                 received.refused.points += refused_points
             received.branches, received.events = branches.select(kept_b), events.select(kept_e)
-            self._aggregate.add_parts(received.branches, received.events)
-            self._touch(received.branches.keys, received.events.keys)
+            self._aggregate.add_parts(received.branches, received.events, self._clock())
             self.receiver.commit(received, refused_streams)
-            self._aggregate.version += 1  # stream states changed even if no count did
+            self._aggregate.bump()  # stream states changed even if no count did
             return self._written(once, respond(received) if respond else None), received
 
     def _repeat(self, once: Once | None) -> Written | None:
@@ -294,9 +291,6 @@ class ABMetrics:
             admitted(branches.keys, branches.n, admission.branch, agg.branches, "n"),
             admitted(events.keys, events.count, admission.event, agg.events, "count"),
         )
-
-    def _touch(self, *key_lists: Sequence[tuple[str, ...]]) -> None:
-        self._aggregate.touch({k[0] for keys in key_lists for k in keys}, self._clock())
 
     def now(self) -> float:
         return self._clock()
@@ -394,7 +388,7 @@ class ABMetrics:
                 )
             self._configs[experiment] = config
             self._changed_configs.add(experiment)
-            self._aggregate.version += 1
+            self._aggregate.bump()
             return self._written(once, answer)
 
     def remove_config(self, experiment: str) -> bool:
@@ -418,7 +412,7 @@ class ABMetrics:
             else:
                 self._configs[experiment] = file_config
             self._changed_configs.add(experiment)
-            self._aggregate.version += 1
+            self._aggregate.bump()
             return self._written(once, answer)
 
     # -- persistence -----------------------------------------------------------
@@ -428,39 +422,19 @@ class ABMetrics:
         each touched series (not the records that led there), removals, configs."""
         with self._lock:
             self._fold_locked()
-            agg = self._aggregate
-            changes = agg.take_changes()
+            rows = self._aggregate.export_changes(_STORED_BRANCH_COLUMNS)
             configs = {
                 e: c if (c := self._configs.get(e)) is not self._file_configs.get(e) else None
                 for e in self._changed_configs
             }
             self._changed_configs = set()
-            activity = [(x, agg.touched[x]) for x in sorted(changes.touched) if x in agg.touched]
-            branch_rows = [r for r in sorted(changes.branches) if agg.branches.keys[r] is not None]
-            event_rows = [r for r in sorted(changes.events) if agg.events.keys[r] is not None]
-            b, e = agg.branches.columns, agg.events.columns
-            branches = list(
-                zip(
-                    *zip(*(agg.branches.keys[r] for r in branch_rows), strict=True),
-                    *(b[name][branch_rows].tolist() for name in _STORED_BRANCH_COLUMNS),
-                    b["buckets"][branch_rows],
-                    strict=True,
-                )
-            )
-            events = list(
-                zip(
-                    *zip(*(agg.events.keys[r] for r in event_rows), strict=True),
-                    *(e[name][event_rows].tolist() for name in ("count", "total", "m2")),
-                    strict=True,
-                )
-            )
             return StoreBatch(
-                agg.version,
-                changes,
-                branches,
-                events,
+                self._aggregate.version,
+                rows.changes,
+                rows.branches,
+                rows.events,
                 configs,
-                activity,
+                rows.activity,
                 self.receiver.streams.take_changes(),
                 self._keys.take_changes(),
             )
@@ -468,16 +442,9 @@ class ABMetrics:
     def return_changes(self, batch: StoreBatch) -> None:
         """A store write failed: mark what it carried as changed again, for the next try."""
         with self._lock:
-            agg = self._aggregate
-            for branch in batch.branches:
-                if (row := agg.branches.ids.get((branch[0], branch[1]))) is not None:
-                    agg.changes.branches.add(row)
-            for event in batch.events:
-                if (row := agg.events.ids.get((event[0], event[1], event[2]))) is not None:
-                    agg.changes.events.add(row)
-            agg.changes.removed |= batch.changes.removed
-            agg.changes.cleared |= batch.changes.cleared
-            agg.changes.touched |= {e for e, _ in batch.activity}
+            self._aggregate.return_changes(
+                batch.changes, batch.branches, batch.events, (e for e, _ in batch.activity)
+            )
             self._changed_configs |= set(batch.configs)
             self.receiver.streams.return_changes(batch.streams)
             self._keys.return_changes(batch.keys)
@@ -485,7 +452,7 @@ class ABMetrics:
     def restore(self, restored: Restored) -> None:
         """Load what the data file holds (already durable: nothing is marked changed)."""
         with self._lock:
-            self._aggregate.add_parts(restored.branches, restored.events)
+            self._aggregate.add_parts(restored.branches, restored.events, None)
             self._aggregate.touch_latest(restored.activity)
             self._configs.update(restored.configs)
             self.receiver.streams.load(restored.streams, restored.horizon)
@@ -493,7 +460,7 @@ class ABMetrics:
             self._aggregate.take_changes()
             self.receiver.streams.take_changes()
             self._keys.take_changes()
-            self._aggregate.version += 1
+            self._aggregate.bump()
 
     def get_config(self, experiment: str) -> ExperimentConfig:
         return self._configs.get(experiment, ExperimentConfig())
@@ -618,13 +585,12 @@ class ABMetrics:
             return self._stats_locked()
 
     def _stats_locked(self) -> MetricsStats:
-        agg = self._aggregate
-        size, event_size = agg.branches.size, agg.events.size
+        experiments, branches, queries, events = self._aggregate.totals()
         return MetricsStats(
-            experiments_tracked=len(agg.experiments),
-            total_branches_tracked=len(agg.branches),
-            total_queries_recorded=int(agg.branches.columns["n"][:size].sum()),
-            total_events_recorded=int(agg.events.columns["count"][:event_size].sum()),
+            experiments_tracked=experiments,
+            total_branches_tracked=branches,
+            total_queries_recorded=queries,
+            total_events_recorded=events,
         )
 
     def snapshot(self) -> Snapshot:
