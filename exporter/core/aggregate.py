@@ -223,21 +223,6 @@ def _group_max(
     return out
 
 
-def escape(value: str) -> str:
-    """Escape a label value for the exposition formats."""
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
-
-
-def branch_label(key: BranchKey) -> str:
-    return f'experiment="{escape(key[0])}",branch="{escape(key[1])}"'
-
-
-def event_label(key: EventKey) -> str:
-    return f'experiment="{escape(key[0])}",branch="{escape(key[1])}",event="{escape(key[2])}"'
-
-
 def check_buckets(bounds: Sequence[float]) -> tuple[float, ...]:
     result = tuple(float(b) for b in bounds)
     if not result:
@@ -255,10 +240,8 @@ class View:
 
     bounds: tuple[float, ...]
     branch_keys: Sequence[BranchKey | None]
-    branch_labels: Sequence[str]
     branch: Columns
     event_keys: Sequence[EventKey | None]
-    event_labels: Sequence[str]
     event: Columns
     # experiment -> branch name -> row, in first-seen order
     experiments: dict[str, dict[str, int]]
@@ -282,8 +265,8 @@ class Aggregate:
     def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
         self.bounds = check_buckets(buckets)
         self._bounds_array = np.array(self.bounds)
-        self.branches: Table[BranchKey] = Table(branch_spec(len(self.bounds)), branch_label)
-        self.events: Table[EventKey] = Table(EVENT_SPEC, event_label)
+        self.branches: Table[BranchKey] = Table(branch_spec(len(self.bounds)))
+        self.events: Table[EventKey] = Table(EVENT_SPEC)
         self.experiments: dict[str, dict[str, int]] = {}
         self.experiment_events: dict[str, list[int]] = {}
         # experiment -> unix time of its latest write of any kind (events and OTLP too)
@@ -544,10 +527,8 @@ class Aggregate:
         return View(
             self.bounds,
             self.branches.keys,
-            self.branches.labels,
             self.branches.columns,
             self.events.keys,
-            self.events.labels,
             self.events.columns,
             self.experiments,
             self.experiment_events,
@@ -560,10 +541,8 @@ class Aggregate:
         return View(
             self.bounds,
             list(self.branches.keys),
-            list(self.branches.labels),
             {k: v[:size].copy() for k, v in self.branches.columns.items()},
             list(self.events.keys),
-            list(self.events.labels),
             {k: v[:event_size].copy() for k, v in self.events.columns.items()},
             {e: dict(b) for e, b in self.experiments.items()},
             {e: list(rows) for e, rows in self.experiment_events.items()},

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.aggregate import escape
+from ..core.aggregate import BranchKey, EventKey
 from ..core.experiment_config import ExperimentConfig
 from ..core.families import Family, Sample
 from ..core.results import summarise
@@ -23,6 +23,21 @@ from . import catalog as cat
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def escape(value: str) -> str:
+    """Escape a label value for the exposition formats."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def branch_label(key: BranchKey) -> str:
+    return f'experiment="{escape(key[0])}",branch="{escape(key[1])}"'
+
+
+def event_label(key: EventKey) -> str:
+    return f'experiment="{escape(key[0])}",branch="{escape(key[1])}",event="{escape(key[2])}"'
 
 
 def format_value(value: float) -> str:
@@ -104,14 +119,15 @@ def render(
 
 def _branch_families(out: Writer, snapshot: Snapshot) -> None:
     view = snapshot.view
-    rows = [r for r, key in enumerate(view.branch_keys) if key is not None]
-    if not rows:
+    live = {r: key for r, key in enumerate(view.branch_keys) if key is not None}
+    if not live:
         return
-    labels = view.branch_labels
+    rows = list(live)
     c = view.branch
     n = c["n"][rows]
     n_list = n.tolist()
     seen = [r for r, count in zip(rows, n_list, strict=True) if count]
+    labels = {r: branch_label(key) for r, key in live.items()}
     seen_labels = [labels[r] for r in seen]
     row_labels = [labels[r] for r in rows]
 
@@ -156,7 +172,7 @@ def _event_families(out: Writer, snapshot: Snapshot) -> None:
     rows = [r for r, key in enumerate(view.event_keys) if key is not None]
     if not rows:
         return
-    labels = [view.event_labels[r] for r in rows]
+    labels = [event_label(key) for key in view.event_keys if key is not None]
     c = view.event
     count = c["count"][rows]
     counts, sums = list(map(str, count.tolist())), _floats(c["total"][rows].tolist())
