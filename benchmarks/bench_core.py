@@ -17,9 +17,9 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 from exporter import ABMetrics
-from exporter.aggregate import DEFAULT_BUCKETS
-from exporter.engine import ComparisonEngine
-from exporter.exposition import render
+from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.outputs.comparisons import ComparisonEngine
+from exporter.outputs.exposition import render
 
 from .common import best_of, verdict
 

@@ -30,9 +30,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from exporter import ABMetrics
-from exporter.aggregate import DEFAULT_BUCKETS
 from exporter.client import Client
-from exporter.otlp import OtlpLimits, decode, parse
+from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.ingest.otlp import OtlpLimits, decode, parse
 
 from .common import best_of
 

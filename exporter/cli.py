@@ -22,8 +22,8 @@ from aiohttp.web_log import AccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from .keys import READINESS, SELF
-from .settings import (
+from .serve.keys import READINESS, SELF
+from .serve.settings import (
     DEFAULT_PORT,
     ENV_PREFIX,
     OPTIONS,
@@ -121,8 +121,8 @@ def settings_from(
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .demo import demo_context
-    from .server import create_app
+    from .serve.demo import demo_context
+    from .serve.server import create_app
 
     demo = args.demo or args.command == "demo"
     try:

@@ -34,9 +34,9 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypedDict, TypeVar, Unpack
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,38 @@ class ClientStats:
     refused: int = 0  # the server answered 4xx: the batch was invalid
     failed: int = 0  # retries ran out
     retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """How a client batches, buffers and retries: one object for Client and AsyncClient,
+    so their settings cannot drift apart. Pass one, or the same names as keywords."""
+
+    batch_size: int = 1000  # records per POST
+    flush_interval: float = 1.0  # seconds between background flushes
+    max_buffer: int = 100_000  # records held while the exporter is unreachable
+    on_full: OnFull = "drop_oldest"  # "block" waits for room (Client only)
+    timeout: float = 10.0  # seconds per request
+    retry_base: float = 0.1  # first backoff, doubled per attempt, with full jitter
+    retry_cap: float = 10.0  # longest backoff
+    give_up_after: float = 300.0  # seconds a batch is retried for while running
+    close_timeout: float = 10.0  # ... and at close, so a wrong URL cannot hold an exit
+    token: str | None = None  # sent as a bearer token
+
+
+class ClientOverrides(TypedDict, total=False):
+    """ClientOptions' fields as keyword arguments (typed for mypy and IDEs)."""
+
+    batch_size: int
+    flush_interval: float
+    max_buffer: int
+    on_full: OnFull
+    timeout: float
+    retry_base: float
+    retry_cap: float
+    give_up_after: float
+    close_timeout: float
+    token: str | None
 
 
 class _Send:
@@ -239,27 +271,20 @@ class _Buffer:
 class _Recording:
     """What both clients share: the buffer, recording, and the retry policy."""
 
-    def _setup(
-        self,
-        url: str,
-        batch_size: int,
-        flush_interval: float,
-        max_buffer: int,
-        on_full: OnFull,
-        timeout: float,
-        retry: _Retry,
-        token: str | None,
-    ) -> None:
+    def _setup(self, url: str, options: ClientOptions) -> None:
         self.url = url.rstrip("/") + "/api/v1/records"
+        self.options = options
         self.stats = ClientStats()
-        self._buffer = _Buffer(max_buffer, on_full, self.stats)
-        self._batch_size = batch_size
-        self._interval = flush_interval
-        self._timeout = timeout
-        self._retry = retry
+        self._buffer = _Buffer(options.max_buffer, options.on_full, self.stats)
+        self._batch_size = options.batch_size
+        self._interval = options.flush_interval
+        self._timeout = options.timeout
+        self._retry = _Retry(
+            options.retry_base, options.retry_cap, options.give_up_after, options.close_timeout
+        )
         self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        if options.token:
+            self._headers["Authorization"] = f"Bearer {options.token}"
 
     def _attempts(self, batch: list[Record], closing: bool = False) -> _Attempts:
         retry = self._retry
@@ -283,20 +308,10 @@ class Client(_Recording):
     def __init__(
         self,
         url: str,
-        *,
-        batch_size: int = 1000,
-        flush_interval: float = 1.0,
-        max_buffer: int = 100_000,
-        on_full: OnFull = "drop_oldest",
-        timeout: float = 10.0,
-        retry_base: float = 0.1,
-        retry_cap: float = 10.0,
-        give_up_after: float = 300.0,
-        close_timeout: float = 10.0,
-        token: str | None = None,
+        options: ClientOptions | None = None,
+        **overrides: Unpack[ClientOverrides],
     ) -> None:
-        retry = _Retry(retry_base, retry_cap, give_up_after, close_timeout)
-        self._setup(url, batch_size, flush_interval, max_buffer, on_full, timeout, retry, token)
+        self._setup(url, replace(options or ClientOptions(), **overrides))
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="abtest-client", daemon=True)
@@ -365,22 +380,13 @@ class AsyncClient(_Recording):
     def __init__(
         self,
         url: str,
-        *,
-        batch_size: int = 1000,
-        flush_interval: float = 1.0,
-        max_buffer: int = 100_000,
-        timeout: float = 10.0,
-        retry_base: float = 0.1,
-        retry_cap: float = 10.0,
-        give_up_after: float = 300.0,
-        close_timeout: float = 10.0,
-        token: str | None = None,
+        options: ClientOptions | None = None,
+        **overrides: Unpack[ClientOverrides],
     ) -> None:
-        retry = _Retry(retry_base, retry_cap, give_up_after, close_timeout)
-        # blocking would stall the event loop: an async client always drops the oldest
-        self._setup(
-            url, batch_size, flush_interval, max_buffer, "drop_oldest", timeout, retry, token
-        )
+        options = replace(options or ClientOptions(), **overrides)
+        if options.on_full == "block":
+            raise ValueError('on_full="block" would stall the event loop: use "drop_oldest"')
+        self._setup(url, options)
         self._task: asyncio.Task[None] | None = None
         self._session: Any = None
         self._send_lock: asyncio.Lock | None = None

@@ -280,10 +280,9 @@ def overview() -> db.Dashboard:
 def by_metric_units(panel: timeseries.Panel) -> timeseries.Panel:
     """Differences in each metric's unit: seconds for latency, percentage points for the
     success ratio, plain numbers for events (the series names carry the metric)."""
-    return (
-        panel.override_by_regexp(".*latency_mean.*", [dm.DynamicConfigValue("unit", "s")])
-        .override_by_regexp(".*success_ratio.*", [dm.DynamicConfigValue("unit", "percentunit")])
-    )
+    return panel.override_by_regexp(
+        ".*latency_mean.*", [dm.DynamicConfigValue("unit", "s")]
+    ).override_by_regexp(".*success_ratio.*", [dm.DynamicConfigValue("unit", "percentunit")])
 
 
 def detail() -> db.Dashboard:

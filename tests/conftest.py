@@ -9,8 +9,8 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from exporter import ABMetrics
-from exporter.server import create_app
-from exporter.settings import Settings
+from exporter.serve.server import create_app
+from exporter.serve.settings import Settings
 
 from .helpers import Exporter
 

@@ -197,7 +197,7 @@ def test_config_is_validated_with_every_problem_named(metrics: ABMetrics) -> Non
 
 
 def test_pre_aggregated_parts_merge_like_the_records_they_summarise() -> None:
-    from exporter.aggregate import BranchParts, EventParts
+    from exporter.core.aggregate import BranchParts, EventParts
 
     rng = random.Random(3)
     chunks = [[rng.expovariate(1 / 40) for _ in range(rng.randint(1, 50))] for _ in range(30)]

@@ -306,7 +306,7 @@ async def test_compare_and_analysis_carry_the_statistics(
 async def test_comparisons_are_computed_off_the_scrape_path(
     client: Client, metrics: ABMetrics
 ) -> None:
-    from exporter.keys import ENGINE
+    from exporter.serve.keys import ENGINE
 
     engine = client.app[ENGINE]
     await post(client, {"queries": [Q, {**Q, "branch": "treatment"}]})

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter import ABMetrics
-from exporter.server import create_app
-from exporter.settings import Settings
+from exporter.serve.server import create_app
+from exporter.serve.settings import Settings
 
 from .conftest import Client
 from .helpers import Exporter, http, wait_for

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from exporter import ABMetrics
 from exporter.client import AsyncClient, Client, backoff, otel_instruments, parse_retry_after
-from exporter.server import create_app
+from exporter.serve.server import create_app
 
 from .helpers import free_port, wait_for
 

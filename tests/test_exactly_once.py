@@ -17,10 +17,10 @@ from aiohttp import web
 
 from exporter import ABMetrics
 from exporter.client import Client
-from exporter.keys import STORE
-from exporter.manager import StoreBatch
-from exporter.server import create_app
-from exporter.settings import Settings
+from exporter.serve.keys import STORE
+from exporter.serve.server import create_app
+from exporter.serve.settings import Settings
+from exporter.state.abmetrics import StoreBatch
 
 from .conftest import Client as TestClient
 from .helpers import Exporter, free_port, http, wait_for
@@ -196,7 +196,7 @@ def test_ready_is_503_and_writes_wait_while_restoring(tmp_path: Path) -> None:
     was never seen. Here the restore is held up by a lock on the data file."""
     import sqlite3
 
-    from exporter.store import FILE_NAME
+    from exporter.state.store import FILE_NAME
 
     seed = Exporter(data_dir=str(tmp_path))
     seed.post({"queries": [Q]})

@@ -12,7 +12,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter import ABMetrics
-from exporter.exposition import negotiate, render, render_analysis
+from exporter.outputs.exposition import negotiate, render, render_analysis
 
 from .conftest import Client, FakeClock
 
@@ -260,3 +260,37 @@ def test_analysis_block_is_finite_and_promtool_clean(metrics: ABMetrics) -> None
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+PROCESS_FAMILIES = (
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
+    "python_gc_collections_total",
+    "python_info",
+)
+
+
+async def test_process_metrics_beside_ours_in_both_formats_and_promtool_clean(
+    client: Client, metrics: ABMetrics
+) -> None:
+    """The figures generic exporter dashboards read, from prometheus_client's own
+    collectors, in the text format (promtool clean) and in OpenMetrics (strict parser)."""
+    feed(metrics)
+    text = await (await client.get("/metrics")).text()
+    names = {s.name for family in parse_text(text) for s in family.samples}
+    assert set(PROCESS_FAMILIES) <= names, set(PROCESS_FAMILIES) - names
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/test installs Debian's prometheus package"
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", (
+        result.stdout + result.stderr
+    )
+    response = await client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    body = await response.text()
+    assert body.endswith("# EOF\n") and body.count("# EOF") == 1
+    om_names = {s.name for family in parse_om(body) for s in family.samples}
+    assert set(PROCESS_FAMILIES) <= om_names, set(PROCESS_FAMILIES) - om_names

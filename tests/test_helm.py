@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from exporter.cli import build_parser, settings_from
-from exporter.settings import from_environment, load_file
+from exporter.serve.settings import from_environment, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "abtest-exporter"

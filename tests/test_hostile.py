@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import ABMetrics
-from exporter.server import create_app
-from exporter.settings import Settings
-from exporter.store import FILE_NAME
+from exporter.serve.server import create_app
+from exporter.serve.settings import Settings
+from exporter.state.store import FILE_NAME
 
 from .conftest import Client
 from .helpers import Exporter, free_port, http, wait_for

@@ -22,8 +22,8 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 
 from exporter import ABMetrics
-from exporter.aggregate import DEFAULT_BUCKETS
-from exporter.otlp import OtlpLimits, Parsed, Receiver, parse
+from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.ingest.otlp import OtlpLimits, Parsed, Receiver, parse
 
 from .conftest import Client
 from .helpers import Exporter
@@ -426,8 +426,8 @@ async def test_status_codes(client: Client, metrics: ABMetrics) -> None:
 
 
 async def test_body_limit_applies_after_decompression(aiohttp_client: Any) -> None:
-    from exporter.server import create_app
-    from exporter.settings import Settings
+    from exporter.serve.server import create_app
+    from exporter.serve.settings import Settings
 
     client = await aiohttp_client(create_app(settings=Settings(otlp_max_body_bytes=10_000)))
     body = json.dumps(request([point()] * 200)).encode()
@@ -530,7 +530,7 @@ def test_out_of_range_points_are_refused_and_nothing_overflows(overrides: dict[s
         _, received = metrics.record_otlp(parsed(body))
         assert received is not None and received.refused.points == 1
     assert metrics.stats().total_queries_recorded == 0
-    from exporter.exposition import render
+    from exporter.outputs.exposition import render
 
     text = render(metrics.snapshot())
     assert "nan" not in text.lower() and "-" not in text.split("abtest_queries_total")[-1][:40]
@@ -582,8 +582,8 @@ def test_cumulative_streams_survive_an_exporter_restart(tmp_path: Any, stop: int
 async def test_points_over_a_cardinality_limit_are_refused_the_rest_applied(
     aiohttp_client: Any,
 ) -> None:
-    from exporter.server import create_app
-    from exporter.settings import Settings
+    from exporter.serve.server import create_app
+    from exporter.serve.settings import Settings
 
     metrics = ABMetrics()
     client = await aiohttp_client(create_app(metrics, Settings(max_branches=2)))
@@ -603,7 +603,7 @@ async def test_points_over_a_cardinality_limit_are_refused_the_rest_applied(
 def test_points_whose_sum_their_buckets_cannot_hold_still_restore(tmp_path: Any) -> None:
     """Review of issue 9: a point with no min/max whose mean lies past its buckets was
     accepted, and then the restore refused the file (sum outside n x [min, max])."""
-    from exporter.store import Store
+    from exporter.state.store import Store
 
     metrics = ABMetrics()
     store = Store(tmp_path, metrics)
@@ -684,7 +684,7 @@ def test_refusal_messages_do_not_echo_long_names() -> None:
 def test_the_retention_never_forgets_a_stream_that_just_sent() -> None:
     """Review of issue 9: the prune read states from disk unlocked and forgot one that had
     sent in between; its retried delta point then counted again."""
-    from exporter.otlp import Streams
+    from exporter.ingest.otlp import Streams
 
     streams = Streams()
     streams.cold = lambda key: None
@@ -697,3 +697,44 @@ def test_the_retention_never_forgets_a_stream_that_just_sent() -> None:
     assert streams.get(key) is not None and streams.horizon == 0
     metrics.record_otlp(parsed(request([point()], temporality=1)))  # the SDK's retry
     assert metrics.stats().total_queries_recorded == 3
+
+
+async def test_self_metrics_count_applied_records_not_points(aiohttp_client: Any) -> None:
+    """max_experiments=1 and two points of three queries each, in two experiments: one
+    point is applied, and the self-metrics say 3 queries accepted and 3 rejected (records,
+    not points), matching the 3 queries /metrics shows."""
+    from exporter.serve.server import create_app
+    from exporter.serve.settings import Settings
+
+    metrics = ABMetrics()
+    client = await aiohttp_client(create_app(metrics, Settings(max_experiments=1)))
+    points = []
+    for experiment in ("first", "second"):
+        attributes = point()["attributes"]
+        attributes[0] = {"key": "abtest.experiment", "value": {"stringValue": experiment}}
+        points.append(point(attributes=attributes))
+    status, reply = await send(client, request(points))
+    assert status == 200
+    assert reply["partialSuccess"]["rejectedDataPoints"] == "1"
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    queries = [v for k, v in samples.items() if k.startswith("abtest_queries_total{")]
+    assert queries == [3]
+    accepted = [
+        v
+        for k, v in samples.items()
+        if k.startswith("abtest_exporter_accepted_records_total{")
+        and 'source="otlp"' in k
+        and 'kind="query"' in k
+    ]
+    assert accepted == [3]
+    rejected = [
+        v
+        for k, v in samples.items()
+        if k.startswith("abtest_exporter_rejected_records_total{") and 'source="otlp"' in k
+    ]
+    assert sum(rejected) == 3

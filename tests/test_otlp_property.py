@@ -19,9 +19,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from exporter import ABMetrics
-from exporter.aggregate import DEFAULT_BUCKETS
-from exporter.otlp import OtlpLimits, Receiver, parse
-from exporter.store import Store
+from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.ingest.otlp import OtlpLimits, Receiver, parse
+from exporter.state.store import Store
 
 STREAMS = 4  # per temporality
 T0 = 1_700_000_000_000_000_000
@@ -96,7 +96,7 @@ class Exporter:
 
     def send(self, body: bytes) -> int:
         """Returns the points refused; the write is durable before it is acknowledged."""
-        from exporter.otlp import decode
+        from exporter.ingest.otlp import decode
 
         parsed = parse(decode(body, "application/x-protobuf"), LIMITS)
         _, received = self.metrics.record_otlp(parsed)

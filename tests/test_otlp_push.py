@@ -14,8 +14,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from exporter import ABMetrics
-from exporter.engine import ComparisonEngine
-from exporter.otlp_push import start_push
+from exporter.outputs.comparisons import ComparisonEngine
+from exporter.outputs.otlp_push import start_push
 
 
 def attributes(point: Any) -> dict[str, str]:

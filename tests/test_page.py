@@ -16,10 +16,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from exporter import ABMetrics, page
-from exporter.keys import ENGINE
-from exporter.server import create_app
-from exporter.settings import Settings
+from exporter import ABMetrics
+from exporter.outputs import page
+from exporter.serve.keys import ENGINE
+from exporter.serve.server import create_app
+from exporter.serve.settings import Settings
 
 from .helpers import Exporter, http, wait_for
 

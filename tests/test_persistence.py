@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter import ABMetrics
-from exporter.store import FILE_NAME, Store, StoreError, crc
+from exporter.state.store import FILE_NAME, Store, StoreError, crc
 
 from .crashing import crash_cycle
 from .helpers import Exporter, http, wait_for

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from exporter import ABMetrics
-from exporter.aggregate import DEFAULT_BUCKETS
-from exporter.store import FILE_NAME, Store, StoreError, crc
+from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.state.store import FILE_NAME, Store, StoreError, crc
 
 
 def fill(metrics: ABMetrics) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from exporter import ABMetrics
-from exporter import statistics as st
-from exporter.aggregate import Records
+from exporter.core.aggregate import Records
+from exporter.stats import inference as st
 
 ALPHA = 0.05
 

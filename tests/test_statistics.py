@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sp
 
 from exporter import ABMetrics
-from exporter import statistics as st
+from exporter.stats import inference as st
 
 REL = 1e-9
 

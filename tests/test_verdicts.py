@@ -12,10 +12,10 @@ from scipy import stats as sp
 from statsmodels.stats.power import NormalIndPower
 
 from exporter import ABMetrics
-from exporter import statistics as st
-from exporter.analysis import ExperimentAnalysis, MetricComparison
-from exporter.config import ExperimentConfig
-from exporter.validation import ValidationError
+from exporter.core.experiment_config import ExperimentConfig
+from exporter.core.validation import ValidationError
+from exporter.stats import inference as st
+from exporter.stats.analysis import ExperimentAnalysis, MetricComparison
 
 
 class Ticking:

@@ -1,5 +1,9 @@
 """One refusal path for the HTTP layer: handlers raise `Refusal`, one middleware answers.
 
+Domain errors that reach it unwrapped are mapped here too: `LimitError` is a 422 and
+`ValidationError` a 400, both counted by their reason. Handlers that can say more
+(which batch, nothing applied) wrap them in a `Refusal` themselves.
+
 A refusal is counted in `abtest_exporter_rejected_records_total{source,reason}` (in
 records when the handler knows how many) and answered as JSON `{"error": ...}`, or
 on the OTLP path as a `google.rpc.Status` in the request's own encoding, as the
@@ -18,7 +22,9 @@ from google.protobuf import json_format
 from google.rpc.code_pb2 import Code
 from google.rpc.status_pb2 import Status
 
-from .idempotency import KeyReused
+from ..core.idempotency import KeyReused
+from ..core.limits import LimitError
+from ..core.validation import ValidationError
 from .keys import SELF
 
 log = logging.getLogger(__name__)
@@ -82,19 +88,25 @@ def _body(request: web.Request, refusal: Refusal) -> web.Response:
     )
 
 
+def _refuse(request: web.Request, refusal: Refusal) -> web.Response:
+    if refusal.reason is not None:
+        source = refusal.source or _source(request)
+        request.app[SELF].reject(source, refusal.reason, refusal.count)
+    return _body(request, refusal)
+
+
 @web.middleware
 async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except KeyReused as exc:
-        refusal = Refusal(422, str(exc), "idempotency_key_reused")
-        request.app[SELF].reject(_source(request), "idempotency_key_reused")
-        return _body(request, refusal)
     except Refusal as refusal:
-        if refusal.reason is not None:
-            source = refusal.source or _source(request)
-            request.app[SELF].reject(source, refusal.reason, refusal.count)
-        return _body(request, refusal)
+        return _refuse(request, refusal)
+    except KeyReused as exc:
+        return _refuse(request, Refusal(422, str(exc), "idempotency_key_reused"))
+    except LimitError as exc:  # a domain error no handler put in context: 422, counted
+        return _refuse(request, Refusal(422, exc.message, exc.reason))
+    except ValidationError as exc:  # likewise: 400
+        return _refuse(request, Refusal(400, exc.message, exc.reason))
     except web.HTTPException:
         raise
     except Exception as exc:

@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from .running import merge_moments
+from .moments import merge_moments
 from .tables import ColumnSpec, Table
 
 BranchKey = tuple[str, str]
@@ -223,21 +223,6 @@ def _group_max(
     return out
 
 
-def escape(value: str) -> str:
-    """Escape a label value for the exposition formats."""
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
-
-
-def branch_label(key: BranchKey) -> str:
-    return f'experiment="{escape(key[0])}",branch="{escape(key[1])}"'
-
-
-def event_label(key: EventKey) -> str:
-    return f'experiment="{escape(key[0])}",branch="{escape(key[1])}",event="{escape(key[2])}"'
-
-
 def check_buckets(bounds: Sequence[float]) -> tuple[float, ...]:
     result = tuple(float(b) for b in bounds)
     if not result:
@@ -255,10 +240,8 @@ class View:
 
     bounds: tuple[float, ...]
     branch_keys: Sequence[BranchKey | None]
-    branch_labels: Sequence[str]
     branch: Columns
     event_keys: Sequence[EventKey | None]
-    event_labels: Sequence[str]
     event: Columns
     # experiment -> branch name -> row, in first-seen order
     experiments: dict[str, dict[str, int]]
@@ -268,12 +251,22 @@ class View:
     touched: dict[str, float]
 
 
+@dataclass(frozen=True, slots=True)
+class ChangedRows:
+    """The aggregate's changes since the store last looked, as rows it can write."""
+
+    changes: Changes
+    branches: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    activity: list[tuple[str, float]]
+
+
 class Aggregate:
     def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
         self.bounds = check_buckets(buckets)
         self._bounds_array = np.array(self.bounds)
-        self.branches: Table[BranchKey] = Table(branch_spec(len(self.bounds)), branch_label)
-        self.events: Table[EventKey] = Table(EVENT_SPEC, event_label)
+        self.branches: Table[BranchKey] = Table(branch_spec(len(self.bounds)))
+        self.events: Table[EventKey] = Table(EVENT_SPEC)
         self.experiments: dict[str, dict[str, int]] = {}
         self.experiment_events: dict[str, list[int]] = {}
         # experiment -> unix time of its latest write of any kind (events and OTLP too)
@@ -404,15 +397,35 @@ class Aggregate:
         self.changes.events.update(rows.tolist())
         self.version += 1
 
-    def add(self, records: Records) -> None:
+    def add(self, records: Records, now: float) -> None:
+        """Apply a batch and mark its experiments written at `now`."""
         self.add_queries(
             self.branch_rows(records.query_keys), records.latency_ms, records.success, records.when
         )
         self.add_events(self.event_rows(records.event_keys), records.event_values)
+        self.touch({k[0] for keys in (records.query_keys, records.event_keys) for k in keys}, now)
 
-    def add_parts(self, branches: BranchParts, events: EventParts) -> None:
+    def add_parts(self, branches: BranchParts, events: EventParts, now: float | None) -> None:
+        """Apply increments; with `now`, mark their experiments written then (a restore
+        passes None: its activity times come from the file)."""
         self.add_branch_parts(self.branch_rows(branches.keys), branches)
         self.add_event_parts(self.event_rows(events.keys), events)
+        if now is not None:
+            self.touch({k[0] for keys in (branches.keys, events.keys) for k in keys}, now)
+
+    def load(self, branches: BranchParts, events: EventParts, activity: dict[str, float]) -> None:
+        """Add what the data file holds. It is durable already, so only the rows changed
+        before it (recorded while the restore ran) stay marked for the store."""
+        earlier = self.take_changes()
+        self.add_parts(branches, events, None)
+        self.touch_latest(activity)
+        self.changes = earlier
+        self.bump()
+
+    def bump(self) -> None:
+        """Something the aggregate's readers depend on changed outside its columns (a
+        config, OTLP stream states, a restore): caches keyed on `version` must refresh."""
+        self.version += 1
 
     def remove_experiment(self, experiment: str) -> bool:
         branches = self.experiments.pop(experiment, None)
@@ -459,17 +472,72 @@ class Aggregate:
         taken, self.changes = self.changes, Changes()
         return taken
 
+    def export_changes(self, branch_columns: Sequence[str]) -> ChangedRows:
+        """What changed since the last call, as plain rows for the store: each touched
+        series' state (its key, then `branch_columns`, then buckets), each touched
+        event series' (key, count, total, m2), and the experiments' latest writes."""
+        changes = self.take_changes()
+        touched = self.touched
+        activity = [(x, touched[x]) for x in sorted(changes.touched) if x in touched]
+        branch_keys, event_keys = self.branches.keys, self.events.keys
+        branch_rows = [r for r in sorted(changes.branches) if branch_keys[r] is not None]
+        event_rows = [r for r in sorted(changes.events) if event_keys[r] is not None]
+        b, e = self.branches.columns, self.events.columns
+        branches = list(
+            zip(
+                *zip(*(branch_keys[r] for r in branch_rows), strict=True),
+                *(b[name][branch_rows].tolist() for name in branch_columns),
+                b["buckets"][branch_rows],
+                strict=True,
+            )
+        )
+        events = list(
+            zip(
+                *zip(*(event_keys[r] for r in event_rows), strict=True),
+                *(e[name][event_rows].tolist() for name in ("count", "total", "m2")),
+                strict=True,
+            )
+        )
+        return ChangedRows(changes, branches, events, activity)
+
+    def return_changes(
+        self,
+        changes: Changes,
+        branches: Iterable[Sequence[Any]],
+        events: Iterable[Sequence[Any]],
+        touched: Iterable[str],
+    ) -> None:
+        """A store write failed: mark what it carried (rows by their keys, removals,
+        clears, activity) as changed again, for the next try."""
+        for branch in branches:
+            if (row := self.branches.ids.get((branch[0], branch[1]))) is not None:
+                self.changes.branches.add(row)
+        for event in events:
+            if (row := self.events.ids.get((event[0], event[1], event[2]))) is not None:
+                self.changes.events.add(row)
+        self.changes.removed |= changes.removed
+        self.changes.cleared |= changes.cleared
+        self.changes.touched |= set(touched)
+
     # -- reading ----------------------------------------------------------
+
+    def totals(self) -> tuple[int, int, int, int]:
+        """(experiments, branch series, queries, events) held."""
+        size, event_size = self.branches.size, self.events.size
+        return (
+            len(self.experiments),
+            len(self.branches),
+            int(self.branches.columns["n"][:size].sum()),
+            int(self.events.columns["count"][:event_size].sum()),
+        )
 
     def live_view(self) -> View:
         """The current columns, uncopied: only valid while the caller holds the lock."""
         return View(
             self.bounds,
             self.branches.keys,
-            self.branches.labels,
             self.branches.columns,
             self.events.keys,
-            self.events.labels,
             self.events.columns,
             self.experiments,
             self.experiment_events,
@@ -482,10 +550,8 @@ class Aggregate:
         return View(
             self.bounds,
             list(self.branches.keys),
-            list(self.branches.labels),
             {k: v[:size].copy() for k, v in self.branches.columns.items()},
             list(self.events.keys),
-            list(self.events.labels),
             {k: v[:event_size].copy() for k, v in self.events.columns.items()},
             {e: dict(b) for e, b in self.experiments.items()},
             {e: list(rows) for e, rows in self.experiment_events.items()},

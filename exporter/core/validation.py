@@ -45,11 +45,9 @@ def name_problem(value: object, max_length: int = MAX_NAME_LENGTH) -> str | None
 
 
 def latency_problem(value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "must be a number"
-    number = _as_float(value)
-    if number is None or not math.isfinite(number):
-        return "must be finite"
+    problem, number = _finite(value)
+    if problem is not None:
+        return problem
     if number < 0:
         return "must be >= 0"
     if number > MAX_LATENCY_MS:
@@ -58,14 +56,20 @@ def latency_problem(value: object) -> str | None:
 
 
 def event_value_problem(value: object) -> str | None:
+    problem, number = _finite(value)
+    if problem is None and abs(number) > MAX_ABS_EVENT_VALUE:
+        return f"must be between -{MAX_ABS_EVENT_VALUE:g} and {MAX_ABS_EVENT_VALUE:g}"
+    return problem
+
+
+def _finite(value: object) -> tuple[str | None, float]:
+    """(why `value` is not a finite JSON number, or None; the number as a float)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return "must be a number"
+        return "must be a number", 0.0
     number = _as_float(value)
     if number is None or not math.isfinite(number):
-        return "must be finite"
-    if abs(number) > MAX_ABS_EVENT_VALUE:
-        return f"must be between -{MAX_ABS_EVENT_VALUE:g} and {MAX_ABS_EVENT_VALUE:g}"
-    return None
+        return "must be finite", 0.0
+    return None, number
 
 
 def success_problem(value: object) -> str | None:

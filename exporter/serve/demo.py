@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..state.abmetrics import ABMetrics
 from .keys import METRICS
-from .manager import ABMetrics
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,37 +8,41 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import background, guard, idempotency, otlp, page
-from .config import ExperimentConfig
-from .engine import ComparisonEngine
-from .exposition import (
+from ..core import idempotency
+from ..core.experiment_config import ExperimentConfig
+from ..core.idempotency import Answer, Once
+from ..core.limits import LimitError
+from ..core.results import to_json
+from ..core.validation import ValidationError, name_problem
+from ..ingest import otlp
+from ..ingest.otlp import Receiver
+from ..ingest.records import parse_batch
+from ..outputs import page
+from ..outputs.comparisons import ComparisonEngine
+from ..outputs.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     accepts_gzip,
     negotiate,
     render,
 )
-from .idempotency import Answer, Once
-from .ingest import parse_batch
+from ..state.abmetrics import ABMetrics, Written
+from ..state.store import Durability, Store
+from ..version import __version__
+from . import background, guard
 from .keys import ENGINE, INFLIGHT, METRICS, READINESS, SELF, SETTINGS, STORE, InFlight, Readiness
-from .limits import LimitError
-from .manager import ABMetrics, Written
 from .openapi import document
-from .otlp import Receiver
 from .refusals import Refusal, refusals
-from .results import to_json
 from .selfmetrics import SelfMetrics
 from .settings import Settings
-from .store import Durability, Store
-from .validation import ValidationError, name_problem
-from .version import __version__
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Batches larger than this are applied on a worker thread so the loop stays responsive.
 _INLINE_RECORDS = 2000
@@ -57,11 +61,11 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=json_body(data), status=status, content_type=JSON)
 
 
-def error(status: int, message: str, errors: list[dict[str, str]] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if errors is not None:
-        body["errors"] = errors
-    return json_response(body, status)
+def _found(found: T | None, what: str) -> T:
+    """A read's result, or a 404 refusal naming what was not found."""
+    if found is None:
+        raise Refusal(404, f"no such {what}")
+    return found
 
 
 def _name(request: web.Request, key: str) -> str:
@@ -234,7 +238,8 @@ async def post_records(request: web.Request) -> web.Response:
         for reason, count in batch.reasons.items():
             self_metrics.reject("http", reason, count)
         message = f"batch refused, nothing applied: {batch.error_count} problem(s)"
-        return error(413 if batch.too_large else 400, message, batch.errors)
+        # counted above by reason, so the refusal itself carries no reason
+        raise Refusal(413 if batch.too_large else 400, message, errors=batch.errors)
     records = batch.records
     answer = _answer({"accepted": {"queries": records.queries, "events": records.events}})
     size = records.queries + records.events
@@ -271,24 +276,34 @@ async def put_config(request: web.Request) -> web.Response:
 
 
 async def delete_config(request: web.Request) -> web.Response:
-    experiment = _name(request, "experiment")
-    guard.admit_write(request)
-    once = _once(request, b"")
-    answer = _answer({"removed": experiment})
-    written = request.app[METRICS].remove_config_once(experiment, once, answer)
-    if written is None:
-        raise Refusal(404, "no config was set for this experiment through the API")
-    return await _finish(request, written, answer, once)
+    return await _remove(
+        request,
+        "removed",
+        request.app[METRICS].remove_config_once,
+        "no config was set for this experiment through the API",
+    )
 
 
 async def delete_experiment(request: web.Request) -> web.Response:
+    return await _remove(
+        request, "cleared", request.app[METRICS].clear_experiment_once, "no such experiment"
+    )
+
+
+async def _remove(
+    request: web.Request,
+    done: str,
+    apply: Callable[[str, Once | None, Answer], Written | None],
+    missing: str,
+) -> web.Response:
+    """A DELETE of one experiment's something: 404 when there was nothing to remove."""
     experiment = _name(request, "experiment")
     guard.admit_write(request)
     once = _once(request, b"")
-    answer = _answer({"cleared": experiment})
-    written = request.app[METRICS].clear_experiment_once(experiment, once, answer)
+    answer = _answer({done: experiment})
+    written = apply(experiment, once, answer)
     if written is None:
-        raise Refusal(404, "no such experiment")
+        raise Refusal(404, missing)
     return await _finish(request, written, answer, once)
 
 
@@ -311,42 +326,40 @@ async def list_experiments(request: web.Request) -> web.Response:
 
 async def get_experiment(request: web.Request) -> web.Response:
     found = request.app[METRICS].get_experiment_metrics(_name(request, "experiment"))
-    return json_response(found) if found else error(404, "no such experiment")
+    return json_response(_found(found, "experiment"))
 
 
 async def get_branch(request: web.Request) -> web.Response:
     experiment, branch = _name(request, "experiment"), _name(request, "branch")
     found = request.app[METRICS].get_branch_metrics(experiment, branch)
-    return json_response(found) if found else error(404, "no such experiment or branch")
+    return json_response(_found(found, "experiment or branch"))
 
 
 async def get_summary(request: web.Request) -> web.Response:
     found = request.app[METRICS].get_summary(_name(request, "experiment"))
-    return json_response(found) if found else error(404, "no such experiment")
+    return json_response(_found(found, "experiment"))
 
 
 async def compare(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     experiment = _name(request, "experiment")
-    found = metrics.get_experiment_metrics(experiment)
-    if found is None:
-        return error(404, "no such experiment")
+    found = _found(metrics.get_experiment_metrics(experiment), "experiment")
     branch_b = request.query.get("b")
     branch_a = request.query.get("a", found.control)
     if branch_b is None:
-        return error(400, "query parameter b (the branch to compare) is required")
+        raise Refusal(400, "query parameter b (the branch to compare) is required")
     for key, value in (("a", branch_a), ("b", branch_b)):
         problem = name_problem(value)
         if problem:
-            return error(400, f"query parameter {key} {problem}")
+            raise Refusal(400, f"query parameter {key} {problem}")
     result = metrics.compare_branches(experiment, branch_a, branch_b)
-    return json_response(result) if result else error(404, "no such branch")
+    return json_response(_found(result, "branch"))
 
 
 async def get_analysis(request: web.Request) -> web.Response:
     experiment = _name(request, "experiment")
     found = request.app[METRICS].analyse(experiment).get(experiment)
-    return json_response(found) if found else error(404, "no such experiment")
+    return json_response(_found(found, "experiment"))
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -371,7 +384,8 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
     )
     store = app.get(STORE)
     families = extra + engine.families() + (store.families() if store is not None else [])
-    payload = render(snapshot, families, openmetrics, latest.text).encode()
+    process = self_metrics.process.render(openmetrics)
+    payload = render(snapshot, families, openmetrics, latest.text, process).encode()
     if compress:
         payload = gzip.compress(payload, compresslevel=1)
     self_metrics.scraped(time.perf_counter() - started)

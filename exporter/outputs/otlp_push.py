@@ -37,11 +37,11 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from .analysis import ExperimentAnalysis
-from .engine import ComparisonEngine
-from .exposition import COMPARISON_GAUGES
-from .manager import ABMetrics, Snapshot
-from .version import __version__
+from ..state.abmetrics import ABMetrics, Snapshot
+from ..stats.analysis import ExperimentAnalysis
+from ..version import __version__
+from . import catalog as cat
+from .comparisons import ComparisonEngine
 
 SCOPE = InstrumentationScope("abtest-exporter", __version__)
 
@@ -55,11 +55,11 @@ def snapshot_metrics(
     queries: list[NumberDataPoint] = []
     failures: list[NumberDataPoint] = []
     durations: list[HistogramDataPoint] = []
-    gauges: dict[str, list[NumberDataPoint]] = {}
+    gauges: dict[cat.Declared, list[NumberDataPoint]] = {}
 
-    def gauge(name: str, attributes: dict[str, str], value: float | None) -> None:
+    def gauge(family: cat.Declared, attributes: dict[str, str], value: float | None) -> None:
         if value is not None and math.isfinite(value):
-            gauges.setdefault(name, []).append(NumberDataPoint(attributes, 0, now, value))
+            gauges.setdefault(family, []).append(NumberDataPoint(attributes, 0, now, value))
 
     for row, key in enumerate(view.branch_keys):
         if key is None:
@@ -82,10 +82,10 @@ def snapshot_metrics(
             )
         )
         if n:
-            gauge("abtest.branch.success_ratio", attributes, ok / n)
-            gauge("abtest.branch.latency.mean", attributes, float(c["total"][row]) / n / 1000)
-            gauge("abtest.branch.latency.min", attributes, float(c["lo"][row]) / 1000)
-            gauge("abtest.branch.latency.max", attributes, float(c["hi"][row]) / 1000)
+            gauge(cat.SUCCESS_RATIO, attributes, ok / n)
+            gauge(cat.LATENCY_MEAN, attributes, float(c["total"][row]) / n / 1000)
+            gauge(cat.LATENCY_MIN, attributes, float(c["lo"][row]) / 1000)
+            gauge(cat.LATENCY_MAX, attributes, float(c["hi"][row]) / 1000)
     values: list[HistogramDataPoint] = []
     e = view.event
     for row, event_key in enumerate(view.event_keys):
@@ -100,14 +100,14 @@ def snapshot_metrics(
         values.append(
             HistogramDataPoint(attributes, started_ns, now, count, total, [count], [], 0.0, 0.0)
         )
-        gauge("abtest.event.mean", attributes, float(e["mean"][row]) if count else None)
+        gauge(cat.EVENT_MEAN, attributes, float(e["mean"][row]) if count else None)
     for name, analysis in analyses.items():
         if analysis.srm is not None:
-            gauge("abtest.srm.p_value", {"abtest.experiment": name}, analysis.srm.p_value)
-        gauge("abtest.experiment.progress_ratio", {"abtest.experiment": name}, analysis.progress)
+            gauge(cat.SRM_P_VALUE, {"abtest.experiment": name}, analysis.srm.p_value)
+        gauge(cat.PROGRESS, {"abtest.experiment": name}, analysis.progress)
         if analysis.winner is not None:
             winner = {"abtest.experiment": name, "abtest.branch": analysis.winner}
-            gauge("abtest.experiment.winner", winner, 1.0)
+            gauge(cat.WINNER, winner, 1.0)
         for branch, comparisons in analysis.comparisons.items():
             for m in comparisons:
                 attributes = {
@@ -117,37 +117,27 @@ def snapshot_metrics(
                     "abtest.metric": m.metric,
                     "abtest.event": m.event,
                 }
-                for field, _ in COMPARISON_GAUGES:
+                for (field, _), declared in zip(
+                    cat.COMPARISON_GAUGES, cat.COMPARISONS, strict=True
+                ):
                     value = getattr(m, field)
-                    gauge(
-                        f"abtest.comparison.{field}",
-                        attributes,
-                        float(value) if value is not None else None,
-                    )
+                    gauge(declared, attributes, float(value) if value is not None else None)
     cumulative = AggregationTemporality.CUMULATIVE
     metrics = [
-        Metric(
-            "abtest.queries",
-            "Queries recorded per branch.",
-            "{query}",
-            Sum(queries, cumulative, True),
-        ),
-        Metric(
-            "abtest.query.failures",
-            "Failed queries per branch.",
-            "{query}",
-            Sum(failures, cumulative, True),
-        ),
-        Metric(
-            "abtest.query.duration",
-            "Query latency per branch.",
-            "s",
-            Histogram(durations, cumulative),
-        ),
-        Metric("abtest.event.value", "Custom event values.", "", Histogram(values, cumulative)),
+        _metric(cat.QUERIES, Sum(queries, cumulative, True)),
+        _metric(cat.FAILURES, Sum(failures, cumulative, True)),
+        _metric(cat.DURATION, Histogram(durations, cumulative)),
+        _metric(cat.EVENT_VALUE, Histogram(values, cumulative)),
     ]
-    metrics.extend(Metric(name, "", "", Gauge(points)) for name, points in sorted(gauges.items()))
+    metrics.extend(
+        _metric(family, Gauge(points))
+        for family, points in sorted(gauges.items(), key=lambda item: item[0].otel)
+    )
     return [m for m in metrics if m.data.data_points]
+
+
+def _metric(family: cat.Declared, data: Any) -> Metric:
+    return Metric(family.otel, family.help, family.unit, data)
 
 
 class SnapshotExporter(MetricExporter):

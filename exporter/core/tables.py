@@ -6,7 +6,7 @@ clearing experiments does not leak.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -21,9 +21,8 @@ ColumnSpec = dict[str, tuple[type[Any], float, tuple[int, ...]]]
 class Table(Generic[K]):
     """Rows keyed by `K`, columns as numpy arrays sized to capacity."""
 
-    def __init__(self, spec: ColumnSpec, label: Callable[[K], str], capacity: int = 64) -> None:
+    def __init__(self, spec: ColumnSpec, capacity: int = 64) -> None:
         self._spec = spec
-        self._label = label
         self._capacity = capacity
         self.clear()
 
@@ -31,8 +30,6 @@ class Table(Generic[K]):
         """Back to no rows, with the initial capacity."""
         self.ids: dict[K, int] = {}
         self.keys: list[K | None] = []
-        # each row's exposition label set, rendered once when the row is made
-        self.labels: list[str] = []
         self._free: list[int] = []
         self.columns: dict[str, npt.NDArray[Any]] = {
             name: np.full((self._capacity, *shape), fill, dtype=dtype)
@@ -55,11 +52,9 @@ class Table(Generic[K]):
         if self._free:
             index = self._free.pop()
             self.keys[index] = key
-            self.labels[index] = self._label(key)
         else:
             index = len(self.keys)
             self.keys.append(key)
-            self.labels.append(self._label(key))
             if index >= len(next(iter(self.columns.values()))):
                 self._grow()
         self.ids[key] = index

@@ -66,8 +66,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     Metric,
 )
 
-from .aggregate import BranchParts, EventParts
-from .validation import (
+from ..core.aggregate import BranchParts, EventParts
+from ..core.validation import (
     MAX_ABS_EVENT_VALUE,
     MAX_COUNT,
     MAX_LATENCY_MS,

@@ -8,9 +8,10 @@ import threading
 import time
 from collections import Counter
 
-from .exposition import Family, Sample
-from .otlp import Received, StreamFigures
-from .version import __version__
+from ..core.families import Family, Sample
+from ..ingest.otlp import Received, StreamFigures
+from ..outputs.process import ProcessMetrics
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 _LOG_EVERY = 10.0  # seconds between two warnings about refused OTLP points
@@ -19,7 +20,8 @@ _LOG_EVERY = 10.0  # seconds between two warnings about refused OTLP points
 class SelfMetrics:
     """Counts of what came in and what was turned away, and why."""
 
-    def __init__(self) -> None:
+    def __init__(self, process: ProcessMetrics | None = None) -> None:
+        self.process = process or ProcessMetrics()  # process_*, python_* (the library's own)
         self._lock = threading.Lock()
         self.accepted: Counter[tuple[str, str]] = Counter()  # (source, kind)
         self.rejected: Counter[tuple[str, str]] = Counter()  # (source, reason)

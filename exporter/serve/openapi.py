@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import CORRECTIONS
-from .validation import MAX_ABS_EVENT_VALUE, MAX_LATENCY_MS, MAX_NAME_LENGTH
-from .version import __version__
+from ..core.experiment_config import CORRECTIONS
+from ..core.validation import MAX_ABS_EVENT_VALUE, MAX_LATENCY_MS, MAX_NAME_LENGTH
+from ..version import __version__
 
 # no C0/C1 controls, line or paragraph separators (the same rule as validation.py)
 _NAME = {

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .engine import ComparisonEngine
-from .manager import ABMetrics
+from ..outputs.comparisons import ComparisonEngine
+from ..state.abmetrics import ABMetrics
+from ..state.store import Store
 from .selfmetrics import SelfMetrics
 from .settings import Settings
-from .store import Store
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.results import ExperimentMetrics
 from .analysis import ExperimentAnalysis, LatencyDistribution, MetricComparison
-from .results import ExperimentMetrics
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,11 @@ from typing import Any, Final
 
 import numpy as np
 
-from . import statistics as st
-from .aggregate import View
-from .config import ExperimentConfig
-from .results import control_of
-from .running import sample_variance
+from ..core.aggregate import View
+from ..core.experiment_config import ExperimentConfig
+from ..core.moments import sample_variance
+from ..core.results import control_of
+from . import inference as st
 
 SRM_THRESHOLD: Final = 0.001
 SRM_MIN_EXPECTED: Final = 8.0

@@ -33,13 +33,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import otlp
-from .aggregate import BranchParts, EventParts
-from .config import ExperimentConfig
+from ..core.aggregate import BranchParts, EventParts
+from ..core.experiment_config import ExperimentConfig
+from ..core.families import Family, Sample
+from ..core.validation import MAX_ABS_EVENT_VALUE, MAX_COUNT, MAX_LATENCY_MS
+from ..ingest import otlp
+from .abmetrics import ABMetrics, Restored, StoreBatch
 from .datadir import DataDirError, DataDirLock
-from .exposition import Family, Sample
-from .manager import ABMetrics, Restored, StoreBatch
-from .validation import MAX_ABS_EVENT_VALUE, MAX_COUNT, MAX_LATENCY_MS
 
 log = logging.getLogger(__name__)
 

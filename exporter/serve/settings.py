@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .aggregate import DEFAULT_BUCKETS, check_buckets
-from .config import ExperimentConfig
-from .limits import Limits
-from .otlp import OtlpLimits
-from .validation import MAX_NAME_LENGTH, ValidationError, check_name
+from ..core.aggregate import DEFAULT_BUCKETS, check_buckets
+from ..core.experiment_config import ExperimentConfig
+from ..core.limits import Limits
+from ..core.validation import MAX_NAME_LENGTH, ValidationError, check_name
+from ..ingest.otlp import OtlpLimits
 
 DEFAULT_PORT = 9470
 ENV_PREFIX = "ABTEST_EXPORTER_"

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import limits
-from .aggregate import (
+from ..core import limits
+from ..core.aggregate import (
     DEFAULT_BUCKETS,
     Aggregate,
     BranchKey,
@@ -27,13 +27,10 @@ from .aggregate import (
     Records,
     View,
 )
-from .analysis import ExperimentAnalysis, analyse
-from .comparison import BranchComparison, compare
-from .config import ExperimentConfig
-from .idempotency import Answer, KeyChanges, Keys, Once
-from .limits import LimitError, Limits
-from .otlp import Parsed, Received, Receiver, StreamChanges, StreamFigures, StreamKey
-from .results import (
+from ..core.experiment_config import ExperimentConfig
+from ..core.idempotency import Answer, KeyChanges, Keys, Once
+from ..core.limits import LimitError, Limits
+from ..core.results import (
     BranchMetrics,
     ExperimentMetrics,
     ExperimentSummary,
@@ -44,7 +41,7 @@ from .results import (
     events_by_branch,
     summarise,
 )
-from .validation import (
+from ..core.validation import (
     MAX_COUNT,
     MAX_LATENCY_MS,
     ValidationError,
@@ -52,6 +49,9 @@ from .validation import (
     event_value_problem,
     latency_problem,
 )
+from ..ingest.otlp import Parsed, Received, Receiver, StreamChanges, StreamFigures, StreamKey
+from ..stats.analysis import ExperimentAnalysis, analyse
+from ..stats.pairwise import BranchComparison, compare
 
 Clock = Callable[[], float]
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "first", "last")
@@ -109,11 +109,6 @@ class Snapshot:
 class ABMetrics:
     """Per-experiment, per-branch A/B metrics (the seed module's manager API)."""
 
-    # Recording is built per instance as closures over its own state (see
-    # _recorders): it is the hot path, and skipping attribute look-ups halves it.
-    record_query: Callable[[str, str, float, bool], None]
-    record_event: Callable[[str, str, str, float], None]
-
     def __init__(
         self,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
@@ -142,7 +137,6 @@ class ABMetrics:
         self._file_configs: dict[str, ExperimentConfig] = dict(configs or {})
         self._configs: dict[str, ExperimentConfig] = dict(self._file_configs)
         self._changed_configs: set[str] = set()  # set since the store last looked
-        self.record_query, self.record_event = self._recorders()
 
     @property
     def buckets(self) -> tuple[float, ...]:
@@ -150,40 +144,36 @@ class ABMetrics:
 
     # -- recording (hot path) ----------------------------------------------
 
-    def _recorders(
-        self,
-    ) -> tuple[Callable[[str, str, float, bool], None], Callable[[str, str, str, float], None]]:
-        branch_slots, event_slots = self._branch_slots, self._event_slots
-        queries, events = self._queries, self._events
-        add_query, add_event, clock, fold = queries.extend, events.extend, self._clock, self._fold
+    # Recording is the hot path: plain methods with a handful of attribute look-ups,
+    # no lock, one atomic list.extend per record (benchmarks/bench_core.py watches it).
 
-        def record_query(experiment: str, branch: str, latency_ms: float, success: bool) -> None:
-            """Record one query: its latency in milliseconds and whether it succeeded."""
-            try:
-                valid = 0.0 <= latency_ms <= MAX_LATENCY_MS  # False for NaN too
-            except TypeError:
-                valid = False
-            if not valid:
-                raise ValidationError(
-                    "invalid_latency", f"latency_ms {latency_problem(latency_ms)}"
-                )
-            key = (experiment, branch)
-            slot = branch_slots.get(key) or self._admit_branch(key)
-            add_query((slot, latency_ms, success, clock()))  # one atomic extend
-            if len(queries) >= _FOLD_AT:
-                fold()
+    def record_query(self, experiment: str, branch: str, latency_ms: float, success: bool) -> None:
+        """Record one query: its latency in milliseconds and whether it succeeded.
+        Raises ValidationError for a latency that is not a finite number in range."""
+        try:
+            valid = 0.0 <= latency_ms <= MAX_LATENCY_MS  # False for NaN too
+        except TypeError:
+            valid = False
+        if not valid:
+            raise ValidationError("invalid_latency", f"latency_ms {latency_problem(latency_ms)}")
+        key = (experiment, branch)
+        slot = self._branch_slots.get(key) or self._admit_branch(key)
+        queries = self._queries
+        queries.extend((slot, latency_ms, success, self._clock()))  # one atomic extend
+        if len(queries) >= _FOLD_AT:
+            self._fold()
 
-        def record_event(experiment: str, branch: str, event: str, value: float) -> None:
-            """Record one custom event (a conversion of 1, revenue of 42.0, ...)."""
-            problem = event_value_problem(value)
-            if problem:
-                raise ValidationError("invalid_value", f"value {problem}")
-            key = (experiment, branch, event)
-            add_event((event_slots.get(key) or self._admit_event(key), value, clock()))
-            if len(events) >= _FOLD_AT:
-                fold()
-
-        return record_query, record_event
+    def record_event(self, experiment: str, branch: str, event: str, value: float) -> None:
+        """Record one custom event (a conversion of 1, revenue of 42.0, ...).
+        Raises ValidationError for a value that is not a finite number within range."""
+        problem = event_value_problem(value)
+        if problem:
+            raise ValidationError("invalid_value", f"value {problem}")
+        key = (experiment, branch, event)
+        events = self._events
+        events.extend((self._event_slots.get(key) or self._admit_event(key), value, self._clock()))
+        if len(events) >= _FOLD_AT:
+            self._fold()
 
     def record_batch(
         self, records: Records, once: Once | None = None, answer: Answer | None = None
@@ -196,8 +186,7 @@ class ABMetrics:
             if (entry := self._repeat(once)) is not None:
                 return entry
             limits.check(self._aggregate, self.limits, records.query_keys, records.event_keys)
-            self._aggregate.add(records)
-            self._touch(records.query_keys, records.event_keys)
+            self._aggregate.add(records, self._clock())
             return self._written(once, answer)
 
     def record_parts(
@@ -212,8 +201,7 @@ class ABMetrics:
             if check_limits:
                 kept_b, kept_e = self._admit_parts(branches, events, refused)
                 branches, events = branches.select(kept_b), events.select(kept_e)
-            self._aggregate.add_parts(branches, events)
-            self._touch(branches.keys, events.keys)
+            self._aggregate.add_parts(branches, events, self._clock())
             return self._aggregate.version, refused
 
     def record_otlp(
@@ -253,10 +241,9 @@ class ABMetrics:
                 refused_points = len(branches.keys) + len(events.keys) - len(kept_b) - len(kept_e)
                 received.refused.points += refused_points
             received.branches, received.events = branches.select(kept_b), events.select(kept_e)
-            self._aggregate.add_parts(received.branches, received.events)
-            self._touch(received.branches.keys, received.events.keys)
+            self._aggregate.add_parts(received.branches, received.events, self._clock())
             self.receiver.commit(received, refused_streams)
-            self._aggregate.version += 1  # stream states changed even if no count did
+            self._aggregate.bump()  # stream states changed even if no count did
             return self._written(once, respond(received) if respond else None), received
 
     def _repeat(self, once: Once | None) -> Written | None:
@@ -304,9 +291,6 @@ class ABMetrics:
             admitted(branches.keys, branches.n, admission.branch, agg.branches, "n"),
             admitted(events.keys, events.count, admission.event, agg.events, "count"),
         )
-
-    def _touch(self, *key_lists: Sequence[tuple[str, ...]]) -> None:
-        self._aggregate.touch({k[0] for keys in key_lists for k in keys}, self._clock())
 
     def now(self) -> float:
         return self._clock()
@@ -417,7 +401,7 @@ class ABMetrics:
                 )
             self._configs[experiment] = config
             self._changed_configs.add(experiment)
-            self._aggregate.version += 1
+            self._aggregate.bump()
             return self._written(once, answer)
 
     def remove_config(self, experiment: str) -> bool:
@@ -441,7 +425,7 @@ class ABMetrics:
             else:
                 self._configs[experiment] = file_config
             self._changed_configs.add(experiment)
-            self._aggregate.version += 1
+            self._aggregate.bump()
             return self._written(once, answer)
 
     # -- persistence -----------------------------------------------------------
@@ -451,39 +435,19 @@ class ABMetrics:
         each touched series (not the records that led there), removals, configs."""
         with self._lock:
             self._fold_locked()
-            agg = self._aggregate
-            changes = agg.take_changes()
+            rows = self._aggregate.export_changes(_STORED_BRANCH_COLUMNS)
             configs = {
                 e: c if (c := self._configs.get(e)) is not self._file_configs.get(e) else None
                 for e in self._changed_configs
             }
             self._changed_configs = set()
-            activity = [(x, agg.touched[x]) for x in sorted(changes.touched) if x in agg.touched]
-            branch_rows = [r for r in sorted(changes.branches) if agg.branches.keys[r] is not None]
-            event_rows = [r for r in sorted(changes.events) if agg.events.keys[r] is not None]
-            b, e = agg.branches.columns, agg.events.columns
-            branches = list(
-                zip(
-                    *zip(*(agg.branches.keys[r] for r in branch_rows), strict=True),
-                    *(b[name][branch_rows].tolist() for name in _STORED_BRANCH_COLUMNS),
-                    b["buckets"][branch_rows],
-                    strict=True,
-                )
-            )
-            events = list(
-                zip(
-                    *zip(*(agg.events.keys[r] for r in event_rows), strict=True),
-                    *(e[name][event_rows].tolist() for name in ("count", "total", "m2")),
-                    strict=True,
-                )
-            )
             return StoreBatch(
-                agg.version,
-                changes,
-                branches,
-                events,
+                self._aggregate.version,
+                rows.changes,
+                rows.branches,
+                rows.events,
                 configs,
-                activity,
+                rows.activity,
                 self.receiver.streams.take_changes(),
                 self._keys.take_changes(),
             )
@@ -491,16 +455,9 @@ class ABMetrics:
     def return_changes(self, batch: StoreBatch) -> None:
         """A store write failed: mark what it carried as changed again, for the next try."""
         with self._lock:
-            agg = self._aggregate
-            for branch in batch.branches:
-                if (row := agg.branches.ids.get((branch[0], branch[1]))) is not None:
-                    agg.changes.branches.add(row)
-            for event in batch.events:
-                if (row := agg.events.ids.get((event[0], event[1], event[2]))) is not None:
-                    agg.changes.events.add(row)
-            agg.changes.removed |= batch.changes.removed
-            agg.changes.cleared |= batch.changes.cleared
-            agg.changes.touched |= {e for e, _ in batch.activity}
+            self._aggregate.return_changes(
+                batch.changes, batch.branches, batch.events, (e for e, _ in batch.activity)
+            )
             self._changed_configs |= set(batch.configs)
             self.receiver.streams.return_changes(batch.streams)
             self._keys.return_changes(batch.keys)
@@ -510,18 +467,11 @@ class ABMetrics:
         before the restore stays marked changed. Returns the version that includes it."""
         with self._lock:
             self._fold_locked()
-            agg = self._aggregate
-            earlier = agg.take_changes()
-            agg.add_parts(restored.branches, restored.events)
-            agg.touch_latest(restored.activity)
+            self._aggregate.load(restored.branches, restored.events, restored.activity)
             self._configs.update(restored.configs)
             self.receiver.streams.load(restored.streams, restored.horizon, restored.stored_streams)
             self._keys.load(restored.keys)
-            agg.take_changes()
-            # rows recorded before the restore still need writing (with the restored part)
-            agg.changes = earlier
-            agg.version += 1
-            return agg.version
+            return self._aggregate.version
 
     def get_config(self, experiment: str) -> ExperimentConfig:
         return self._configs.get(experiment, ExperimentConfig())
@@ -646,13 +596,12 @@ class ABMetrics:
             return self._stats_locked()
 
     def _stats_locked(self) -> MetricsStats:
-        agg = self._aggregate
-        size, event_size = agg.branches.size, agg.events.size
+        experiments, branches, queries, events = self._aggregate.totals()
         return MetricsStats(
-            experiments_tracked=len(agg.experiments),
-            total_branches_tracked=len(agg.branches),
-            total_queries_recorded=int(agg.branches.columns["n"][:size].sum()),
-            total_events_recorded=int(agg.events.columns["count"][:event_size].sum()),
+            experiments_tracked=experiments,
+            total_branches_tracked=branches,
+            total_queries_recorded=queries,
+            total_events_recorded=events,
         )
 
     def snapshot(self) -> Snapshot:

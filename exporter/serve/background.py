@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from ..state.store import StoreError
 from .keys import ENGINE, METRICS, READINESS, SELF, SETTINGS, STORE
-from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ async def expiry(app: web.Application) -> AsyncIterator[None]:
 
 
 async def otlp_push(app: web.Application) -> AsyncIterator[None]:
-    from .otlp_push import start_push
+    from ..outputs.otlp_push import start_push
 
     settings = app[SETTINGS]
     assert settings.otlp_push_endpoint is not None

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .aggregate import Records
-from .validation import (
+from ..core.aggregate import Records
+from ..core.validation import (
     MAX_NAME_LENGTH,
     event_value_problem,
     latency_problem,

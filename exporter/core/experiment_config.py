@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
@@ -50,8 +50,6 @@ class ExperimentConfig:
     sequential_tuning: float = 5000.0
     correction: Correction = "holm"
     primary_metric: str = "success_ratio"
-    # the keys explicitly given, so that the API can echo what was configured
-    explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,12 +81,15 @@ class ExperimentConfig:
         for key in unknown:
             bad(key, f"unknown key (known: {', '.join(CONFIG_KEYS)})")
         values: dict[str, Any] = {}
-        if data.get("control") is not None:
-            problem = name_problem(data["control"])
+
+        def take(key: str, problem: str | None) -> None:
             if problem:
-                bad("control", problem)
+                bad(key, problem)
             else:
-                values["control"] = data["control"]
+                values[key] = data[key]
+
+        if data.get("control") is not None:
+            take("control", name_problem(data["control"]))
         if data.get("allocation") is not None:
             values["allocation"] = _allocation(data["allocation"], lambda m: bad("allocation", m))
         if "alpha" in data:
@@ -112,19 +113,13 @@ class ExperimentConfig:
             else:
                 values["sequential_tuning"] = float(tuning)
         if "correction" in data:
-            if data["correction"] not in CORRECTIONS:
-                bad("correction", f"must be one of {', '.join(CORRECTIONS)}")
-            else:
-                values["correction"] = data["correction"]
+            wrong = data["correction"] not in CORRECTIONS
+            take("correction", f"must be one of {', '.join(CORRECTIONS)}" if wrong else None)
         if data.get("primary_metric") is not None:
-            problem = _primary_problem(data["primary_metric"])
-            if problem:
-                bad("primary_metric", problem)
-            else:
-                values["primary_metric"] = data["primary_metric"]
+            take("primary_metric", _primary_problem(data["primary_metric"]))
         if errors:
             raise ValidationError("invalid_config", "; ".join(errors))
-        return cls(**values, explicit=frozenset(k for k in data if data[k] is not None))
+        return cls(**values)
 
 
 def _primary_problem(value: object) -> str | None:

@@ -13,8 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .aggregate import View
-from .config import ExperimentConfig
-from .running import sample_variance
+from .experiment_config import ExperimentConfig
+from .moments import sample_variance
 
 
 @dataclass(frozen=True, slots=True)

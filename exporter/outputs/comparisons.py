@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .analysis import ExperimentAnalysis, analyse
-from .exposition import Family, Sample, render_analysis
-from .manager import ABMetrics
+from ..core.families import Family, Sample
+from ..state.abmetrics import ABMetrics
+from ..stats.analysis import ExperimentAnalysis, analyse
+from .exposition import render_analysis
 
 log = logging.getLogger(__name__)
 

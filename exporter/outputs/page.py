@@ -16,8 +16,8 @@ import math
 import urllib.parse
 from collections.abc import Mapping, Sequence
 
-from .analysis import ExperimentAnalysis, MetricComparison
-from .results import ExperimentSummary
+from ..core.results import ExperimentSummary
+from ..stats.analysis import ExperimentAnalysis, MetricComparison
 
 MAX_EXPERIMENTS = 100
 REFRESH_SECONDS = 30
