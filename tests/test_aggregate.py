@@ -185,7 +185,7 @@ def test_cleared_rows_are_reused_and_zeroed(metrics: ABMetrics) -> None:
     assert branch is not None
     assert (branch.query_count, branch.failure_count, branch.min_latency_ms) == (1, 1, 7.0)
     snapshot = metrics.snapshot()
-    assert int(np.sum(snapshot.view.branch["n"])) == 1
+    assert int(np.sum(snapshot.view.branch.n)) == 1
 
 
 def test_config_is_validated_with_every_problem_named(metrics: ABMetrics) -> None:

@@ -234,21 +234,81 @@ def check_buckets(bounds: Sequence[float]) -> tuple[float, ...]:
     return result
 
 
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+_MS = 1000.0  # the columns keep latencies in milliseconds, as they arrive; views show seconds
+
+
+@dataclass(frozen=True, slots=True)
+class BranchColumns:
+    """One figure per branch row, in base units: seconds, s², unix seconds. A row with no
+    queries has lo = first = +inf and hi = last = -inf."""
+
+    n: Ints
+    ok: Ints
+    total: Floats  # seconds
+    mean: Floats  # seconds
+    m2: Floats  # s², Welford's sum of squared deviations
+    lo: Floats  # seconds
+    hi: Floats
+    first: Floats  # unix seconds of the first and latest query
+    last: Floats
+    buckets: Ints  # (rows, bounds + 1), non-cumulative, the +Inf bucket last
+
+    @classmethod
+    def of(cls, columns: Columns, size: int, copy: bool) -> BranchColumns:
+        def take(name: str) -> npt.NDArray[Any]:
+            column = columns[name][:size]
+            return column.copy() if copy else column
+
+        return cls(
+            take("n"), take("ok"), columns["total"][:size] / _MS, columns["mean"][:size] / _MS,
+            columns["m2"][:size] / (_MS * _MS), columns["lo"][:size] / _MS,
+            columns["hi"][:size] / _MS, take("first"), take("last"), take("buckets"),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EventColumns:
+    """One figure per event row."""
+
+    count: Ints
+    total: Floats
+    mean: Floats
+    m2: Floats
+
+    @classmethod
+    def of(cls, columns: Columns, size: int, copy: bool) -> EventColumns:
+        def take(name: str) -> npt.NDArray[Any]:
+            column = columns[name][:size]
+            return column.copy() if copy else column
+
+        return cls(take("count"), take("total"), take("mean"), take("m2"))
+
+
 @dataclass(frozen=True, slots=True)
 class View:
-    """Read-only columns and names, live (under the lock) or copied (a snapshot)."""
+    """Read-only columns (in seconds) and names, live (under the lock) or copied (a
+    snapshot). Freed rows have a key of None: `live_rows` skips them."""
 
     bounds: tuple[float, ...]
     branch_keys: Sequence[BranchKey | None]
-    branch: Columns
+    branch: BranchColumns
     event_keys: Sequence[EventKey | None]
-    event: Columns
+    event: EventColumns
     # experiment -> branch name -> row, in first-seen order
     experiments: dict[str, dict[str, int]]
     # experiment -> event rows
     experiment_events: dict[str, list[int]]
     # experiment -> unix time of its latest write
     touched: dict[str, float]
+
+    def live_rows(self) -> list[int]:
+        """The branch rows in use, in row order."""
+        return [row for row, key in enumerate(self.branch_keys) if key is not None]
+
+    def live_event_rows(self) -> list[int]:
+        return [row for row, key in enumerate(self.event_keys) if key is not None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,8 +422,11 @@ class Aggregate:
         self.changes.branches.update(rows.tolist())
         self.version += 1
 
-    def add_events(self, rows: Sequence[int], values: Sequence[float]) -> None:
-        """Fold single event values into the event rows they name."""
+    def add_events(
+        self, rows: Sequence[int], values: Sequence[float], when: Sequence[float] | None = None
+    ) -> None:
+        """Fold single event values into the event rows they name; with `when`, their
+        experiments are marked written at those times."""
         if not rows:
             return
         unique, groups, count = self._group(rows)
@@ -373,6 +436,20 @@ class Aggregate:
         mean = total / n
         m2 = np.bincount(groups, np.square(v - mean[groups]), count)
         self._merge_events(unique, n, total, mean, m2)
+        if when is not None:
+            keys, latest = self.events.keys, dict[str, float]()
+            for row, at in zip(rows, when, strict=True):
+                if (key := keys[row]) is not None and at > latest.get(key[0], -1.0):
+                    latest[key[0]] = at
+            self.touch_latest(latest)
+
+    def held(self, key: BranchKey | EventKey) -> int:
+        """How many queries (a branch key) or events (an event key) the series holds."""
+        if len(key) == 2:
+            row = self.branches.ids.get(key)
+            return int(self.branches.columns["n"][row]) if row is not None else 0
+        row = self.events.ids.get(key)
+        return int(self.events.columns["count"][row]) if row is not None else 0
 
     def add_event_parts(self, rows: Sequence[int], parts: EventParts) -> None:
         if not rows:
@@ -532,13 +609,15 @@ class Aggregate:
         )
 
     def live_view(self) -> View:
-        """The current columns, uncopied: only valid while the caller holds the lock."""
+        """The current columns (unit conversions aside, uncopied): only valid while the
+        caller holds the lock."""
+        size, event_size = self.branches.size, self.events.size
         return View(
             self.bounds,
             self.branches.keys,
-            self.branches.columns,
+            BranchColumns.of(self.branches.columns, size, copy=False),
             self.events.keys,
-            self.events.columns,
+            EventColumns.of(self.events.columns, event_size, copy=False),
             self.experiments,
             self.experiment_events,
             self.touched,
@@ -550,9 +629,9 @@ class Aggregate:
         return View(
             self.bounds,
             list(self.branches.keys),
-            {k: v[:size].copy() for k, v in self.branches.columns.items()},
+            BranchColumns.of(self.branches.columns, size, copy=True),
             list(self.events.keys),
-            {k: v[:event_size].copy() for k, v in self.events.columns.items()},
+            EventColumns.of(self.events.columns, event_size, copy=True),
             {e: dict(b) for e, b in self.experiments.items()},
             {e: list(rows) for e, rows in self.experiment_events.items()},
             dict(self.touched),

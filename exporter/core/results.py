@@ -86,43 +86,46 @@ class MetricsStats:
     total_events_recorded: int
 
 
+_MS = 1000.0
+
+
 def _ratio(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
 
 def build_branch(view: View, row: int, name: str, event_rows: list[int]) -> BranchMetrics:
     c = view.branch
-    n = int(c["n"][row])
-    ok = int(c["ok"][row])
-    total = float(c["total"][row])
+    n = int(c.n[row])
+    ok = int(c.ok[row])
+    total = float(c.total[row]) * _MS  # the seed's API speaks milliseconds
     events: dict[str, EventMetrics] = {}
     for event_row in event_rows:
         key = view.event_keys[event_row]
         assert key is not None
-        count = int(view.event["count"][event_row])
+        count = int(view.event.count[event_row])
         events[key[2]] = EventMetrics(
             key[2],
             count,
-            float(view.event["total"][event_row]),
-            float(view.event["mean"][event_row]) if count else 0.0,
-            sample_variance(count, float(view.event["m2"][event_row])),
+            float(view.event.total[event_row]),
+            float(view.event.mean[event_row]) if count else 0.0,
+            sample_variance(count, float(view.event.m2[event_row])),
         )
-    cumulative = c["buckets"][row].cumsum().tolist()
+    cumulative = c.buckets[row].cumsum().tolist()
     return BranchMetrics(
         branch=name,
         query_count=n,
         success_count=ok,
         failure_count=n - ok,
         total_latency_ms=total,
-        min_latency_ms=float(c["lo"][row]) if n else 0.0,
-        max_latency_ms=float(c["hi"][row]) if n else 0.0,
+        min_latency_ms=float(c.lo[row]) * _MS if n else 0.0,
+        max_latency_ms=float(c.hi[row]) * _MS if n else 0.0,
         avg_latency_ms=_ratio(total, n),
-        latency_variance_ms2=sample_variance(n, float(c["m2"][row])),
+        latency_variance_ms2=sample_variance(n, float(c.m2[row])) * _MS * _MS,
         success_rate=_ratio(ok, n),
         error_rate=_ratio(n - ok, n),
         events=MappingProxyType(events),
-        first_query=float(c["first"][row]) if n else None,
-        last_query=float(c["last"][row]) if n else None,
+        first_query=float(c.first[row]) if n else None,
+        last_query=float(c.last[row]) if n else None,
         latency_buckets=tuple(zip((*view.bounds, math.inf), cumulative, strict=True)),
     )
 
@@ -172,12 +175,12 @@ def activity(
 ) -> tuple[float | None, float | None]:
     """(first query, latest write): the latest of its queries and of any other write."""
     c = view.branch
-    seen = [r for r in rows.values() if c["n"][r]]
+    seen = [r for r in rows.values() if c.n[r]]
     touched = view.touched.get(experiment)
     if not seen:
         return None, touched
-    last = float(max(c["last"][seen]))
-    return float(min(c["first"][seen])), max(last, touched) if touched is not None else last
+    last = float(max(c.last[seen]))
+    return float(min(c.first[seen])), max(last, touched) if touched is not None else last
 
 
 def best_branch(candidates: Iterable[tuple[str, int, int]]) -> tuple[str, float] | None:
@@ -199,8 +202,8 @@ def summarise(
         return None
     c = view.branch
     index = list(rows.values())
-    counts = c["n"][index].tolist()
-    best = best_branch(zip(rows, counts, c["ok"][index].tolist(), strict=True))
+    counts = c.n[index].tolist()
+    best = best_branch(zip(rows, counts, c.ok[index].tolist(), strict=True))
     total = sum(counts)
     started, last = activity(view, experiment, rows)
     return ExperimentSummary(
@@ -210,7 +213,7 @@ def summarise(
         total_queries=total,
         best_branch=best[0] if best else None,
         best_success_rate=best[1] if best else 0.0,
-        avg_latency_ms=_ratio(float(c["total"][index].sum()), total),
+        avg_latency_ms=_ratio(float(c.total[index].sum()) * _MS, total),
         started_at=started,
         last_activity=last,
         duration_seconds=max(0.0, now - started) if started is not None else None,

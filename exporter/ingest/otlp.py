@@ -468,12 +468,10 @@ class Streams:
         return state
 
     def room(self, new: int) -> bool:
-        """Whether `new` more streams fit (dirty states may overrun the cache by the
-        streams of one commit interval)."""
-        if self.cold is not None:
-            return self.stored + new <= self.max_stored and len(self._states) + new <= (
-                2 * self.max_streams
-            )
+        """Whether `new` more streams fit (with a data file, the states not yet written may
+        overrun the memory bound by the new streams of one commit interval)."""
+        if self.cold is not None:  # memory sheds written states at each request
+            return self.stored + new <= self.max_stored
         return len(self._states) + new <= self.max_streams
 
     def put(self, key: StreamKey, state: _Stream, new: bool) -> None:

@@ -124,7 +124,7 @@ def _branch_families(out: Writer, snapshot: Snapshot) -> None:
         return
     rows = list(live)
     c = view.branch
-    n = c["n"][rows]
+    n = c.n[rows]
     n_list = n.tolist()
     seen = [r for r, count in zip(rows, n_list, strict=True) if count]
     labels = {r: branch_label(key) for r, key in live.items()}
@@ -134,13 +134,13 @@ def _branch_families(out: Writer, snapshot: Snapshot) -> None:
     out.declare(cat.QUERIES)
     out.lines(cat.QUERIES.name, row_labels, map(str, n_list))
     out.declare(cat.FAILURES)
-    out.lines(cat.FAILURES.name, row_labels, map(str, (n - c["ok"][rows]).tolist()))
+    out.lines(cat.FAILURES.name, row_labels, map(str, (n - c.ok[rows]).tolist()))
 
     name = cat.DURATION.name
     out.declare(cat.DURATION)
     bounds = [format_value(b) for b in (*view.bounds, math.inf)]
-    cumulative = np.cumsum(c["buckets"][rows], axis=1).tolist()
-    sums = _floats((c["total"][rows] / 1000.0).tolist())
+    cumulative = np.cumsum(c.buckets[rows], axis=1).tolist()
+    sums = _floats(c.total[rows].tolist())
     parts: list[str] = []
     for label, counts, total, count in zip(row_labels, cumulative, sums, n_list, strict=True):
         parts.extend(
@@ -152,15 +152,15 @@ def _branch_families(out: Writer, snapshot: Snapshot) -> None:
 
     if not seen:
         return
-    ok = c["ok"][seen]
-    count = c["n"][seen]
+    ok = c.ok[seen]
+    count = c.n[seen]
     gauges = (
         (cat.SUCCESS_RATIO, ok / count),
-        (cat.LATENCY_MEAN, c["total"][seen] / count / 1000.0),
-        (cat.LATENCY_MIN, c["lo"][seen] / 1000.0),
-        (cat.LATENCY_MAX, c["hi"][seen] / 1000.0),
-        (cat.FIRST_QUERY, c["first"][seen]),
-        (cat.LAST_QUERY, c["last"][seen]),
+        (cat.LATENCY_MEAN, c.total[seen] / count),
+        (cat.LATENCY_MIN, c.lo[seen]),
+        (cat.LATENCY_MAX, c.hi[seen]),
+        (cat.FIRST_QUERY, c.first[seen]),
+        (cat.LAST_QUERY, c.last[seen]),
     )
     for gauge, values in gauges:
         out.declare(gauge)
@@ -174,8 +174,8 @@ def _event_families(out: Writer, snapshot: Snapshot) -> None:
         return
     labels = [event_label(key) for key in view.event_keys if key is not None]
     c = view.event
-    count = c["count"][rows]
-    counts, sums = list(map(str, count.tolist())), _floats(c["total"][rows].tolist())
+    count = c.count[rows]
+    counts, sums = list(map(str, count.tolist())), _floats(c.total[rows].tolist())
     if out.openmetrics:
         # OpenMetrics forbids a negative summary _sum, and event values may be negative
         # (refunds): there the two series are families of their own, same sample names.
@@ -192,7 +192,7 @@ def _event_families(out: Writer, snapshot: Snapshot) -> None:
             )
         )
     out.declare(cat.EVENT_MEAN)
-    out.lines(cat.EVENT_MEAN.name, labels, _floats(c["mean"][rows].tolist()))
+    out.lines(cat.EVENT_MEAN.name, labels, _floats(c.mean[rows].tolist()))
 
 
 def _experiment_families(out: Writer, snapshot: Snapshot) -> None:

@@ -65,7 +65,7 @@ def snapshot_metrics(
         if key is None:
             continue
         attributes = {"abtest.experiment": key[0], "abtest.branch": key[1]}
-        n, ok = int(c["n"][row]), int(c["ok"][row])
+        n, ok = int(c.n[row]), int(c.ok[row])
         queries.append(NumberDataPoint(attributes, started_ns, now, n))
         failures.append(NumberDataPoint(attributes, started_ns, now, n - ok))
         durations.append(
@@ -74,18 +74,18 @@ def snapshot_metrics(
                 started_ns,
                 now,
                 n,
-                float(c["total"][row]) / 1000,
-                [int(b) for b in c["buckets"][row]],
+                float(c.total[row]),
+                [int(b) for b in c.buckets[row]],
                 list(view.bounds),
-                float(c["lo"][row]) / 1000 if n else 0.0,
-                float(c["hi"][row]) / 1000 if n else 0.0,
+                float(c.lo[row]) if n else 0.0,
+                float(c.hi[row]) if n else 0.0,
             )
         )
         if n:
             gauge(cat.SUCCESS_RATIO, attributes, ok / n)
-            gauge(cat.LATENCY_MEAN, attributes, float(c["total"][row]) / n / 1000)
-            gauge(cat.LATENCY_MIN, attributes, float(c["lo"][row]) / 1000)
-            gauge(cat.LATENCY_MAX, attributes, float(c["hi"][row]) / 1000)
+            gauge(cat.LATENCY_MEAN, attributes, float(c.total[row]) / n)
+            gauge(cat.LATENCY_MIN, attributes, float(c.lo[row]))
+            gauge(cat.LATENCY_MAX, attributes, float(c.hi[row]))
     values: list[HistogramDataPoint] = []
     e = view.event
     for row, event_key in enumerate(view.event_keys):
@@ -96,11 +96,11 @@ def snapshot_metrics(
             "abtest.branch": event_key[1],
             "abtest.event": event_key[2],
         }
-        count, total = int(e["count"][row]), float(e["total"][row])
+        count, total = int(e.count[row]), float(e.total[row])
         values.append(
             HistogramDataPoint(attributes, started_ns, now, count, total, [count], [], 0.0, 0.0)
         )
-        gauge(cat.EVENT_MEAN, attributes, float(e["mean"][row]) if count else None)
+        gauge(cat.EVENT_MEAN, attributes, float(e.mean[row]) if count else None)
     for name, analysis in analyses.items():
         if analysis.srm is not None:
             gauge(cat.SRM_P_VALUE, {"abtest.experiment": name}, analysis.srm.p_value)

@@ -265,20 +265,16 @@ class ABMetrics:
         """Indices of the parts whose series exist or fit the limits, and whose counts stay
         below MAX_COUNT; the rest counted in records by reason."""
         admission = limits.Admission(self._aggregate, self.limits)
-        agg = self._aggregate
+        held = self._aggregate.held
 
         def admitted(
             keys: Sequence[Any],
             counts: Sequence[int],
             admit: Callable[[Any], LimitError | None],
-            table: Any,
-            column: str,
         ) -> list[int]:
             kept, pending = [], Counter[Any]()
             for index, (key, count) in enumerate(zip(keys, counts, strict=True)):
-                row = table.ids.get(key)
-                held = int(table.columns[column][row]) if row is not None else 0
-                if held + pending[key] + count > MAX_COUNT:
+                if held(key) + pending[key] + count > MAX_COUNT:
                     refused["limit_count"] += count
                 elif (error := admit(key)) is not None:
                     refused[error.reason] += count
@@ -288,8 +284,8 @@ class ABMetrics:
             return kept
 
         return (
-            admitted(branches.keys, branches.n, admission.branch, agg.branches, "n"),
-            admitted(events.keys, events.count, admission.event, agg.events, "count"),
+            admitted(branches.keys, branches.n, admission.branch),
+            admitted(events.keys, events.count, admission.event),
         )
 
     def now(self) -> float:
@@ -356,12 +352,7 @@ class ABMetrics:
                 live = [i for i, row in enumerate(rows) if row >= 0]
                 events = [events[3 * i + k] for i in live for k in range(3)]
                 rows = [rows[i] for i in live]
-            self._aggregate.add_events(rows, events[1::3])
-            keys, latest = self._aggregate.events.keys, dict[str, float]()
-            for row, when in zip(rows, events[2::3], strict=True):
-                if (key := keys[row]) is not None and when > latest.get(key[0], -1.0):
-                    latest[key[0]] = when
-            self._aggregate.touch_latest(latest)
+            self._aggregate.add_events(rows, events[1::3], events[2::3])
 
     # -- configuration ------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from ..core.aggregate import View
+from ..core.aggregate import BranchColumns, View
 from ..core.experiment_config import ExperimentConfig
 from ..core.moments import sample_variance
 from ..core.results import control_of
@@ -191,15 +191,15 @@ def analyse(
 def _active_seconds(view: View, rows: Mapping[str, int]) -> float:
     """First to latest query of the experiment: the span its sample rate is measured over."""
     c = view.branch
-    seen = [r for r in rows.values() if c["n"][r]]
+    seen = [r for r in rows.values() if c.n[r]]
     if not seen:
         return 0.0
-    return float(max(c["last"][seen]) - min(c["first"][seen]))
+    return float(max(c.last[seen]) - min(c.first[seen]))
 
 
 def _progress(view: View, experiment: str, config: ExperimentConfig) -> float:
     rows = view.experiments[experiment]
-    smallest = min((int(view.branch["n"][r]) for r in rows.values()), default=0)
+    smallest = min((int(view.branch.n[r]) for r in rows.values()), default=0)
     return min(1.0, smallest / config.min_sample_size)
 
 
@@ -225,11 +225,11 @@ def _event_stats(view: View, experiment: str) -> dict[str, dict[str, tuple[int, 
     for row in view.experiment_events.get(experiment, ()):
         key = view.event_keys[row]
         assert key is not None
-        count = int(e["count"][row])
+        count = int(e.count[row])
         out.setdefault(key[1], {})[key[2]] = (
             count,
-            float(e["mean"][row]),
-            sample_variance(count, float(e["m2"][row])),
+            float(e.mean[row]),
+            sample_variance(count, float(e.m2[row])),
         )
     return out
 
@@ -238,13 +238,13 @@ def _add_rows(
     table: _Table,
     index: int,
     branch: str,
-    c: Mapping[str, Any],
+    c: BranchColumns,
     a: int,
     b: int,
     events_a: Mapping[str, tuple[int, float, float]],
     events_b: Mapping[str, tuple[int, float, float]],
 ) -> None:
-    n_a, n_b = int(c["n"][a]), int(c["n"][b])
+    n_a, n_b = int(c.n[a]), int(c.n[b])
     nan = float("nan")
     if n_a and n_b:
         table.add(
@@ -256,8 +256,8 @@ def _add_rows(
             False,
             n_a,
             n_b,
-            int(c["ok"][a]),
-            int(c["ok"][b]),
+            int(c.ok[a]),
+            int(c.ok[b]),
             nan,
             nan,
             nan,
@@ -275,10 +275,10 @@ def _add_rows(
             n_b,
             nan,
             nan,
-            float(c["mean"][a]) / 1000,
-            float(c["mean"][b]) / 1000,
-            sample_variance(n_a, float(c["m2"][a])) / 1e6,
-            sample_variance(n_b, float(c["m2"][b])) / 1e6,
+            float(c.mean[a]),
+            float(c.mean[b]),
+            sample_variance(n_a, float(c.m2[a])),
+            sample_variance(n_b, float(c.m2[b])),
         )
     for event in sorted(set(events_a) | set(events_b)):
         count_a, mean_a, var_a = events_a.get(event, (0, 0.0, 0.0))
@@ -448,9 +448,7 @@ def _srm(view: View, experiment: str, config: ExperimentConfig) -> SampleRatio |
     else:
         branches = tuple(rows)
         weights = np.ones(len(branches))
-    counts = np.array(
-        [view.branch["n"][rows[b]] if b in rows else 0 for b in branches], dtype=float
-    )
+    counts = np.array([view.branch.n[rows[b]] if b in rows else 0 for b in branches], dtype=float)
     check = st.sample_ratio(counts, weights)
     if check is None:
         return None
@@ -461,13 +459,13 @@ def _srm(view: View, experiment: str, config: ExperimentConfig) -> SampleRatio |
 def _latency(view: View, experiment: str, control: str) -> dict[str, LatencyDistribution]:
     rows = view.experiments[experiment]
     c = view.branch
-    if control not in rows or not c["n"][rows[control]]:
+    if control not in rows or not c.n[rows[control]]:
         return {}
-    treatments = [b for b, r in rows.items() if b != control and c["n"][r]]
+    treatments = [b for b, r in rows.items() if b != control and c.n[r]]
     if not treatments:
         return {}
-    a = np.repeat(c["buckets"][[rows[control]]], len(treatments), axis=0)
-    b = c["buckets"][[rows[t] for t in treatments]]
+    a = np.repeat(c.buckets[[rows[control]]], len(treatments), axis=0)
+    b = c.buckets[[rows[t] for t in treatments]]
     test = st.mann_whitney(a, b)
     return {
         t: LatencyDistribution(1.0 - float(test.auc[i]), float(test.u[i]), float(test.p_value[i]))
@@ -479,15 +477,15 @@ def _latency(view: View, experiment: str, control: str) -> dict[str, LatencyDist
 def _percentiles(view: View, experiment: str) -> dict[str, Mapping[str, float]]:
     rows = view.experiments[experiment]
     c = view.branch
-    seen = [(b, r) for b, r in rows.items() if c["n"][r]]
+    seen = [(b, r) for b, r in rows.items() if c.n[r]]
     if not seen:
         return {}
     index = [r for _, r in seen]
     values = st.bucket_percentiles(
-        c["buckets"][index],
+        c.buckets[index],
         np.array(view.bounds),
-        c["lo"][index] / 1000,
-        c["hi"][index] / 1000,
+        c.lo[index],
+        c.hi[index],
         np.array([q for _, q in PERCENTILES]),
     )
     return {
