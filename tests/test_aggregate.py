@@ -213,7 +213,7 @@ def test_pre_aggregated_parts_merge_like_the_records_they_summarise() -> None:
         buckets = [0, 0, 0, 0]
         for value in chunk:
             buckets[sum(value / 1000 > b for b in (0.01, 0.05, 0.1))] += 1
-        parts.add(
+        parts.append(
             ("e", branch),
             len(chunk),
             sum(v < 60 for v in chunk),
@@ -225,7 +225,7 @@ def test_pre_aggregated_parts_merge_like_the_records_they_summarise() -> None:
             0.0,
             buckets,
         )
-        events.add(("e", branch, "v"), len(chunk), sum(chunk), m2)
+        events.append(("e", branch, "v"), len(chunk), sum(chunk), m2)
     parted.record_parts(parts, events)
     for branch in ("b0", "b1", "b2"):
         a, b = direct.get_branch_metrics("e", branch), parted.get_branch_metrics("e", branch)

@@ -57,3 +57,12 @@ def test_the_readme_comparison_table_matches_the_catalog() -> None:
     }
     assert documented == {field for field, _ in catalog.COMPARISON_GAUGES}
     assert all(f.kind == "gauge" and f.otel for f in catalog.COMPARISONS)
+
+
+def test_the_openapi_document_describes_metrics_from_the_catalog() -> None:
+    """The OpenAPI description of /metrics is built from the same declaration."""
+    from exporter.serve.openapi import document
+
+    description = document()["paths"]["/metrics"]["get"]["description"]
+    for family in catalog.FAMILIES:
+        assert f"- `{family.name}` ({family.kind}): {family.help}" in description

@@ -141,7 +141,7 @@ class BranchParts(_Selectable):
     last: list[float] = field(default_factory=list)
     buckets: list[list[int]] = field(default_factory=list)
 
-    def add(
+    def append(
         self,
         key: BranchKey,
         n: int,
@@ -173,7 +173,7 @@ class EventParts(_Selectable):
     total: list[float] = field(default_factory=list)
     m2: list[float] = field(default_factory=list)
 
-    def add(self, key: EventKey, count: int, total: float, m2: float) -> None:
+    def append(self, key: EventKey, count: int, total: float, m2: float) -> None:
         self.keys.append(key)
         self.count.append(count)
         self.total.append(total)

@@ -106,7 +106,7 @@ class Keys:
             )
         return entry
 
-    def add(self, once: Once, answer: Answer, version: int) -> None:
+    def remember(self, once: Once, answer: Answer, version: int) -> None:
         now = self.clock()
         self._entries[once.key] = Entry(once.fingerprint, answer, version, now)
         self._entries.move_to_end(once.key)

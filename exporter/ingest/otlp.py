@@ -188,7 +188,7 @@ class Refusals:
     records: Counter[str] = field(default_factory=Counter)
     messages: list[str] = field(default_factory=list)
 
-    def add(self, reason: str, message: str, records: int = 1, points: int = 1) -> None:
+    def refuse(self, reason: str, message: str, records: int = 1, points: int = 1) -> None:
         self.points += points
         self.records[reason] += records
         if len(self.messages) < _MAX_MESSAGES and message not in self.messages:
@@ -230,11 +230,11 @@ def _metric(
     refused = out.refused
     if metric.name not in (QUERY_METRIC, EVENT_METRIC):
         shown = metric.name[:_MAX_MESSAGE_NAME]
-        refused.add("unknown_metric", f"{shown!r} is not an abtest metric", len(points),
+        refused.refuse("unknown_metric", f"{shown!r} is not an abtest metric", len(points),
                     len(points))  # fmt: skip
         return
     if kind != "histogram":
-        refused.add(
+        refused.refuse(
             "wrong_type",
             f"{metric.name} must be an explicit-bucket histogram, not {kind}",
             len(points),
@@ -244,7 +244,7 @@ def _metric(
     temporality = metric.histogram.aggregation_temporality
     if temporality not in (_DELTA, _CUMULATIVE):
         total = sum(map(_records, metric.histogram.data_points))
-        refused.add(
+        refused.refuse(
             "wrong_temporality",
             f"{metric.name}: temporality must be delta or cumulative",
             total,
@@ -255,7 +255,7 @@ def _metric(
     if metric.name == QUERY_METRIC:
         if metric.unit not in _UNIT_TO_MS:
             total = sum(map(_records, metric.histogram.data_points))
-            refused.add(
+            refused.refuse(
                 "wrong_unit",
                 f"{QUERY_METRIC}: unit must be s or ms, not {metric.unit!r}",
                 total,
@@ -270,7 +270,7 @@ def _metric(
         if isinstance(checked, Point):
             out.points.append(checked)
         else:
-            refused.add(*checked, records=_records(point))
+            refused.refuse(*checked, records=_records(point))
 
 
 def _point(
@@ -657,7 +657,7 @@ class Receiver:
         for point in parsed.points:
             refusal = self._increment(out, pending, point)
             if refusal is not None:
-                out.refused.add(*refusal, records=point.count)
+                out.refused.refuse(*refusal, records=point.count)
         self._finish(out, pending)
         return out
 
@@ -743,7 +743,7 @@ class Receiver:
         group = pending.get((name, bounds, point.factor))
         if group is None:
             group = pending[name, bounds, point.factor] = _Pending(_shape(bounds))
-        group.add(point, count, total, increments)
+        group.append(point, count, total, increments)
         return None
 
     def _finish(
@@ -821,7 +821,7 @@ class _Pending:
         self.buckets: list[list[int]] = []
         self.when: list[float] = []
 
-    def add(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
+    def append(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
         self.streams.append(point.stream)
         self.names.append(point.names)
         self.success.append(point.success)

@@ -26,7 +26,7 @@ async def _every(interval: float, work: Callable[[], Awaitable[object]]) -> None
 
 
 @contextlib.asynccontextmanager
-async def _running(coroutine: Awaitable[None]) -> AsyncIterator[None]:
+async def running(coroutine: Awaitable[None]) -> AsyncIterator[None]:
     task = asyncio.ensure_future(coroutine)
     try:
         yield
@@ -74,7 +74,7 @@ async def comparisons(app: web.Application) -> AsyncIterator[None]:
     async def refresh() -> None:
         await asyncio.to_thread(engine.refresh)
 
-    async with _running(_every(app[SETTINGS].stats_interval, refresh)):
+    async with running(_every(app[SETTINGS].stats_interval, refresh)):
         yield
 
 
@@ -88,7 +88,7 @@ async def expiry(app: web.Application) -> AsyncIterator[None]:
             log.info("experiment %r expired after %.0f s without writes", experiment, idle_for)
             self_metrics.expired()
 
-    async with _running(_every(min(60.0, max(1.0, idle_for / 10)), expire)):
+    async with running(_every(min(60.0, max(1.0, idle_for / 10)), expire)):
         yield
 
 

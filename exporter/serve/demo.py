@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..state.abmetrics import ABMetrics
+from .background import running
 from .keys import METRICS
 
 
@@ -64,10 +64,7 @@ def demo_context(
                 simulate(app[METRICS], rng, max(1, int(rate / 10)))
                 await asyncio.sleep(0.1)
 
-        task = asyncio.create_task(feed())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with running(feed()):
+            yield
 
     return context

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..core.experiment_config import CORRECTIONS
 from ..core.validation import MAX_ABS_EVENT_VALUE, MAX_LATENCY_MS, MAX_NAME_LENGTH
+from ..outputs import catalog
 from ..version import __version__
 
 # no C0/C1 controls, line or paragraph separators (the same rule as validation.py)
@@ -186,6 +187,19 @@ def _paths() -> dict[str, Any]:
                     },
                 },
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text 0.0.4, or OpenMetrics 1.0 when asked by Accept",
+                    "description": _metrics_description(),
+                    "responses": {
+                        "200": {
+                            "description": "The families below, then the exporter's own "
+                            "(abtest_exporter_*) and the process metrics.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/api/v1/stats": {
                 "get": {
                     "summary": "Counts of experiments, branches, queries and events",
@@ -240,6 +254,12 @@ def _metric_comparison() -> dict[str, Any]:
             "eta_seconds": _num("Time until mde reaches |difference| at the current rate.", True),
         },
     }
+
+
+def _metrics_description() -> str:
+    """The families of /metrics, from the one declaration they are rendered from."""
+    lines = [f"- `{f.name}` ({f.kind}): {f.help}" for f in catalog.FAMILIES]
+    return "Families about experiments:\n\n" + "\n".join(lines)
 
 
 def _schemas() -> dict[str, Any]:

@@ -256,7 +256,7 @@ class ABMetrics:
     def _written(self, once: Once | None, answer: Answer | None) -> Written:
         version = self._aggregate.version
         if once is not None and answer is not None:
-            self._keys.add(once, answer, version)
+            self._keys.remember(once, answer, version)
         return Written(version)
 
     def _admit_parts(

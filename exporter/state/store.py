@@ -429,12 +429,12 @@ def _read(
         problem = _branch_problem(n, ok, total, lo, hi, m2, first, last, counts, bucket_count)
         if problem:
             raise ValueError(f"branch row {(e, b)!r}: {problem}")
-        branches.add((e, b), n, ok, total, m2, lo, hi, first, last, counts)
+        branches.append((e, b), n, ok, total, m2, lo, hi, first, last, counts)
     for e, b, ev, count, total, m2 in _rows(connection, "events"):
         if not (_whole(count) and _finite(total, m2) and m2 >= -_slack(total, count)
                 and abs(total) <= count * MAX_ABS_EVENT_VALUE):  # fmt: skip
             raise ValueError(f"event row {(e, b, ev)!r}: figures out of range")
-        events.add((e, b, ev), count, total, max(m2, 0.0))
+        events.append((e, b, ev), count, total, max(m2, 0.0))
     configs = {
         experiment: ExperimentConfig.from_mapping(json.loads(text))
         for experiment, text in _rows(connection, "configs")

@@ -114,27 +114,41 @@ class _Table:
     var_a: list[float] = field(default_factory=list)
     var_b: list[float] = field(default_factory=list)
 
-    def add(self, *values: Any) -> None:
-        for column, value in zip(self._columns(), values, strict=True):
-            column.append(value)
+    def counts(self, at: tuple[int, str, str, str], kind: str, n: Pair, x: Pair) -> None:
+        """A proportion or a rate at (experiment, branch, metric, event): n trials and x
+        successes (or events) per arm, control first."""
+        self._append(at, kind, False, n, x, _NO_PAIR, _NO_PAIR)
 
-    def _columns(self) -> tuple[list[Any], ...]:
-        return (
-            self.experiment,
-            self.branch,
-            self.metric,
-            self.event,
-            self.kind,
-            self.lower_is_better,
-            self.n_a,
-            self.n_b,
-            self.x_a,
-            self.x_b,
-            self.mean_a,
-            self.mean_b,
-            self.var_a,
-            self.var_b,
-        )
+    def means(
+        self, at: tuple[int, str, str, str], lower_is_better: bool, n: Pair, mean: Pair, var: Pair
+    ) -> None:
+        """A difference of means at (experiment, branch, metric, event), control first."""
+        self._append(at, "mean", lower_is_better, n, _NO_PAIR, mean, var)
+
+    def _append(
+        self,
+        at: tuple[int, str, str, str],
+        kind: str,
+        lower_is_better: bool,
+        n: Pair,
+        x: Pair,
+        mean: Pair,
+        var: Pair,
+    ) -> None:
+        self.experiment.append(at[0])
+        self.branch.append(at[1])
+        self.metric.append(at[2])
+        self.event.append(at[3])
+        self.kind.append(kind)
+        self.lower_is_better.append(lower_is_better)
+        for (a, b), pair in ((self.n_a, self.n_b), n), ((self.x_a, self.x_b), x), (
+            (self.mean_a, self.mean_b), mean), ((self.var_a, self.var_b), var):  # fmt: skip
+            a.append(pair[0])
+            b.append(pair[1])
+
+
+Pair = tuple[float, float]
+_NO_PAIR: Pair = (math.nan, math.nan)
 
 
 def analyse(
@@ -245,78 +259,30 @@ def _add_rows(
     events_b: Mapping[str, tuple[int, float, float]],
 ) -> None:
     n_a, n_b = int(c.n[a]), int(c.n[b])
-    nan = float("nan")
+    n = (n_a, n_b)
     if n_a and n_b:
-        table.add(
-            index,
-            branch,
-            "success_ratio",
-            "",
-            "prop",
-            False,
-            n_a,
-            n_b,
-            int(c.ok[a]),
-            int(c.ok[b]),
-            nan,
-            nan,
-            nan,
-            nan,
-        )
+        table.counts((index, branch, "success_ratio", ""), "prop", n, (int(c.ok[a]), int(c.ok[b])))
     if n_a >= 2 and n_b >= 2:
-        table.add(
-            index,
-            branch,
-            "latency_mean",
-            "",
-            "mean",
+        table.means(
+            (index, branch, "latency_mean", ""),
             True,
-            n_a,
-            n_b,
-            nan,
-            nan,
-            float(c.mean[a]),
-            float(c.mean[b]),
-            sample_variance(n_a, float(c.m2[a])),
-            sample_variance(n_b, float(c.m2[b])),
+            n,
+            (float(c.mean[a]), float(c.mean[b])),
+            (sample_variance(n_a, float(c.m2[a])), sample_variance(n_b, float(c.m2[b]))),
         )
     for event in sorted(set(events_a) | set(events_b)):
         count_a, mean_a, var_a = events_a.get(event, (0, 0.0, 0.0))
         count_b, mean_b, var_b = events_b.get(event, (0, 0.0, 0.0))
         if n_a and n_b:
             kind = "prop" if count_a <= n_a and count_b <= n_b else "rate"
-            table.add(
-                index,
-                branch,
-                "event_rate",
-                event,
-                kind,
-                False,
-                n_a,
-                n_b,
-                count_a,
-                count_b,
-                nan,
-                nan,
-                nan,
-                nan,
-            )
+            table.counts((index, branch, "event_rate", event), kind, n, (count_a, count_b))
         if count_a >= 2 and count_b >= 2:
-            table.add(
-                index,
-                branch,
-                "event_mean",
-                event,
-                "mean",
+            table.means(
+                (index, branch, "event_mean", event),
                 False,
-                count_a,
-                count_b,
-                nan,
-                nan,
-                mean_a,
-                mean_b,
-                var_a,
-                var_b,
+                (count_a, count_b),
+                (mean_a, mean_b),
+                (var_a, var_b),
             )
 
 
