@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -17,6 +19,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 
 def free_port() -> int:
@@ -105,6 +109,49 @@ class Exporter:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def self_signed(cert: Path, key: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1 (and its key), made with openssl."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+class AppThread:
+    """A real aiohttp app on a loopback port, in a thread with its own event loop."""
+
+    def __init__(self, app: web.Application, port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),))
+
+    def start(self) -> AppThread:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    async def _main(self) -> None:
+        runner = web.AppRunner(self.app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def stop(self) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(20)
 
 
 def prometheus_binary() -> str:

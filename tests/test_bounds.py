@@ -218,17 +218,12 @@ def test_memory_stays_bounded_under_the_worst_requests_within_the_limits(
         except OSError:
             return 0
 
-    def rss() -> int:
-        with open(f"/proc/{exporter.process.pid}/status") as handle:
-            line = next(ln for ln in handle if ln.startswith("VmRSS"))
-            return int(line.split()[1]) * 1024
-
     try:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             jobs = [pool.submit(send, bomb, True) for _ in range(16)]
             jobs += [pool.submit(send, valid, False) for _ in range(16)]
             while not all(job.done() for job in jobs):
-                peak = max(peak, rss())
+                peak = max(peak, rss(exporter.process.pid))
                 time.sleep(0.05)
             statuses = [job.result() for job in jobs]
         assert statuses[:16].count(413) + statuses[:16].count(503) == 16
@@ -240,6 +235,13 @@ def test_memory_stays_bounded_under_the_worst_requests_within_the_limits(
     finally:
         exporter.stop()
     wait_for(lambda: exporter.process.poll() is not None, 10, "the exporter to stop")
+
+
+def rss(pid: int) -> int:
+    """Resident memory of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as handle:
+        line = next(ln for ln in handle if ln.startswith("VmRSS"))
+        return int(line.split()[1]) * 1024
 
 
 def _varint(value: int) -> bytes:
@@ -286,16 +288,11 @@ def test_memory_stays_bounded_under_the_worst_otlp_bodies(tmp_path: Path) -> Non
         except urllib.error.HTTPError as exc:
             return exc.code
 
-    def rss() -> int:
-        with open(f"/proc/{exporter.process.pid}/status") as handle:
-            line = next(ln for ln in handle if ln.startswith("VmRSS"))
-            return int(line.split()[1]) * 1024
-
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             jobs = [pool.submit(send) for _ in range(8)]
             while not all(job.done() for job in jobs):
-                peak = max(peak, rss())
+                peak = max(peak, rss(exporter.process.pid))
                 time.sleep(0.02)
             statuses = sorted(job.result() for job in jobs)
         print(f"peak RSS {peak / 2**20:.0f} MiB; answers {statuses}")

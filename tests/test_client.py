@@ -16,10 +16,10 @@ from exporter import ABMetrics
 from exporter.client import AsyncClient, Client, backoff, otel_instruments, parse_retry_after
 from exporter.serve.server import create_app
 
-from .helpers import free_port, wait_for
+from .helpers import AppThread, free_port, wait_for
 
 
-class ServerThread:
+class ServerThread(AppThread):
     """The real exporter app on a loopback port, in a thread with its own loop; it can
     answer 503 to the first `failures` ingest requests, and start late."""
 
@@ -27,16 +27,12 @@ class ServerThread:
         self.metrics = ABMetrics()
         self.failures = failures
         self.ingest_calls = 0
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),))
+        app = create_app(self.metrics)
+        app.middlewares.append(self._flaky)
+        super().__init__(app, port)
 
     def start(self) -> ServerThread:
-        self._thread.start()
-        assert self._ready.wait(10)
+        super().start()
         return self
 
     @web.middleware
@@ -48,22 +44,6 @@ class ServerThread:
             if self.ingest_calls <= self.failures:
                 return web.Response(status=503, headers={"Retry-After": "0.05"})
         return await handler(request)
-
-    async def _main(self) -> None:
-        app = create_app(self.metrics)
-        app.middlewares.append(self._flaky)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def stop(self) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ recorded and the exporter acknowledged."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,44 +21,27 @@ from exporter.serve.settings import Settings
 from exporter.state.abmetrics import StoreBatch
 
 from .conftest import Client as TestClient
-from .helpers import Exporter, free_port, http, wait_for
+from .helpers import AppThread, Exporter, http, wait_for
 
 Q = {"experiment": "e", "branch": "control", "latency_ms": 12.5, "success": True}
 
 
-class AppThread:
-    """The real app (store included) on a loopback port, in a thread with its own loop."""
+class Server(AppThread):
+    """The real app, its store included, patched before it starts."""
 
     def __init__(self, settings: Settings, patch: Callable[[web.Application], None]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.metrics = ABMetrics()
-        self.app = create_app(self.metrics, settings)
-        patch(self.app)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),))
+        app = create_app(self.metrics, settings)
+        patch(app)
+        super().__init__(app)
 
-    def __enter__(self) -> AppThread:
-        self._thread.start()
-        assert self._ready.wait(10)
+    def __enter__(self) -> Server:
+        self.start()
         wait_for(lambda: http(self.url + "/-/ready")[0] == 200, 10, "the restore")
         return self
 
-    async def _main(self) -> None:
-        runner = web.AppRunner(self.app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
     def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
+        self.stop()
 
 
 def failing_disk(mode: str, seconds: float) -> Callable[[web.Application], None]:
@@ -91,7 +72,7 @@ def test_a_full_or_slow_disk_with_the_real_client_retrying_counts_each_record_on
     retried, every retry was applied again (1,000 recorded, 5,000 restored)."""
     settings = Settings(data_dir=str(tmp_path), durable_timeout=0.3)
     recorded = 0
-    with AppThread(settings, failing_disk(mode, 2.5)) as server:
+    with Server(settings, failing_disk(mode, 2.5)) as server:
         client = Client(
             server.url,
             batch_size=100,
@@ -111,7 +92,7 @@ def test_a_full_or_slow_disk_with_the_real_client_retrying_counts_each_record_on
         assert server.metrics.stats().total_queries_recorded == recorded
         repeated = http(server.url + "/metrics")[1].decode()
         assert "abtest_exporter_repeated_requests_total" in repeated
-    with AppThread(Settings(data_dir=str(tmp_path)), lambda app: None) as restarted:
+    with Server(Settings(data_dir=str(tmp_path)), lambda app: None) as restarted:
         assert restarted.metrics.stats().total_queries_recorded == recorded
 
 

@@ -23,7 +23,7 @@ import helm_python
 import pytest
 import yaml
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, self_signed, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "abtest-exporter"
@@ -75,29 +75,7 @@ def one(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
 
 
 def make_certificate(directory: Path) -> tuple[str, str]:
-    key, cert = directory / "tls.key", directory / "tls.crt"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(directory / "tls.crt", directory / "tls.key")
     return cert.read_text(), key.read_text()
 
 

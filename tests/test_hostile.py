@@ -25,7 +25,7 @@ from exporter.serve.settings import Settings
 from exporter.state.store import FILE_NAME
 
 from .conftest import Client
-from .helpers import Exporter, free_port, http, wait_for
+from .helpers import Exporter, free_port, http, self_signed, wait_for
 
 Q = {"experiment": "e", "branch": "control", "latency_ms": 12.5, "success": True}
 
@@ -324,29 +324,7 @@ async def wait_ready(client: Client) -> None:
 
 
 def test_tls_and_secrets_never_logged(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
     token_file = tmp_path / "token"
     token_file.write_text("very-secret-token\n")
     port = free_port()
