@@ -31,7 +31,7 @@ LINKS = (
     ("/-/ready", "Readiness"),
 )
 STYLE = """
-body{font:15px/1.45 system-ui,sans-serif;margin:1.5rem auto;max-width:72rem;padding:0 1rem;
+body{font:15px/1.45 system-ui,sans-serif;margin:1.5rem auto;max-width:96rem;padding:0 1rem;
 color:#1d1d1f}
 h1{font-size:1.4rem;margin:0 0 .3rem}h2{font-size:1.2rem;margin:0}
 nav a{margin-right:1rem}section.experiment{border:1px solid #d0d0d5;border-radius:8px;
