@@ -473,6 +473,24 @@ class ABMetrics:
             self._keys.load(restored.keys)
             return self._aggregate.version
 
+    def replace(self, branches: BranchParts, events: EventParts, activity: dict[str, float]) -> int:
+        """Swap the whole aggregate for one built from these parts, in one step (the
+        analyzer's global view, rebuilt from Prometheus every round; configs stay).
+        Returns the new version, above every earlier one so caches refresh."""
+        fresh = Aggregate(self._aggregate.bounds)
+        fresh.add_parts(branches, events, None)
+        fresh.touch_latest(activity)
+        fresh.take_changes()  # nothing to persist: Prometheus holds the sums
+        with self._lock:
+            self._fold_locked()
+            fresh.version = self._aggregate.version + 1
+            for slots in (self._branch_slots, self._event_slots):
+                for slot in slots.values():
+                    slot[0] = -1  # rows of the old aggregate
+                slots.clear()
+            self._aggregate = fresh
+            return fresh.version
+
     def get_config(self, experiment: str) -> ExperimentConfig:
         return self._configs.get(experiment, ExperimentConfig())
 
