@@ -165,7 +165,10 @@ class PrometheusSource:
     ) -> tuple[BranchParts, EventParts]:
         bounds = (*self.bounds, math.inf)
         branch_parts, event_parts = BranchParts(), EventParts()
-        for (_, experiment, branch), b in sorted(branches.items()):
+        # first-seen order, as one process would have it (the default control is the
+        # branch seen first): by first query time, then name
+        order = sorted(branches.items(), key=lambda item: (item[1].first, item[0][1:], item[0]))
+        for (_, experiment, branch), b in order:
             if sorted(b.buckets) != list(bounds):
                 raise QueryError(
                     f"{experiment}/{branch}: the replicas' bucket bounds differ from this "
