@@ -755,6 +755,8 @@ class Receiver:
         for (name, bounds, factor), group in pending.items():
             low, high, m2, total = group.spread()
             counts = group.count
+            # an OTLP point carries no sum of squares: each part adds M2 + total²/n
+            squares = m2 + np.square(total) / np.maximum(np.asarray(counts, dtype=np.float64), 1)
             if name == QUERY_METRIC:
                 binned = group.increments() @ self._rebin_matrix(bounds, factor)
                 parts = out.branches
@@ -763,6 +765,7 @@ class Receiver:
                 parts.ok.extend(c if ok else 0 for c, ok in zip(counts, group.success, strict=True))
                 parts.total_ms.extend((total * factor).tolist())
                 parts.m2.extend((m2 * factor * factor).tolist())
+                parts.sq.extend((squares * factor * factor).tolist())
                 parts.lo.extend((low * factor).tolist())
                 parts.hi.extend((high * factor).tolist())
                 parts.first.extend(group.when)
@@ -775,6 +778,7 @@ class Receiver:
                 events.count.extend(counts)
                 events.total.extend(total.tolist())
                 events.m2.extend(m2.tolist())
+                events.sq.extend(squares.tolist())
                 out.event_streams.extend(group.streams)
 
     def _rebin_matrix(self, bounds: tuple[float, ...], factor: float) -> npt.NDArray[np.int64]:

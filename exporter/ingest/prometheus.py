@@ -188,12 +188,12 @@ class PrometheusSource:
                 b.first,
                 b.last,
                 counts,
+                None if b.squares is None else b.squares * 1e6,
             )
         for (_, experiment, branch, event), e in sorted(events.items()):
             count = round(e.count)
-            event_parts.add(
-                (experiment, branch, event), count, e.total, _m2(count, e.total, e.m2, e.squares)
-            )
+            m2 = _m2(count, e.total, e.m2, e.squares)
+            event_parts.add((experiment, branch, event), count, e.total, m2, e.squares)
         return branch_parts, event_parts
 
 

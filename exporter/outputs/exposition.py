@@ -122,11 +122,6 @@ def render(
     return out.finish()
 
 
-def _squares(n: Any, total: Any, m2: Any) -> Any:
-    """Sum of squares from (count, sum, M2): M2 + sum²/n (0 where n is 0)."""
-    return m2 + np.square(total) / np.where(n == 0, 1, n)
-
-
 def _branch_families(out: Writer, snapshot: Snapshot, raw: bool, derived: bool) -> None:
     view = snapshot.view
     live = {r: key for r, key in enumerate(view.branch_keys) if key is not None}
@@ -196,11 +191,7 @@ def _raw_branch_families(
     out.parts.append("".join(parts))
     m2 = c["m2"][rows] / 1e6
     out.declare(cat.DURATION_SQUARES)
-    out.lines(
-        cat.DURATION_SQUARES.name,
-        row_labels,
-        _floats(_squares(n, c["total"][rows] / 1000.0, m2).tolist()),
-    )
+    out.lines(cat.DURATION_SQUARES.name, row_labels, _floats((c["sq"][rows] / 1e6).tolist()))
     out.declare(cat.DURATION_M2)
     out.lines(cat.DURATION_M2.name, row_labels, _floats(m2.tolist()))
 
@@ -218,9 +209,7 @@ def _event_families(out: Writer, snapshot: Snapshot, raw: bool, derived: bool) -
         _raw_event_families(out, labels, counts, sums)
         m2 = c["m2"][rows]
         out.declare(cat.EVENT_SQUARES)
-        out.lines(
-            cat.EVENT_SQUARES.name, labels, _floats(_squares(count, c["total"][rows], m2).tolist())
-        )
+        out.lines(cat.EVENT_SQUARES.name, labels, _floats(c["sq"][rows].tolist()))
         out.declare(cat.EVENT_M2)
         out.lines(cat.EVENT_M2.name, labels, _floats(m2.tolist()))
     if derived:

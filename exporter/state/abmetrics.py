@@ -54,7 +54,7 @@ from ..stats.analysis import ExperimentAnalysis, analyse
 from ..stats.pairwise import BranchComparison, compare
 
 Clock = Callable[[], float]
-_STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "first", "last")
+_STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "last")
 T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
 
