@@ -41,6 +41,7 @@ import bisect
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import time
 from array import array
@@ -99,6 +100,8 @@ _MAX_CLOCK_AHEAD_NS: Final = 600 * 10**9
 _MAX_MESSAGE_NAME = 64  # characters of a foreign metric name echoed back in a message
 
 StreamKey = bytes  # blake2b-128 of (resource, scope, metric, attributes)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,6 +653,10 @@ class Receiver:
         self._rebin: dict[tuple[tuple[float, ...], float], list[int]] = {}
         # distinct bounds in use, shared by every stream that sends them (bounded)
         self._bounds_pool: dict[tuple[float, ...], tuple[float, ...]] = {}
+        # an ingest replica sets this (unix ns of its start): a cumulative stream that
+        # began before the replica and is new to it means streams are split across
+        # replicas (README "Scaling out"), and its first point would count twice
+        self.warn_started_before: int | None = None
 
     def increments(self, parsed: Parsed) -> Received:
         """The parts the points add; no stream changes until `commit`."""
@@ -712,6 +719,14 @@ class Receiver:
                         return "stale_delta", "delta point older than the windows remembered"
             windows = array("q", [*windows[-2 * (_WINDOWS - 1) :], start, end])
         elif state is None:
+            if self.warn_started_before is not None and start < self.warn_started_before:
+                log.warning(
+                    "a cumulative OTLP stream that started before this ingest replica reached "
+                    "it mid-way: its first point counts its whole history here. Export delta "
+                    "temporality, or route by stream with the Collector's loadbalancing "
+                    "exporter (README: Scaling out)"
+                )
+                self.warn_started_before = None  # once: it is a set-up problem
             if horizon and start <= horizon:
                 out.uncertain += 1  # we may have forgotten this stream: only a baseline
                 count = 0

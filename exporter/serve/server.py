@@ -501,6 +501,8 @@ def create_app(
     app[METRICS] = metrics
     app[SELF] = self_metrics or SelfMetrics()
     app[SELF].role = settings.role
+    if settings.role == "ingest":
+        metrics.receiver.warn_started_before = time.time_ns()
     app[ENGINE] = ComparisonEngine(app[METRICS])
     if settings.role == "analyzer":
         if not settings.prometheus_url:
