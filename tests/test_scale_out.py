@@ -5,6 +5,7 @@ makes the analyzer hold its last output until the replica is back."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -216,7 +217,7 @@ class Cluster:
 
     def analyzer_figure(self, name: str) -> float:
         series = parse(http(self.analyzer.url + "/metrics")[1].decode())
-        return series[(name, frozenset())]
+        return series.get((name, frozenset()), -math.inf)  # absent before a first success
 
     def settle(self) -> None:
         """Wait until Prometheus' sums equal the reference's totals, then one more
@@ -319,3 +320,59 @@ def test_three_ingest_replicas_and_an_analyzer_read_as_one_process(cluster: Clus
     cluster.settle()
     assert cluster.analyzer_figure("abtest_analyzer_inputs_complete") == 1
     cluster.check()
+
+    # a clear on the analyzer reaches every replica, and the global view follows
+    status, raw = http(cluster.analyzer.url + "/api/v1/experiments/aa", method="DELETE")
+    assert status == 200, raw
+    forwarded = json.loads(raw)["replicas"]
+    assert sorted(forwarded) == sorted(r.url for r in cluster.replicas)
+    assert set(forwarded.values()) == {200}
+    for process in cluster.replicas:
+        assert http(process.url + "/api/v1/experiments/aa")[0] == 404
+    wait_for(
+        lambda: http(cluster.analyzer.url + "/api/v1/experiments/aa")[0] == 404,
+        20,
+        "the analyzer's view to drop the cleared experiment",
+    )
+    assert http(cluster.analyzer.url + "/api/v1/experiments/ranking")[0] == 200
+
+
+def test_a_failed_or_partial_round_keeps_the_last_output() -> None:
+    """Without Prometheus: a query error, then a round missing a known replica, change
+    nothing but the analyzer's own figures."""
+    from exporter.core.aggregate import BranchParts, EventParts
+    from exporter.ingest.prometheus import Inputs, PrometheusSource, QueryError
+    from exporter.outputs.comparisons import ComparisonEngine
+    from exporter.serve.analyzer import Analyzer
+    from exporter.state.abmetrics import ABMetrics
+
+    class Source(PrometheusSource):
+        def __init__(self) -> None:
+            super().__init__("http://127.0.0.1:9", 'job="x"', (0.1,))
+            self.answers: list[Inputs | QueryError] = []
+
+        def read(self, at: float) -> Inputs:
+            answer = self.answers.pop(0)
+            if isinstance(answer, QueryError):
+                raise answer
+            return answer
+
+    def inputs(n: int, present: set[tuple[str, str]]) -> Inputs:
+        parts = BranchParts()
+        parts.add(("e", "a"), n, n, 10.0 * n, 0.0, 10.0, 10.0, 1.0, 2.0, [n, 0])
+        both = {("x", "r0"), ("x", "r1")}
+        return Inputs(parts, EventParts(), {"e": 2.0}, frozenset(both), frozenset(present), 1.0)
+
+    source, metrics = Source(), ABMetrics(buckets=(0.1,))
+    analyzer = Analyzer(source, metrics, ComparisonEngine(metrics))
+    source.answers = [inputs(5, {("x", "r0"), ("x", "r1")}), QueryError("down"),
+                      inputs(9, {("x", "r0")})]  # fmt: skip
+    assert analyzer.round(10.0).complete
+    assert analyzer.round(11.0).problem == "down"
+    status = analyzer.round(12.0)
+    assert not status.complete and "x/r1" in status.problem
+    assert status.last_success == 10.0 and status.lag_seconds == 11.0
+    branch = metrics.get_branch_metrics("e", "a")
+    assert branch is not None and branch.query_count == 5
+    figures = {f.name: f.samples for f in analyzer.families()}
+    assert figures["abtest_analyzer_inputs_complete"][0].value == 0
