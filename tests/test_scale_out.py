@@ -376,3 +376,20 @@ def test_a_failed_or_partial_round_keeps_the_last_output() -> None:
     assert branch is not None and branch.query_count == 5
     figures = {f.name: f.samples for f in analyzer.families()}
     assert figures["abtest_analyzer_inputs_complete"][0].value == 0
+
+
+def test_roles_are_checked_at_start() -> None:
+    """An analyzer needs its Prometheus; the other roles take none."""
+    import subprocess
+    import sys
+
+    for args, complaint in (
+        (["--role", "analyzer"], "--role analyzer needs --prometheus-url"),
+        (["--prometheus-url", "http://127.0.0.1:9"], "for --role analyzer only"),
+        (["--role", "leader"], "must be one of single, ingest, analyzer"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter.cli", "serve", "--port", "1", *args],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2 and complaint in result.stderr, result.stderr
