@@ -127,6 +127,7 @@ def serve(args: argparse.Namespace) -> int:
     demo = args.demo or args.command == "demo"
     try:
         settings = settings_from(args, demo=demo)
+        settings = check_role(settings)
         ssl_context = tls_context(settings)
     except (OSError, ValueError) as exc:
         print(f"abtest-exporter: {exc}", file=sys.stderr)
@@ -146,6 +147,18 @@ def serve(args: argparse.Namespace) -> int:
     except ListenError as exc:
         print(f"abtest-exporter: {exc}", file=sys.stderr)
         return 2
+
+
+def check_role(settings: Settings) -> Settings:
+    """An analyzer needs its Prometheus and keeps no data file (its figures are rebuilt
+    from Prometheus every round); the other roles take no Prometheus URL."""
+    if settings.role == "analyzer":
+        if not settings.prometheus_url:
+            raise ValueError("--role analyzer needs --prometheus-url")
+        return settings.with_values(data_dir="", durability="off")
+    if settings.prometheus_url:
+        raise ValueError("--prometheus-url is for --role analyzer only")
+    return settings
 
 
 class ListenError(Exception):

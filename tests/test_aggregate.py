@@ -239,3 +239,22 @@ def test_pre_aggregated_parts_merge_like_the_records_they_summarise() -> None:
         assert b.avg_latency_ms == pytest.approx(a.avg_latency_ms, rel=1e-12)
         assert (b.min_latency_ms, b.max_latency_ms) == (a.min_latency_ms, a.max_latency_ms)
         assert b.events["v"].variance == pytest.approx(a.events["v"].variance, rel=1e-9)
+
+
+def test_the_sum_of_squares_is_a_running_column_that_adds_up() -> None:
+    """Issue 11: Σx² is kept exactly like the other columns (per record, then by part)."""
+    from exporter.core.aggregate import Aggregate, BranchParts, EventParts
+
+    whole, halves = Aggregate(), Aggregate()
+    latencies = [12.5, 40.0, 3.25, 1000.0]
+    rows = whole.branch_rows([("e", "b")] * 4)
+    whole.add_queries(rows, latencies, [True] * 4, [1.0] * 4)
+    assert whole.branches.columns["sq"][rows[0]] == sum(x * x for x in latencies)
+    parts = BranchParts()
+    for chunk in (latencies[:2], latencies[2:]):
+        n, total = len(chunk), sum(chunk)
+        m2 = sum((x - total / n) ** 2 for x in chunk)
+        parts.append(("e", "b"), n, n, total, m2, min(chunk), max(chunk), 1.0, 1.0,
+                  [0] * (len(halves.bounds) + 1), sum(x * x for x in chunk))  # fmt: skip
+    halves.add_parts(parts, EventParts(), None)
+    assert halves.branches.columns["sq"][0] == sum(x * x for x in latencies)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from .helpers import Exporter, Prometheus, http, wait_for
+from .helpers import Exporter, Prometheus, free_port, http, wait_for
 
 ROOT = Path(__file__).parent.parent
 GRAFANA = ROOT / "grafana"
@@ -238,7 +238,26 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
 
-def feed(exporter: Exporter, rng: np.random.Generator) -> None:
+class RoundRobin:
+    """Every batch dealt out to the ingest replicas in slices, as clients behind a
+    Kubernetes Service would send them."""
+
+    def __init__(self, replicas: list[Exporter]) -> None:
+        self.replicas = replicas
+        self.queries = 0
+
+    def post(self, body: Any) -> tuple[int, Any]:
+        size = len(self.replicas)
+        answers = [
+            replica.post({kind: records[i::size] for kind, records in body.items()})
+            for i, replica in enumerate(self.replicas)
+        ]
+        if all(status == 200 for status, _ in answers):
+            self.queries += len(body.get("queries", []))
+        return max(answers, key=lambda answer: answer[0])
+
+
+def feed(exporter: Exporter | RoundRobin, rng: np.random.Generator) -> None:
     """One round: checkout (a real win, and a 60/40 split where 50/50 was meant: no
     verdict, no winner), canary-demo (a canary that fails more and is slower than its
     primary) and pricing (a clean win on success at 50/50, the same latency)."""
@@ -267,19 +286,46 @@ def feed(exporter: Exporter, rng: np.random.Generator) -> None:
     assert exporter.post({"queries": [{"experiment": "", "branch": "b"}]})[0] == 400
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exporter, Prometheus]]:
-    exporter = Exporter(["--stats-interval", "0.2"], data_dir=str(tmp_path_factory.mktemp("data")))
+@pytest.fixture(scope="module", params=["single", "scaled"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Exporter, Prometheus]]:
+    """One exporter, or (issue 11) two --role ingest replicas and an analyzer: every
+    dashboard, rule and canary query must read the same in both."""
+    scaled = request.param == "scaled"
+    processes: list[Exporter] = []
+    if scaled:
+        replicas = [
+            Exporter(["--role", "ingest"], data_dir=str(tmp_path_factory.mktemp("data")))
+            for _ in range(2)
+        ]
+        processes += replicas
+        sink: Exporter | RoundRobin = RoundRobin(replicas)
+    else:
+        exporter = Exporter(
+            ["--stats-interval", "0.2"], data_dir=str(tmp_path_factory.mktemp("data"))
+        )
+        processes.append(exporter)
+        sink = exporter
+    targets = [f"127.0.0.1:{p.port}" for p in processes]
+    analyzer_port = free_port()
+    if scaled:
+        targets.append(f"127.0.0.1:{analyzer_port}")
+    prometheus = Prometheus(tmp_path_factory.mktemp("prom"), targets, rules=[RULES])
+    if scaled:
+        exporter = Exporter(
+            ["--role", "analyzer", "--prometheus-url", prometheus.url, "--stats-interval", "1"],
+            port=analyzer_port,
+        )
+        processes.append(exporter)
     assert http(exporter.url + "/api/v1/experiments/canary-demo/config",
                 {"control": "primary"}, method="PUT")[0] == 200  # fmt: skip
-    prometheus = Prometheus(tmp_path_factory.mktemp("prom"), [f"127.0.0.1:{exporter.port}"],
-                            rules=[RULES])  # fmt: skip
     # Prometheus applies discovered targets a few seconds after it starts: rates need
     # samples from before the data came, so feed only once it scrapes
-    prometheus.wait_value('up{job="abtest"}', 1, timeout=30)
+    prometheus.wait_value('count(up{job="abtest"} == 1)', len(targets), timeout=30)
     rng = np.random.default_rng(6)
     for _ in range(4):
-        feed(exporter, rng)
+        feed(sink, rng)
         time.sleep(1.5)
     # wait for the comparisons and for rule evaluation to have caught up
     prometheus.wait_value(
@@ -290,9 +336,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exporter, 
     )
     wait_for(lambda: bool(prometheus.query("experiment_branch:abtest_queries:rate5m")), 20,
              "recording rules")  # fmt: skip
+    if isinstance(sink, RoundRobin):  # the analyzer's figures from the whole feed
+        prometheus.wait_value("sum(abtest_queries_total)", sink.queries, timeout=30)
+        time.sleep(2.5)
     yield exporter, prometheus
     prometheus.stop()
-    exporter.stop()
+    for process in processes:
+        process.stop()
 
 
 # panels of the detail dashboard that are rightly empty for checkout (its split is off,

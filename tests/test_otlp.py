@@ -738,3 +738,15 @@ async def test_self_metrics_count_applied_records_not_points(aiohttp_client: Any
         if k.startswith("abtest_exporter_rejected_records_total{") and 'source="otlp"' in k
     ]
     assert sum(rejected) == 3
+
+
+async def test_an_ingest_replica_warns_of_a_cumulative_stream_joined_mid_way(
+    client: Client, metrics: ABMetrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: streams split across replicas count a first point twice; say so once."""
+    metrics.receiver.warn_started_before = 1_800_000_000 * 10**9  # after the point's start
+    await send(client, request([point()]))
+    failure = {"key": "abtest.outcome", "value": {"stringValue": "failure"}}
+    await send(client, request([point(attributes=[*point()["attributes"][:2], failure])]))
+    warnings = [r for r in caplog.records if "cumulative OTLP stream" in r.getMessage()]
+    assert len(warnings) == 1 and "loadbalancing" in warnings[0].getMessage()

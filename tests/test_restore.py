@@ -98,10 +98,10 @@ def test_invariants_are_checked_even_when_the_checksum_fits(
     shutil.copy(path, tmp_path / FILE_NAME)
     with sqlite3.connect(tmp_path / FILE_NAME) as connection:
         row = connection.execute("SELECT * FROM branches LIMIT 1").fetchone()
-        values = (*row[:3], row[2] + 1, *row[4:11])  # ok = n + 1
+        values = (*row[:3], row[2] + 1, *row[4:12])  # ok = n + 1
         connection.execute("DELETE FROM branches WHERE experiment = ? AND branch = ?", row[:2])
         connection.execute(
-            "INSERT INTO branches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO branches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*values, crc(values)),
         )
     with pytest.raises(StoreError, match=r"0 <= ok <= n.*mv "):
@@ -174,7 +174,44 @@ def test_a_format_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     assert branch is not None and (branch.query_count, branch.success_count) == (4, 3)
     assert branch.events["x"].total == 3.0
     with sqlite3.connect(tmp_path / FILE_NAME) as connection:
-        assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "2"
+        assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "3"
+
+
+def test_a_format_2_file_is_migrated_with_its_sums_of_squares_rebuilt(tmp_path: Path) -> None:
+    """Format 3 adds the running sum of squares; a format-2 row gets M2 + total²/n."""
+    counts = np.zeros(len(DEFAULT_BUCKETS) + 1, dtype="<i8")
+    counts[3] = 4
+    branch = ("old", "control", 4, 3, 20.0, 4.0, 6.0, 2.0, 1.7e9, 1.7e9 + 5, counts.tobytes())
+    event = ("old", "control", "x", 2, 3.0, 0.5)
+    with sqlite3.connect(tmp_path / FILE_NAME) as connection:
+        connection.executescript(
+            """
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER);
+            CREATE TABLE branches (experiment TEXT NOT NULL, branch TEXT NOT NULL,
+                n INTEGER NOT NULL, ok INTEGER NOT NULL, total_ms REAL NOT NULL,
+                lo REAL NOT NULL, hi REAL NOT NULL, m2 REAL NOT NULL, first REAL NOT NULL,
+                last REAL NOT NULL, buckets BLOB NOT NULL, crc INTEGER,
+                PRIMARY KEY (experiment, branch));
+            CREATE TABLE events (experiment TEXT NOT NULL, branch TEXT NOT NULL,
+                event TEXT NOT NULL, count INTEGER NOT NULL, total REAL NOT NULL,
+                m2 REAL NOT NULL, crc INTEGER, PRIMARY KEY (experiment, branch, event));
+            """
+        )
+        meta = [("format_version", "2"), ("buckets", json.dumps(list(DEFAULT_BUCKETS)))]
+        connection.executemany("INSERT INTO meta VALUES (?, ?, ?)", [(*m, crc(m)) for m in meta])
+        connection.execute(
+            "INSERT INTO branches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*branch, crc(branch)),
+        )
+        connection.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", (*event, crc(event)))
+    metrics = ABMetrics()
+    Store(tmp_path, metrics).open()
+    view = metrics.snapshot().view
+    assert view.branch.sq[0] * 1e6 == pytest.approx(2.0 + 20.0**2 / 4, rel=1e-15)  # ms², stored
+    assert view.event.sq[0] == 0.5 + 3.0**2 / 2
+    with sqlite3.connect(tmp_path / FILE_NAME) as connection:
+        assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "3"
+        assert connection.execute("SELECT sq FROM branches").fetchone() == (102.0,)
 
 
 def test_a_data_directory_this_user_cannot_write(tmp_path: Path) -> None:

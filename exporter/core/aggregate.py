@@ -87,6 +87,8 @@ def branch_spec(bucket_count: int) -> ColumnSpec:
         "hi": (np.float64, -inf, ()),
         "mean": (np.float64, 0.0, ()),
         "m2": (np.float64, 0.0, ()),
+        # running sum of squared latencies (ms²): adds up across replicas, unlike m2
+        "sq": (np.float64, 0.0, ()),
         "first": (np.float64, inf, ()),
         "last": (np.float64, -inf, ()),
         # non-cumulative counts; the last slot is the +Inf bucket
@@ -99,6 +101,7 @@ EVENT_SPEC: ColumnSpec = {
     "total": (np.float64, 0.0, ()),
     "mean": (np.float64, 0.0, ()),
     "m2": (np.float64, 0.0, ()),
+    "sq": (np.float64, 0.0, ()),
 }
 
 
@@ -140,6 +143,7 @@ class BranchParts(_Selectable):
     first: list[float] = field(default_factory=list)
     last: list[float] = field(default_factory=list)
     buckets: list[list[int]] = field(default_factory=list)
+    sq: list[float] = field(default_factory=list)
 
     def append(
         self,
@@ -153,7 +157,9 @@ class BranchParts(_Selectable):
         first: float,
         last: float,
         buckets: list[int],
+        sq: float | None = None,
     ) -> None:
+        """`sq` (sum of squares, ms²) when the source kept it; else M2 + total²/n."""
         self.keys.append(key)
         self.n.append(n)
         self.ok.append(ok)
@@ -164,6 +170,7 @@ class BranchParts(_Selectable):
         self.first.append(first)
         self.last.append(last)
         self.buckets.append(buckets)
+        self.sq.append(_squares(n, total_ms, m2) if sq is None else sq)
 
 
 @dataclass(slots=True)
@@ -172,12 +179,22 @@ class EventParts(_Selectable):
     count: list[int] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
     m2: list[float] = field(default_factory=list)
+    sq: list[float] = field(default_factory=list)
 
-    def append(self, key: EventKey, count: int, total: float, m2: float) -> None:
+    def append(
+        self, key: EventKey, count: int, total: float, m2: float, sq: float | None = None
+    ) -> None:
         self.keys.append(key)
         self.count.append(count)
         self.total.append(total)
         self.m2.append(m2)
+        self.sq.append(_squares(count, total, m2) if sq is None else sq)
+
+
+def _squares(n: int, total: float, m2: float) -> float:
+    """A part's sum of squares rebuilt from (count, sum, M2): M2 + total²/n. (OTLP parts
+    and format-2 data files carry no sum of squares.)"""
+    return m2 + total * total / n if n else 0.0
 
 
 def _resolve(ids: dict[K, int], keys: Sequence[K], make: Callable[[K], int]) -> list[int]:
@@ -249,6 +266,7 @@ class BranchColumns:
     total: Floats  # seconds
     mean: Floats  # seconds
     m2: Floats  # s², Welford's sum of squared deviations
+    sq: Floats  # s², the plain sum of squares (adds up across replicas)
     lo: Floats  # seconds
     hi: Floats
     first: Floats  # unix seconds of the first and latest query
@@ -263,7 +281,8 @@ class BranchColumns:
 
         return cls(
             take("n"), take("ok"), columns["total"][:size] / _MS, columns["mean"][:size] / _MS,
-            columns["m2"][:size] / (_MS * _MS), columns["lo"][:size] / _MS,
+            columns["m2"][:size] / (_MS * _MS), columns["sq"][:size] / (_MS * _MS),
+            columns["lo"][:size] / _MS,
             columns["hi"][:size] / _MS, take("first"), take("last"), take("buckets"),
         )  # fmt: skip
 
@@ -276,6 +295,7 @@ class EventColumns:
     total: Floats
     mean: Floats
     m2: Floats
+    sq: Floats  # the plain sum of squared values
 
     @classmethod
     def of(cls, columns: Columns, size: int, copy: bool) -> EventColumns:
@@ -283,7 +303,7 @@ class EventColumns:
             column = columns[name][:size]
             return column.copy() if copy else column
 
-        return cls(take("count"), take("total"), take("mean"), take("m2"))
+        return cls(take("count"), take("total"), take("mean"), take("m2"), take("sq"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +385,7 @@ class Aggregate:
             total,
             mean,
             np.bincount(groups, np.square(lat - mean[groups]), count),
+            np.bincount(groups, np.square(lat), count),
             _group_min(groups, lat, count),
             _group_max(groups, lat, count),
             _group_min(groups, ts, count),
@@ -387,6 +408,7 @@ class Aggregate:
             total,
             mean,
             m2,
+            np.bincount(groups, np.array(parts.sq, dtype=np.float64), count),
             _group_min(groups, np.array(parts.lo, dtype=np.float64), count),
             _group_max(groups, np.array(parts.hi, dtype=np.float64), count),
             _group_min(groups, np.array(parts.first, dtype=np.float64), count),
@@ -402,6 +424,7 @@ class Aggregate:
         total: npt.NDArray[Any],
         mean: npt.NDArray[Any],
         m2: npt.NDArray[Any],
+        sq: npt.NDArray[Any],
         lo: npt.NDArray[Any],
         hi: npt.NDArray[Any],
         first: npt.NDArray[Any],
@@ -414,6 +437,7 @@ class Aggregate:
         )
         c["ok"][rows] += ok
         c["total"][rows] += total
+        c["sq"][rows] += sq
         c["lo"][rows] = np.minimum(c["lo"][rows], lo)
         c["hi"][rows] = np.maximum(c["hi"][rows], hi)
         c["first"][rows] = np.minimum(c["first"][rows], first)
@@ -435,7 +459,7 @@ class Aggregate:
         total = np.bincount(groups, v, count)
         mean = total / n
         m2 = np.bincount(groups, np.square(v - mean[groups]), count)
-        self._merge_events(unique, n, total, mean, m2)
+        self._merge_events(unique, n, total, mean, m2, np.bincount(groups, np.square(v), count))
         if when is not None:
             keys, latest = self.events.keys, dict[str, float]()
             for row, at in zip(rows, when, strict=True):
@@ -456,7 +480,8 @@ class Aggregate:
             return
         unique, groups, count = self._group(rows)
         n, total, mean, m2 = _merge_parts(groups, count, parts.count, parts.total, parts.m2)
-        self._merge_events(unique, n, total, mean, m2)
+        sq = np.bincount(groups, np.array(parts.sq, dtype=np.float64), count)
+        self._merge_events(unique, n, total, mean, m2, sq)
 
     def _merge_events(
         self,
@@ -465,12 +490,14 @@ class Aggregate:
         total: npt.NDArray[Any],
         mean: npt.NDArray[Any],
         m2: npt.NDArray[Any],
+        sq: npt.NDArray[Any],
     ) -> None:
         c = self.events.columns
         c["count"][rows], c["mean"][rows], c["m2"][rows] = merge_moments(
             c["count"][rows], c["mean"][rows], c["m2"][rows], n, mean, m2
         )
         c["total"][rows] += total
+        c["sq"][rows] += sq
         self.changes.events.update(rows.tolist())
         self.version += 1
 
@@ -552,7 +579,7 @@ class Aggregate:
     def export_changes(self, branch_columns: Sequence[str]) -> ChangedRows:
         """What changed since the last call, as plain rows for the store: each touched
         series' state (its key, then `branch_columns`, then buckets), each touched
-        event series' (key, count, total, m2), and the experiments' latest writes."""
+        event series' (key, count, total, m2, sq), and the experiments' latest writes."""
         changes = self.take_changes()
         touched = self.touched
         activity = [(x, touched[x]) for x in sorted(changes.touched) if x in touched]
@@ -571,7 +598,7 @@ class Aggregate:
         events = list(
             zip(
                 *zip(*(event_keys[r] for r in event_rows), strict=True),
-                *(e[name][event_rows].tolist() for name in ("count", "total", "m2")),
+                *(e[name][event_rows].tolist() for name in ("count", "total", "m2", "sq")),
                 strict=True,
             )
         )

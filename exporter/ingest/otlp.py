@@ -41,6 +41,7 @@ import bisect
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import time
 from array import array
@@ -99,6 +100,8 @@ _MAX_CLOCK_AHEAD_NS: Final = 600 * 10**9
 _MAX_MESSAGE_NAME = 64  # characters of a foreign metric name echoed back in a message
 
 StreamKey = bytes  # blake2b-128 of (resource, scope, metric, attributes)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,6 +651,10 @@ class Receiver:
         self._rebin: dict[tuple[tuple[float, ...], float], list[int]] = {}
         # distinct bounds in use, shared by every stream that sends them (bounded)
         self._bounds_pool: dict[tuple[float, ...], tuple[float, ...]] = {}
+        # an ingest replica sets this (unix ns of its start): a cumulative stream that
+        # began before the replica and is new to it means streams are split across
+        # replicas (README "Scaling out"), and its first point would count twice
+        self.warn_started_before: int | None = None
 
     def increments(self, parsed: Parsed) -> Received:
         """The parts the points add; no stream changes until `commit`."""
@@ -710,6 +717,14 @@ class Receiver:
                         return "stale_delta", "delta point older than the windows remembered"
             windows = array("q", [*windows[-2 * (_WINDOWS - 1) :], start, end])
         elif state is None:
+            if self.warn_started_before is not None and start < self.warn_started_before:
+                log.warning(
+                    "a cumulative OTLP stream that started before this ingest replica reached "
+                    "it mid-way: its first point counts its whole history here. Export delta "
+                    "temporality, or route by stream with the Collector's loadbalancing "
+                    "exporter (README: Scaling out)"
+                )
+                self.warn_started_before = None  # once: it is a set-up problem
             if horizon and start <= horizon:
                 out.uncertain += 1  # we may have forgotten this stream: only a baseline
                 count = 0
@@ -753,6 +768,8 @@ class Receiver:
         for (name, bounds, factor), group in pending.items():
             low, high, m2, total = group.spread()
             counts = group.count
+            # an OTLP point carries no sum of squares: each part adds M2 + total²/n
+            squares = m2 + np.square(total) / np.maximum(np.asarray(counts, dtype=np.float64), 1)
             if name == QUERY_METRIC:
                 binned = group.increments() @ self._rebin_matrix(bounds, factor)
                 parts = out.branches
@@ -761,6 +778,7 @@ class Receiver:
                 parts.ok.extend(c if ok else 0 for c, ok in zip(counts, group.success, strict=True))
                 parts.total_ms.extend((total * factor).tolist())
                 parts.m2.extend((m2 * factor * factor).tolist())
+                parts.sq.extend((squares * factor * factor).tolist())
                 parts.lo.extend((low * factor).tolist())
                 parts.hi.extend((high * factor).tolist())
                 parts.first.extend(group.when)
@@ -773,6 +791,7 @@ class Receiver:
                 events.count.extend(counts)
                 events.total.extend(total.tolist())
                 events.m2.extend(m2.tolist())
+                events.sq.extend(squares.tolist())
                 out.event_streams.extend(group.streams)
 
     def _rebin_matrix(self, bounds: tuple[float, ...], factor: float) -> npt.NDArray[np.int64]:

@@ -127,6 +127,19 @@ DURATION = Declared(
     "abtest.query.duration",
     "s",
 )
+DURATION_SQUARES = Declared(
+    "abtest_query_duration_seconds_squared_total",
+    "counter",
+    "Sum of squared query latencies per branch (s^2): adds up across replicas, so "
+    "sum by (experiment, branch) gives the variance's raw moment. Loses digits when the "
+    "spread is below about 0.1% of the mean; the analyzer merges the M2 gauges instead.",
+)
+DURATION_M2 = Declared(
+    "abtest_query_duration_seconds_m2",
+    "gauge",
+    "This process's Welford M2 of query latency (sum of squared deviations from its own "
+    "mean, s^2): per replica, never summed; the analyzer merges it with Chan's formula.",
+)
 SUCCESS_RATIO = Declared(
     "abtest_branch_success_ratio",
     "gauge",
@@ -176,6 +189,16 @@ EVENT_VALUE_COUNT = Declared(
     "abtest_event_value_count", "unknown", "Custom events per branch and event."
 )
 EVENT_VALUE_SUM = Declared("abtest_event_value_sum", "unknown", "Sum of custom event values.")
+EVENT_SQUARES = Declared(
+    "abtest_event_value_squared_total",
+    "counter",
+    "Sum of squared custom event values: adds up across replicas (see the latency one).",
+)
+EVENT_M2 = Declared(
+    "abtest_event_value_m2",
+    "gauge",
+    "This process's Welford M2 of an event's values: per replica, never summed.",
+)
 EVENT_MEAN = Declared(
     "abtest_event_mean", "gauge", "Mean value of a custom event.", "abtest.event.mean"
 )
@@ -220,6 +243,8 @@ FAMILIES: tuple[Declared, ...] = (
     QUERIES,
     FAILURES,
     DURATION,
+    DURATION_SQUARES,
+    DURATION_M2,
     SUCCESS_RATIO,
     LATENCY_MEAN,
     LATENCY_MIN,
@@ -229,6 +254,8 @@ FAMILIES: tuple[Declared, ...] = (
     EVENT_VALUE,
     EVENT_VALUE_COUNT,
     EVENT_VALUE_SUM,
+    EVENT_SQUARES,
+    EVENT_M2,
     EVENT_MEAN,
     EXPERIMENT_INFO,
     EXPERIMENT_START,

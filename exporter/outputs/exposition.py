@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.aggregate import BranchKey, EventKey
+from ..core.aggregate import BranchColumns, BranchKey, EventKey
 from ..core.experiment_config import ExperimentConfig
 from ..core.families import Family, Sample
 from ..core.results import summarise
@@ -101,36 +101,76 @@ def render(
     openmetrics: bool = False,
     analysis: str = "",
     tail: str = "",
+    role: str = "single",
 ) -> str:
     """Every family of the design, from one consistent snapshot; `analysis` is the
     pre-rendered comparison block (see render_analysis), the same in both formats;
     `tail` is families already rendered in the asked format by another writer (the
-    process metrics, see process.py)."""
+    process metrics, see process.py). An `ingest` replica writes only what adds up or
+    merges (no per-replica verdicts); the `analyzer` only what it derives (its raw sums
+    would be counted twice by Prometheus)."""
     out = Writer(openmetrics)
-    _branch_families(out, snapshot)
-    _event_families(out, snapshot)
-    _experiment_families(out, snapshot)
-    out.parts.append(analysis)
+    raw, derived = role != "analyzer", role != "ingest"
+    _branch_families(out, snapshot, raw, derived)
+    _event_families(out, snapshot, raw, derived)
+    _experiment_families(out, snapshot, raw, derived)
+    if derived:
+        out.parts.append(analysis)
     for family in extra:
         out.family(family)
     out.parts.append(tail)
     return out.finish()
 
 
-def _branch_families(out: Writer, snapshot: Snapshot) -> None:
+def _branch_families(out: Writer, snapshot: Snapshot, raw: bool, derived: bool) -> None:
     view = snapshot.view
     live = {r: key for r, key in enumerate(view.branch_keys) if key is not None}
     if not live:
         return
     rows = list(live)
-    c = view.branch
-    n = c.n[rows]
-    n_list = n.tolist()
+    n_list = view.branch.n[rows].tolist()
     seen = [r for r, count in zip(rows, n_list, strict=True) if count]
     labels = {r: branch_label(key) for r, key in live.items()}
     seen_labels = [labels[r] for r in seen]
     row_labels = [labels[r] for r in rows]
+    c = view.branch
+    if raw:
+        _raw_branch_families(out, view.bounds, c, rows, row_labels, n_list)
+    if not seen:
+        return
+    ok = c.ok[seen]
+    count = c.n[seen]
+    gauges = (
+        *(
+            ((cat.SUCCESS_RATIO, ok / count), (cat.LATENCY_MEAN, c.total[seen] / count))
+            if derived
+            else ()
+        ),
+        *(
+            (
+                (cat.LATENCY_MIN, c.lo[seen]),
+                (cat.LATENCY_MAX, c.hi[seen]),
+                (cat.FIRST_QUERY, c.first[seen]),
+                (cat.LAST_QUERY, c.last[seen]),
+            )
+            if raw
+            else ()
+        ),
+    )
+    for gauge, values in gauges:
+        out.declare(gauge)
+        out.lines(gauge.name, seen_labels, _floats(values.tolist()))
 
+
+def _raw_branch_families(
+    out: Writer,
+    bounds: Sequence[float],
+    c: BranchColumns,
+    rows: list[int],
+    row_labels: list[str],
+    n_list: list[int],
+) -> None:
+    n = c.n[rows]
     out.declare(cat.QUERIES)
     out.lines(cat.QUERIES.name, row_labels, map(str, n_list))
     out.declare(cat.FAILURES)
@@ -138,36 +178,25 @@ def _branch_families(out: Writer, snapshot: Snapshot) -> None:
 
     name = cat.DURATION.name
     out.declare(cat.DURATION)
-    bounds = [format_value(b) for b in (*view.bounds, math.inf)]
+    bounds_text = [format_value(b) for b in (*bounds, math.inf)]
     cumulative = np.cumsum(c.buckets[rows], axis=1).tolist()
     sums = _floats(c.total[rows].tolist())
     parts: list[str] = []
     for label, counts, total, count in zip(row_labels, cumulative, sums, n_list, strict=True):
         parts.extend(
             f'{name}_bucket{{{label},le="{le}"}} {v}\n'
-            for le, v in zip(bounds, counts, strict=True)
+            for le, v in zip(bounds_text, counts, strict=True)
         )
         parts.append(f"{name}_count{{{label}}} {count}\n{name}_sum{{{label}}} {total}\n")
     out.parts.append("".join(parts))
-
-    if not seen:
-        return
-    ok = c.ok[seen]
-    count = c.n[seen]
-    gauges = (
-        (cat.SUCCESS_RATIO, ok / count),
-        (cat.LATENCY_MEAN, c.total[seen] / count),
-        (cat.LATENCY_MIN, c.lo[seen]),
-        (cat.LATENCY_MAX, c.hi[seen]),
-        (cat.FIRST_QUERY, c.first[seen]),
-        (cat.LAST_QUERY, c.last[seen]),
-    )
-    for gauge, values in gauges:
-        out.declare(gauge)
-        out.lines(gauge.name, seen_labels, _floats(values.tolist()))
+    m2 = c.m2[rows]
+    out.declare(cat.DURATION_SQUARES)
+    out.lines(cat.DURATION_SQUARES.name, row_labels, _floats(c.sq[rows].tolist()))
+    out.declare(cat.DURATION_M2)
+    out.lines(cat.DURATION_M2.name, row_labels, _floats(m2.tolist()))
 
 
-def _event_families(out: Writer, snapshot: Snapshot) -> None:
+def _event_families(out: Writer, snapshot: Snapshot, raw: bool, derived: bool) -> None:
     view = snapshot.view
     rows = [r for r, key in enumerate(view.event_keys) if key is not None]
     if not rows:
@@ -176,6 +205,19 @@ def _event_families(out: Writer, snapshot: Snapshot) -> None:
     c = view.event
     count = c.count[rows]
     counts, sums = list(map(str, count.tolist())), _floats(c.total[rows].tolist())
+    if raw:
+        _raw_event_families(out, labels, counts, sums)
+        m2 = c.m2[rows]
+        out.declare(cat.EVENT_SQUARES)
+        out.lines(cat.EVENT_SQUARES.name, labels, _floats(c.sq[rows].tolist()))
+        out.declare(cat.EVENT_M2)
+        out.lines(cat.EVENT_M2.name, labels, _floats(m2.tolist()))
+    if derived:
+        out.declare(cat.EVENT_MEAN)
+        out.lines(cat.EVENT_MEAN.name, labels, _floats(c.mean[rows].tolist()))
+
+
+def _raw_event_families(out: Writer, labels: list[str], counts: list[str], sums: list[str]) -> None:
     if out.openmetrics:
         # OpenMetrics forbids a negative summary _sum, and event values may be negative
         # (refunds): there the two series are families of their own, same sample names.
@@ -191,11 +233,9 @@ def _event_families(out: Writer, snapshot: Snapshot) -> None:
                 for label, n, t in zip(labels, counts, sums, strict=True)
             )
         )
-    out.declare(cat.EVENT_MEAN)
-    out.lines(cat.EVENT_MEAN.name, labels, _floats(c.mean[rows].tolist()))
 
 
-def _experiment_families(out: Writer, snapshot: Snapshot) -> None:
+def _experiment_families(out: Writer, snapshot: Snapshot, raw: bool, derived: bool) -> None:
     info: list[Sample] = []
     start: list[Sample] = []
     last: list[Sample] = []
@@ -215,14 +255,16 @@ def _experiment_families(out: Writer, snapshot: Snapshot) -> None:
             last.append(Sample(exp, summary.last_activity))
         if summary.best_branch is not None:
             best.append(Sample((*exp, ("branch", summary.best_branch)), 1))
-    for declared, samples in (
-        (cat.EXPERIMENT_INFO, info),
-        (cat.EXPERIMENT_START, start),
-        (cat.EXPERIMENT_LAST_ACTIVITY, last),
-        (cat.EXPERIMENT_DURATION, duration),
-        (cat.BEST_BRANCH, best),
+    # the latest write merges by max across replicas: an ingest replica keeps it
+    for declared, samples, shown in (
+        (cat.EXPERIMENT_INFO, info, derived),
+        (cat.EXPERIMENT_START, start, derived),
+        (cat.EXPERIMENT_LAST_ACTIVITY, last, True),
+        (cat.EXPERIMENT_DURATION, duration, derived),
+        (cat.BEST_BRANCH, best, derived),
     ):
-        out.family(Family(declared.name, declared.kind, declared.help, samples))
+        if shown:
+            out.family(Family(declared.name, declared.kind, declared.help, samples))
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

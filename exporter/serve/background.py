@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from ..state.store import StoreError
-from .keys import ENGINE, METRICS, READINESS, SELF, SETTINGS, STORE
+from .keys import ANALYZER, ENGINE, METRICS, READINESS, SELF, SETTINGS, STORE
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,17 @@ async def comparisons(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(engine.refresh)
 
     async with running(_every(app[SETTINGS].stats_interval, refresh)):
+        yield
+
+
+async def analyzer(app: web.Application) -> AsyncIterator[None]:
+    """The analyzer's rounds: rebuild from Prometheus every --stats-interval."""
+    rounds = app[ANALYZER]
+
+    async def read() -> None:
+        await asyncio.to_thread(rounds.round)
+
+    async with running(_every(app[SETTINGS].stats_interval, read)):
         yield
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from ..outputs.comparisons import ComparisonEngine
 from ..state.abmetrics import ABMetrics
 from ..state.store import Store
+from .analyzer import Analyzer
 from .selfmetrics import SelfMetrics
 from .settings import Settings
 
@@ -50,3 +51,4 @@ ENGINE = web.AppKey("engine", ComparisonEngine)
 INFLIGHT = web.AppKey("inflight", InFlight)
 STORE = web.AppKey("store", Store)
 READINESS = web.AppKey("readiness", Readiness)
+ANALYZER = web.AppKey("analyzer", Analyzer)

@@ -35,6 +35,7 @@ class SelfMetrics:
         self.scrapes = 0
         self.last_render_seconds = 0.0
         self.started = time.time()
+        self.role = "single"  # set by the server: the analyzer selects replicas by it
 
     def accept(self, source: str, kind: str, count: int) -> None:
         if count:
@@ -138,8 +139,17 @@ class SelfMetrics:
             Family(
                 "abtest_exporter_build_info",
                 "gauge",
-                "Version of the exporter and of Python (always 1).",
-                [Sample((("version", __version__), ("python", platform.python_version())), 1)],
+                "Version of the exporter and of Python, and the process's --role (always 1).",
+                [
+                    Sample(
+                        (
+                            ("version", __version__),
+                            ("python", platform.python_version()),
+                            ("role", self.role),
+                        ),
+                        1,
+                    )
+                ],
             ),
             Family(
                 "abtest_exporter_start_time_seconds",

@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from ..core.results import to_json
 from ..core.validation import ValidationError, name_problem
 from ..ingest import otlp
 from ..ingest.otlp import Receiver
+from ..ingest.prometheus import PrometheusSource
 from ..ingest.records import parse_batch
 from ..outputs import page
 from ..outputs.comparisons import ComparisonEngine
@@ -35,7 +37,19 @@ from ..state.abmetrics import ABMetrics, Written
 from ..state.store import Durability, Store
 from ..version import __version__
 from . import background, guard
-from .keys import ENGINE, INFLIGHT, METRICS, READINESS, SELF, SETTINGS, STORE, InFlight, Readiness
+from .analyzer import Analyzer
+from .keys import (
+    ANALYZER,
+    ENGINE,
+    INFLIGHT,
+    METRICS,
+    READINESS,
+    SELF,
+    SETTINGS,
+    STORE,
+    InFlight,
+    Readiness,
+)
 from .openapi import document
 from .refusals import Refusal, refusals
 from .selfmetrics import SelfMetrics
@@ -319,6 +333,37 @@ async def delete_all(request: web.Request) -> web.Response:
     return await _finish(request, written, answer, once)
 
 
+async def analyzer_refuses(request: web.Request) -> web.Response:
+    """Records go to the ingest replicas; this process only reads their sums."""
+    raise Refusal(
+        404,
+        "this process is the analyzer (--role analyzer): send records to the ingest "
+        "replicas (--role ingest)",
+    )
+
+
+async def analyzer_delete(request: web.Request) -> web.Response:
+    """A clear on the analyzer is forwarded to every ingest replica Prometheus scrapes;
+    the analyzer's own view follows at its next round."""
+    app = request.app
+    if request.match_info.get("experiment") is None:
+        if not app[SETTINGS].allow_clear_all:
+            raise Refusal(
+                403, "clearing everything is disabled on this exporter (--allow-clear-all true)"
+            )
+        path = "/api/v1/experiments"
+    else:
+        experiment = _name(request, "experiment")
+        path = "/api/v1/experiments/" + urllib.parse.quote(experiment, safe="")
+    replicas = await app[ANALYZER].forward_delete(path)
+    failed = {url: result for url, result in replicas.items()
+              if not (isinstance(result, int) and (result < 300 or result == 404))}  # fmt: skip
+    if failed or not replicas:
+        message = "no ingest replica found" if not replicas else "some replicas did not clear"
+        raise Refusal(502, f"{message}: {failed}"[:500])
+    return json_response({"forwarded": path, "replicas": replicas})
+
+
 async def list_experiments(request: web.Request) -> web.Response:
     summaries = await asyncio.to_thread(request.app[METRICS].all_summaries)
     return json_response({"experiments": summaries})
@@ -382,10 +427,13 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
         snapshot.stats.experiments_tracked,
         metrics.stream_figures(),
     )
-    store = app.get(STORE)
+    store, analyzer = app.get(STORE), app.get(ANALYZER)
     families = extra + engine.families() + (store.families() if store is not None else [])
+    if analyzer is not None:
+        families += analyzer.families()
     process = self_metrics.process.render(openmetrics)
-    payload = render(snapshot, families, openmetrics, latest.text, process).encode()
+    role = app[SETTINGS].role
+    payload = render(snapshot, families, openmetrics, latest.text, process, role).encode()
     if compress:
         payload = gzip.compress(payload, compresslevel=1)
     self_metrics.scraped(time.perf_counter() - started)
@@ -393,6 +441,9 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
 
 
 async def get_metrics(request: web.Request) -> web.Response:
+    if request.app[SETTINGS].role == "ingest" and not request.app[READINESS].ready:
+        # a replica still restoring would show the analyzer a partial sum: fail the scrape
+        return web.Response(status=503, text="restoring\n")
     openmetrics = negotiate(request.headers.get("Accept", ""))
     compress = accepts_gzip(request.headers.get("Accept-Encoding", ""))
     payload = await asyncio.to_thread(render_metrics, request.app, openmetrics, compress)
@@ -449,7 +500,17 @@ def create_app(
     metrics.limits = settings.limits  # the server's settings govern what it accepts
     app[METRICS] = metrics
     app[SELF] = self_metrics or SelfMetrics()
+    app[SELF].role = settings.role
+    if settings.role == "ingest":
+        metrics.receiver.warn_started_before = time.time_ns()
     app[ENGINE] = ComparisonEngine(app[METRICS])
+    if settings.role == "analyzer":
+        if not settings.prometheus_url:
+            raise ValueError("--role analyzer needs --prometheus-url")
+        source = PrometheusSource(
+            settings.prometheus_url, settings.prometheus_selector, settings.buckets
+        )
+        app[ANALYZER] = Analyzer(source, app[METRICS], app[ENGINE], settings.token)
     app[READINESS] = Readiness()
     app[INFLIGHT] = InFlight(settings.max_inflight_bytes)
     if settings.persistent:
@@ -457,8 +518,11 @@ def create_app(
         durability: Durability = "interval" if settings.durability == "interval" else "sync"
         app[STORE] = Store(settings.data_dir, app[METRICS], durability, settings.flush_interval)
     app.cleanup_ctx.append(background.persistence)
-    app.cleanup_ctx.append(background.comparisons)
-    if settings.expire_after:
+    if settings.role != "ingest":  # a replica publishes no derived figures
+        app.cleanup_ctx.append(background.comparisons)
+    if settings.role == "analyzer":
+        app.cleanup_ctx.append(background.analyzer)
+    elif settings.expire_after:  # the analyzer's view follows the replicas' expiry
         app.cleanup_ctx.append(background.expiry)
     if settings.otlp_push_endpoint:
         app.cleanup_ctx.append(background.otlp_push)
@@ -474,11 +538,12 @@ def _routes(app: web.Application) -> None:
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/openapi.json", get_openapi)
-    app.router.add_post("/api/v1/records", post_records)
+    analyzer = app[SETTINGS].role == "analyzer"
+    app.router.add_post("/api/v1/records", analyzer_refuses if analyzer else post_records)
     app.router.add_get("/api/v1/experiments", list_experiments)
-    app.router.add_delete("/api/v1/experiments", delete_all)
+    app.router.add_delete("/api/v1/experiments", analyzer_delete if analyzer else delete_all)
     app.router.add_get(experiment, get_experiment)
-    app.router.add_delete(experiment, delete_experiment)
+    app.router.add_delete(experiment, analyzer_delete if analyzer else delete_experiment)
     app.router.add_get(experiment + "/branches/{branch:[^/]+}", get_branch)
     app.router.add_get(experiment + "/summary", get_summary)
     app.router.add_get(experiment + "/compare", compare)
@@ -487,4 +552,4 @@ def _routes(app: web.Application) -> None:
     app.router.add_put(experiment + "/config", put_config)
     app.router.add_delete(experiment + "/config", delete_config)
     app.router.add_get("/api/v1/stats", get_stats)
-    app.router.add_post("/v1/metrics", post_otlp)
+    app.router.add_post("/v1/metrics", analyzer_refuses if analyzer else post_otlp)

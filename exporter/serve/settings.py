@@ -27,6 +27,8 @@ ENV_PREFIX = "ABTEST_EXPORTER_"
 DURABILITY = ("sync", "interval", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+ROLES = ("single", "ingest", "analyzer")
+DEFAULT_SELECTOR = 'job=~"abtest.*"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,10 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
+    # scale-out (README "Scaling out"): single, ingest or analyzer
+    role: str = "single"
+    prometheus_url: str | None = None
+    prometheus_selector: str = DEFAULT_SELECTOR
 
     def with_values(self, **values: Any) -> Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -190,6 +196,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_clear_all", _flag, "allow DELETE /api/v1/experiments (false)"),
     Option("log_level", _choice(LOG_LEVELS), "debug, info (default), warning or error"),
     Option("log_format", _choice(LOG_FORMATS), "text (default) or json, one object per line"),
+    Option("role", _choice(ROLES), "single (default), ingest (a replica) or analyzer"),
+    Option("prometheus_url", str, "with --role analyzer: the Prometheus to read the sums from"),
+    Option(
+        "prometheus_selector",
+        str,
+        f"with --role analyzer: label matchers of the ingest targets ({DEFAULT_SELECTOR})",
+    ),
 )
 
 

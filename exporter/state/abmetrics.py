@@ -54,7 +54,7 @@ from ..stats.analysis import ExperimentAnalysis, analyse
 from ..stats.pairwise import BranchComparison, compare
 
 Clock = Callable[[], float]
-_STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "first", "last")
+_STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "last")
 T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
 
@@ -463,6 +463,24 @@ class ABMetrics:
             self.receiver.streams.load(restored.streams, restored.horizon, restored.stored_streams)
             self._keys.load(restored.keys)
             return self._aggregate.version
+
+    def replace(self, branches: BranchParts, events: EventParts, activity: dict[str, float]) -> int:
+        """Swap the whole aggregate for one built from these parts, in one step (the
+        analyzer's global view, rebuilt from Prometheus every round; configs stay).
+        Returns the new version, above every earlier one so caches refresh."""
+        fresh = Aggregate(self._aggregate.bounds)
+        fresh.add_parts(branches, events, None)
+        fresh.touch_latest(activity)
+        fresh.take_changes()  # nothing to persist: Prometheus holds the sums
+        with self._lock:
+            self._fold_locked()
+            fresh.version = self._aggregate.version + 1
+            for slots in (self._branch_slots, self._event_slots):
+                for slot in slots.values():
+                    slot[0] = -1  # rows of the old aggregate
+                slots.clear()
+            self._aggregate = fresh
+            return fresh.version
 
     def get_config(self, experiment: str) -> ExperimentConfig:
         return self._configs.get(experiment, ExperimentConfig())

@@ -43,7 +43,8 @@ from .datadir import DataDirError, DataDirLock
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+# 3: a running sum of squares per branch and event (`sq`), summable across replicas
+FORMAT_VERSION = 3
 FILE_NAME = "abtest.sqlite3"
 Durability = Literal["sync", "interval"]
 
@@ -53,12 +54,13 @@ _TABLES = {
     "branches": (
         "experiment TEXT NOT NULL, branch TEXT NOT NULL, n INTEGER NOT NULL, "
         "ok INTEGER NOT NULL, total_ms REAL NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, "
-        "m2 REAL NOT NULL, first REAL NOT NULL, last REAL NOT NULL, buckets BLOB NOT NULL, "
+        "m2 REAL NOT NULL, sq REAL NOT NULL, first REAL NOT NULL, last REAL NOT NULL, "
+        "buckets BLOB NOT NULL, "
         "crc INTEGER, PRIMARY KEY (experiment, branch)"
     ),
     "events": (
         "experiment TEXT NOT NULL, branch TEXT NOT NULL, event TEXT NOT NULL, "
-        "count INTEGER NOT NULL, total REAL NOT NULL, m2 REAL NOT NULL, "
+        "count INTEGER NOT NULL, total REAL NOT NULL, m2 REAL NOT NULL, sq REAL NOT NULL, "
         "crc INTEGER, PRIMARY KEY (experiment, branch, event)"
     ),
     "configs": "experiment TEXT PRIMARY KEY, config TEXT NOT NULL, crc INTEGER",
@@ -204,8 +206,10 @@ class Store:
                 f"{aside}"
             )
         with _transaction(connection):
-            if version < FORMAT_VERSION and tables:
+            if version < 2 and tables:
                 _migrate_v1(connection)
+            if version < 3 and tables:
+                _migrate_v2(connection)
             for statement in _SCHEMA.split(";")[:-1]:
                 connection.execute(statement)
             connection.executemany(
@@ -310,10 +314,10 @@ class Store:
                 for table in ("branches", "events", "activity"):
                     execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,))
             many(
-                "INSERT OR REPLACE INTO branches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_with_crc((*row[:10], row[10].astype("<i8").tobytes())) for row in batch.branches],
+                "INSERT OR REPLACE INTO branches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_with_crc((*row[:11], row[11].astype("<i8").tobytes())) for row in batch.branches],
             )
-            many("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+            many("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                  map(_with_crc, batch.events))  # fmt: skip
             many("INSERT OR REPLACE INTO activity VALUES (?, ?, ?)", map(_with_crc, batch.activity))
             for experiment, config in batch.configs.items():
@@ -424,17 +428,19 @@ def _read(
     row that fails."""
     branches, events = BranchParts(), EventParts()
     for row in _rows(connection, "branches"):
-        e, b, n, ok, total, lo, hi, m2, first, last, blob = row
+        e, b, n, ok, total, lo, hi, m2, sq, first, last, blob = row
         counts = np.frombuffer(blob, dtype="<i8").tolist()  # little-endian int64
         problem = _branch_problem(n, ok, total, lo, hi, m2, first, last, counts, bucket_count)
+        if problem is None and not (_finite(sq) and sq >= 0):
+            problem = "sum of squares out of range"
         if problem:
             raise ValueError(f"branch row {(e, b)!r}: {problem}")
-        branches.append((e, b), n, ok, total, m2, lo, hi, first, last, counts)
-    for e, b, ev, count, total, m2 in _rows(connection, "events"):
-        if not (_whole(count) and _finite(total, m2) and m2 >= -_slack(total, count)
-                and abs(total) <= count * MAX_ABS_EVENT_VALUE):  # fmt: skip
+        branches.append((e, b), n, ok, total, m2, lo, hi, first, last, counts, sq)
+    for e, b, ev, count, total, m2, sq in _rows(connection, "events"):
+        if not (_whole(count) and _finite(total, m2, sq) and m2 >= -_slack(total, count)
+                and sq >= 0 and abs(total) <= count * MAX_ABS_EVENT_VALUE):  # fmt: skip
             raise ValueError(f"event row {(e, b, ev)!r}: figures out of range")
-        events.append((e, b, ev), count, total, max(m2, 0.0))
+        events.append((e, b, ev), count, total, max(m2, 0.0), sq)
     configs = {
         experiment: ExperimentConfig.from_mapping(json.loads(text))
         for experiment, text in _rows(connection, "configs")
@@ -519,6 +525,30 @@ def _migrate_v1(connection: sqlite3.Connection) -> None:
             f"UPDATE {table} SET crc = ? WHERE rowid = ?",
             [(crc(tuple(row[1:-1])), row[0]) for row in rows],
         )
+
+
+def _migrate_v2(connection: sqlite3.Connection) -> None:
+    """Format 2 kept no sum of squares: rebuild it from each row as M2 + total²/n (the
+    reconstruction loses the digits a running sum would have kept; new records add
+    their squares exactly). Each row's checksum is checked before it is rewritten, so a
+    damaged row is never given a fresh, valid one."""
+    branches = [(*row[:8], _rebuilt(row[2], row[4], row[7]), *row[8:])
+                for row in _rows(connection, "branches")]  # fmt: skip
+    events = [(*row, _rebuilt(row[3], row[4], row[5])) for row in _rows(connection, "events")]
+    for table, rows in (("branches", branches), ("events", events)):
+        connection.execute(f"DROP TABLE {table}")
+        connection.execute(f"CREATE TABLE {table} ({_TABLES[table]})")
+        marks = ", ".join("?" * (len(rows[0]) + 1)) if rows else ""
+        if rows:
+            connection.executemany(
+                f"INSERT INTO {table} VALUES ({marks})", [_with_crc(row) for row in rows]
+            )
+
+
+def _rebuilt(n: Any, total: Any, m2: Any) -> float:
+    if not (isinstance(n, int) and n > 0 and _finite(total, m2)):
+        return 0.0
+    return float(m2) + float(total) * float(total) / n
 
 
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
