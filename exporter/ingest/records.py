@@ -105,7 +105,12 @@ def parse_batch(
         batch.fail("$", f"too many records: {total} > limit {max_records}", "too_many_records")
         batch.too_large = True
         return batch
-    for index, record in enumerate(lists.get("queries", [])):
+    queries, events = lists.get("queries", []), lists.get("events", [])
+    if queries and _all_good_queries(batch.records, queries, now, max_name_length):
+        queries = []  # checked and taken column by column
+    if events and _all_good_events(batch.records, events, max_name_length):
+        events = []
+    for index, record in enumerate(queries):
         if _check_record(batch, f"queries[{index}]", record, query_fields):
             batch.records.add_query(
                 (record["experiment"], record["branch"]),
@@ -113,7 +118,7 @@ def parse_batch(
                 record["success"],
                 now,
             )
-    for index, record in enumerate(lists.get("events", [])):
+    for index, record in enumerate(events):
         if _check_record(batch, f"events[{index}]", record, event_fields):
             batch.records.add_event(
                 (record["experiment"], record["branch"], record["event"]), float(record["value"])
@@ -149,6 +154,60 @@ def parse_batch(
                     float(part["m2"]),
                 )
     return batch
+
+
+_NUMBER = (int, float)  # exact types: JSON gives no subclasses, and bool is left out
+
+
+def _good_names(names: set[Any], max_name_length: int) -> bool:
+    return all(name_problem(name, max_name_length) is None for name in names)
+
+
+def _all_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:
+    """The common case, column by column: every query is good, so take them all at once
+    (each distinct name is checked once). False, taking nothing, if any is not: the
+    record-by-record pass then names every problem."""
+    try:
+        if any(len(r) != 4 for r in items):
+            return False
+        experiments = [r["experiment"] for r in items]
+        branches = [r["branch"] for r in items]
+        latencies = [r["latency_ms"] for r in items]
+        outcomes = [r["success"] for r in items]
+        if not _good_names(set(experiments) | set(branches), max_length):
+            return False
+    except (TypeError, KeyError):  # not an object, a key missing, an unhashable name
+        return False
+    if not all(type(v) in _NUMBER and 0 <= v <= MAX_LATENCY_MS for v in latencies):
+        return False  # also a NaN, an infinity, a bool, an int beyond float range
+    if not all(type(v) is bool for v in outcomes):
+        return False
+    records.query_keys.extend(zip(experiments, branches, strict=True))
+    records.latency_ms.extend(map(float, latencies))
+    records.success.extend(outcomes)
+    records.when.extend([now] * len(items))
+    return True
+
+
+def _all_good_events(records: Records, items: list[Any], max_length: int) -> bool:
+    """Like _all_good_queries, for events."""
+    try:
+        if any(len(r) != 4 for r in items):
+            return False
+        experiments = [r["experiment"] for r in items]
+        branches = [r["branch"] for r in items]
+        names = [r["event"] for r in items]
+        values = [r["value"] for r in items]
+        if not _good_names(set(experiments) | set(branches) | set(names), max_length):
+            return False
+    except (TypeError, KeyError):
+        return False
+    limit = MAX_ABS_EVENT_VALUE
+    if not all(type(v) in _NUMBER and -limit <= v <= limit for v in values):
+        return False
+    records.event_keys.extend(zip(experiments, branches, names, strict=True))
+    records.event_values.extend(map(float, values))
+    return True
 
 
 def _count_problem(value: object) -> str | None:
