@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -135,6 +136,10 @@ async def _read_json(request: web.Request, source: str) -> tuple[Any, bytes]:
             415, "Content-Type must be application/json", "unsupported_media_type", source
         )
     body = await _read_body(request, request.app[SETTINGS].max_body_bytes)
+    try:
+        return orjson.loads(body), body  # 2-3x the standard library's speed
+    except orjson.JSONDecodeError:
+        pass  # what orjson refuses but JSON allows (NaN, huge ints) gets a per-field answer
     try:
         return json.loads(body), body
     except (ValueError, RecursionError) as exc:
