@@ -244,3 +244,20 @@ def test_a_batch_with_a_value_the_server_refuses_goes_as_records() -> None:
 
 
 _ = web  # the app type the fixtures build
+
+
+async def test_the_async_client_folds_records_into_parts_too() -> None:
+    from exporter.client import AsyncClient
+
+    server = Exporter()
+    try:
+        async with AsyncClient(server.url, preaggregate=True, flush_interval=3600) as app:
+            for i in range(300):
+                app.record_query("exp", ("a", "b")[i % 2], float(i), i % 7 != 0)
+                app.record_event("exp", "a", "rev", float(i % 5))
+            await app.flush()
+            assert app.stats.sent == 600 and app._bounds == DEFAULT_BUCKETS
+        stats = server.get("/api/v1/stats")
+        assert (stats["total_queries_recorded"], stats["total_events_recorded"]) == (300, 300)
+    finally:
+        server.stop()
