@@ -15,6 +15,14 @@ Retry-After; other 4xx mean the batch itself is wrong and it is dropped (counted
 logged). When the buffer is full, `on_full="drop_oldest"` (the default) drops the
 oldest record and counts it; `"block"` makes the caller wait for room. `close()`
 (also at exit) flushes what is left.
+
+With `preaggregate=True` the flusher folds what it takes from the buffer into one exact
+part per series (count, successes, sum, M2, min, max, buckets in the server's layout,
+read once from GET /api/v1/buckets; events likewise) and sends those instead of the
+records, so the server's work grows with the number of series, not with the app's
+request rate. The statistics stay exact (Welch and sequential tests need the second
+moment that OTLP histograms lack). An older server without the bucket endpoint, or a
+batch holding a value the server would refuse, is sent as raw records.
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ import functools
 import inspect
 import json
 import logging
+import math
 import random
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -74,6 +84,7 @@ class ClientOptions:
     give_up_after: float = 300.0  # seconds a batch is retried for while running
     close_timeout: float = 10.0  # ... and at close, so a wrong URL cannot hold an exit
     token: str | None = None  # sent as a bearer token
+    preaggregate: bool = False  # send one exact part per series instead of every record
 
 
 class ClientOverrides(TypedDict, total=False):
@@ -89,6 +100,7 @@ class ClientOverrides(TypedDict, total=False):
     give_up_after: float
     close_timeout: float
     token: str | None
+    preaggregate: bool
 
 
 class _Send:
@@ -133,6 +145,83 @@ def _body(batch: list[Record]) -> bytes:
         if r[0] == "e"
     ]
     return json.dumps({"queries": queries, "events": events}).encode()
+
+
+# The server's limits (exporter.core.validation), repeated: the client imports no server code.
+_MAX_LATENCY_MS = 1e12
+_MAX_ABS_EVENT_VALUE = 1e15
+
+
+def _foldable(batch: list[Record]) -> bool:
+    """Every value is one the server accepts: else the raw records go, so that the
+    server's answer names the bad field as it always did."""
+    for r in batch:
+        value = r[-1] if r[0] == "e" else r[3]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if r[0] == "q":
+            if r[4] is not True and r[4] is not False:
+                return False
+            if not 0 <= value <= _MAX_LATENCY_MS:  # also false for NaN
+                return False
+        elif not abs(value) <= _MAX_ABS_EVENT_VALUE:
+            return False
+    return True
+
+
+def _moments(values: list[float]) -> tuple[float, float]:
+    """(sum, M2) with correctly rounded sums: two passes, exact to the last bits."""
+    total = math.fsum(values)
+    mean = total / len(values)
+    return total, math.fsum((v - mean) * (v - mean) for v in values)
+
+
+def parts_body(batch: list[Record], bounds: tuple[float, ...]) -> bytes:
+    """The batch folded into `parts` and `event_parts` (see the README): one entry per
+    series, buckets non-cumulative in the layout of `bounds` (seconds, `le`, +Inf last)."""
+    latencies: dict[tuple[str, str], list[float]] = {}
+    successes: dict[tuple[str, str], int] = {}
+    values: dict[tuple[str, str, str], list[float]] = {}
+    for r in batch:
+        if r[0] == "q":
+            key = (r[1], r[2])
+            if key in latencies:
+                latencies[key].append(float(r[3]))
+            else:
+                latencies[key], successes[key] = [float(r[3])], 0
+            successes[key] += r[4]
+        else:
+            values.setdefault((r[1], r[2], r[3]), []).append(float(r[4]))
+    parts = []
+    for (experiment, branch), series in latencies.items():
+        total, m2 = _moments(series)
+        buckets = [0] * (len(bounds) + 1)
+        for v in series:
+            buckets[bisect_left(bounds, v / 1000.0)] += 1
+        parts.append({
+            "experiment": experiment, "branch": branch, "queries": len(series),
+            "successes": successes[experiment, branch], "latency_sum_ms": total,
+            "latency_m2_ms2": m2, "latency_min_ms": min(series),
+            "latency_max_ms": max(series), "buckets": buckets,
+        })  # fmt: skip
+    event_parts = []
+    for (experiment, branch, event), series in values.items():
+        total, m2 = _moments(series)
+        event_parts.append({
+            "experiment": experiment, "branch": branch, "event": event,
+            "count": len(series), "sum": total, "m2": m2,
+        })  # fmt: skip
+    return json.dumps({"parts": parts, "event_parts": event_parts}).encode()
+
+
+def _bounds(answer: object) -> tuple[float, ...] | None:
+    """The bounds from GET /api/v1/buckets' answer, or None if it is not one."""
+    bounds = answer.get("latency_bounds_seconds") if isinstance(answer, dict) else None
+    if not isinstance(bounds, list) or not all(
+        isinstance(b, int | float) and not isinstance(b, bool) for b in bounds
+    ):
+        return None
+    return tuple(float(b) for b in bounds)
 
 
 class _Attempts:
@@ -227,6 +316,40 @@ class _Tracker:
         return timed
 
 
+_clock = time.perf_counter
+
+
+class _QueryTracker(_Tracker):
+    """The client's `track()`: puts the timed query straight into the buffer, one call
+    fewer than through record_query (the hot path of a busy app)."""
+
+    __slots__ = ("_put",)
+
+    def __init__(self, put: Callable[[Record], None], experiment: str, branch: str) -> None:
+        self._put = put
+        self._experiment = experiment
+        self._branch = branch
+        self._started = 0.0
+
+    def __enter__(self) -> _Tracker:
+        self._started = _clock()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        elapsed = (_clock() - self._started) * 1000.0
+        self._put(("q", self._experiment, self._branch, elapsed, kind is None))
+
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
+        put = self._put
+        return _Tracker(lambda e, b, ms, ok: put(("q", e, b, ms, ok)), self._experiment,
+                        self._branch)(function)  # fmt: skip
+
+
 class _Buffer:
     """The bounded buffer both clients share, with its full-buffer policy."""
 
@@ -239,9 +362,20 @@ class _Buffer:
         self._stats = stats
         self._room = threading.Condition()
         self.wanted = threading.Event()  # set when a batch is ready to go
+        self.trigger = 1  # records that make a batch ready (the client's batch size)
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def put_one(self, record: Record) -> None:
+        """put() with the batch size set by the client (`trigger`)."""
+        items = self._items
+        if len(items) < self._capacity:
+            items.append(record)
+            if len(items) >= self.trigger:
+                self.wanted.set()
+        else:
+            self.put(record, self.trigger)
 
     def put(self, record: Record, batch_size: int) -> None:
         items = self._items
@@ -285,6 +419,18 @@ class _Recording:
         self._headers = {"Content-Type": "application/json"}
         if options.token:
             self._headers["Authorization"] = f"Bearer {options.token}"
+        self._take = options.batch_size
+        self._bounds: tuple[float, ...] | None = None  # learnt from the server
+        self._bounds_url = url.rstrip("/") + "/api/v1/buckets"
+        if options.preaggregate:  # parts: take the whole buffer each flush, whatever it holds
+            self._take = options.max_buffer
+            self._batch_size = max(options.batch_size, options.max_buffer // 2)
+        self._buffer.trigger = self._batch_size
+
+    def _encode(self, batch: list[Record]) -> bytes:
+        if self._bounds is not None and _foldable(batch):
+            return parts_body(batch, self._bounds)
+        return _body(batch)
 
     def _attempts(self, batch: list[Record], closing: bool = False) -> _Attempts:
         retry = self._retry
@@ -299,7 +445,7 @@ class _Recording:
 
     def track(self, experiment: str, branch: str) -> _Tracker:
         """Time a block (or every call of a decorated function): success unless it raises."""
-        return _Tracker(self.record_query, experiment, branch)
+        return _QueryTracker(self._buffer.put_one, experiment, branch)
 
 
 class Client(_Recording):
@@ -350,12 +496,22 @@ class Client(_Recording):
 
     def _send_batch(self, closing: bool = False) -> None:
         with self._send_lock:
-            batch = self._buffer.take(self._batch_size)
+            batch = self._buffer.take(self._take)
             if batch:
                 self._deliver(batch, closing)
 
+    def _learn_bounds(self) -> None:
+        request = urllib.request.Request(self._bounds_url, headers=self._headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                self._bounds = _bounds(json.loads(response.read()))
+        except (urllib.error.URLError, OSError, ValueError):
+            self._bounds = None  # raw records this time; asked again next batch
+
     def _deliver(self, batch: list[Record], closing: bool = False) -> None:
-        body, attempts = _body(batch), self._attempts(batch, closing)
+        if self.options.preaggregate and self._bounds is None:
+            self._learn_bounds()
+        body, attempts = self._encode(batch), self._attempts(batch, closing)
         headers = {**self._headers, "Idempotency-Key": attempts.key}
         while (delay := attempts.after(*self._post(body, headers))) is not None:
             time.sleep(delay)
@@ -430,12 +586,24 @@ class AsyncClient(_Recording):
     async def _send_batch(self, closing: bool = False) -> None:
         assert self._send_lock is not None
         async with self._send_lock:
-            batch = self._buffer.take(self._batch_size)
+            batch = self._buffer.take(self._take)
             if batch:
                 await self._deliver(batch, closing)
 
+    async def _learn_bounds(self) -> None:
+        import aiohttp
+
+        try:
+            async with self._session.get(self._bounds_url, headers=self._headers) as response:
+                answer = await response.json() if response.status == 200 else None
+                self._bounds = _bounds(answer)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            self._bounds = None
+
     async def _deliver(self, batch: list[Record], closing: bool = False) -> None:
-        body, attempts = _body(batch), self._attempts(batch, closing)
+        if self.options.preaggregate and self._bounds is None:
+            await self._learn_bounds()
+        body, attempts = self._encode(batch), self._attempts(batch, closing)
         headers = {**self._headers, "Idempotency-Key": attempts.key}
         while (delay := attempts.after(*await self._post(body, headers))) is not None:
             await asyncio.sleep(delay)

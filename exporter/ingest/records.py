@@ -6,13 +6,17 @@ client can fix a whole batch in one round.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..core.aggregate import Records
+from ..core.aggregate import DEFAULT_BUCKETS, BranchParts, EventParts, Records
 from ..core.validation import (
+    MAX_ABS_EVENT_VALUE,
+    MAX_LATENCY_MS,
     MAX_NAME_LENGTH,
     event_value_problem,
     latency_problem,
@@ -21,6 +25,8 @@ from ..core.validation import (
 )
 
 MAX_REPORTED_ERRORS: Final = 100
+MAX_COUNT: Final = 2**53 - 1  # counts stay exact as JSON numbers and as floats
+LISTS: Final = ("queries", "events", "parts", "event_parts")
 
 Check = Callable[[object], "str | None"]
 
@@ -49,6 +55,9 @@ def _fields(max_name_length: int) -> tuple[Fields, Fields]:
 @dataclass
 class Batch:
     records: Records = field(default_factory=Records)
+    # pre-aggregated parts (the client's `parts` and `event_parts`), applied with records
+    parts: BranchParts = field(default_factory=BranchParts)
+    event_parts: EventParts = field(default_factory=EventParts)
     errors: list[dict[str, str]] = field(default_factory=list)
     error_count: int = 0
     too_large: bool = False  # over the records-per-batch limit: answered with 413
@@ -61,21 +70,31 @@ class Batch:
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append({"field": path, "message": message})
 
+    @property
+    def part_records(self) -> tuple[int, int]:
+        """The queries and events the parts stand for (counted like records)."""
+        return sum(self.parts.n), sum(self.event_parts.count)
+
 
 def parse_batch(
-    body: object, now: float, max_records: int, max_name_length: int = MAX_NAME_LENGTH
+    body: object,
+    now: float,
+    max_records: int,
+    max_name_length: int = MAX_NAME_LENGTH,
+    bounds: Sequence[float] = DEFAULT_BUCKETS,
 ) -> Batch:
-    """Validate a decoded `{"queries": [...], "events": [...]}` document."""
+    """Validate a decoded `{"queries", "events", "parts", "event_parts"}` document (each
+    list optional); a part counts as one entry towards `max_records`."""
     batch = Batch()
     query_fields, event_fields = _fields(max_name_length)
     if not isinstance(body, Mapping):
         batch.fail("$", "the body must be a JSON object", "invalid_type")
         return batch
     for key in body:
-        if key not in ("queries", "events"):
-            batch.fail(str(key), "unknown field (expected queries and/or events)", "invalid_type")
+        if key not in LISTS:
+            batch.fail(str(key), f"unknown field (expected {', '.join(LISTS)})", "invalid_type")
     lists: dict[str, list[Any]] = {}
-    for key in ("queries", "events"):
+    for key in LISTS:
         value = body.get(key, [])
         if not isinstance(value, list):
             batch.fail(key, "must be a list", "invalid_type")
@@ -86,7 +105,12 @@ def parse_batch(
         batch.fail("$", f"too many records: {total} > limit {max_records}", "too_many_records")
         batch.too_large = True
         return batch
-    for index, record in enumerate(lists.get("queries", [])):
+    queries, events = lists.get("queries", []), lists.get("events", [])
+    if queries and _all_good_queries(batch.records, queries, now, max_name_length):
+        queries = []  # checked and taken column by column
+    if events and _all_good_events(batch.records, events, max_name_length):
+        events = []
+    for index, record in enumerate(queries):
         if _check_record(batch, f"queries[{index}]", record, query_fields):
             batch.records.add_query(
                 (record["experiment"], record["branch"]),
@@ -94,12 +118,211 @@ def parse_batch(
                 record["success"],
                 now,
             )
-    for index, record in enumerate(lists.get("events", [])):
+    for index, record in enumerate(events):
         if _check_record(batch, f"events[{index}]", record, event_fields):
             batch.records.add_event(
                 (record["experiment"], record["branch"], record["event"]), float(record["value"])
             )
+    if "parts" in body or "event_parts" in body:
+        part_fields, event_part_fields = _part_fields(max_name_length)
+        for index, part in enumerate(lists.get("parts", [])):
+            path = f"parts[{index}]"
+            if _check_record(batch, path, part, part_fields) and _check_part(
+                batch, path, part, bounds
+            ):
+                batch.parts.append(
+                    (part["experiment"], part["branch"]),
+                    part["queries"],
+                    part["successes"],
+                    float(part["latency_sum_ms"]),
+                    float(part["latency_m2_ms2"]),
+                    float(part["latency_min_ms"]),
+                    float(part["latency_max_ms"]),
+                    now,
+                    now,
+                    list(part["buckets"]),
+                )
+        for index, part in enumerate(lists.get("event_parts", [])):
+            path = f"event_parts[{index}]"
+            if _check_record(batch, path, part, event_part_fields) and _check_event_part(
+                batch, path, part
+            ):
+                batch.event_parts.append(
+                    (part["experiment"], part["branch"], part["event"]),
+                    part["count"],
+                    float(part["sum"]),
+                    float(part["m2"]),
+                )
     return batch
+
+
+_NUMBER = (int, float)  # exact types: JSON gives no subclasses, and bool is left out
+
+
+def _good_names(names: set[Any], max_name_length: int) -> bool:
+    return all(name_problem(name, max_name_length) is None for name in names)
+
+
+def _all_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:
+    """The common case, column by column: every query is good, so take them all at once
+    (each distinct name is checked once). False, taking nothing, if any is not: the
+    record-by-record pass then names every problem."""
+    try:
+        if any(len(r) != 4 for r in items):
+            return False
+        experiments = [r["experiment"] for r in items]
+        branches = [r["branch"] for r in items]
+        latencies = [r["latency_ms"] for r in items]
+        outcomes = [r["success"] for r in items]
+        if not _good_names(set(experiments) | set(branches), max_length):
+            return False
+    except (TypeError, KeyError):  # not an object, a key missing, an unhashable name
+        return False
+    if not all(type(v) in _NUMBER and 0 <= v <= MAX_LATENCY_MS for v in latencies):
+        return False  # also a NaN, an infinity, a bool, an int beyond float range
+    if not all(type(v) is bool for v in outcomes):
+        return False
+    records.query_keys.extend(zip(experiments, branches, strict=True))
+    records.latency_ms.extend(map(float, latencies))
+    records.success.extend(outcomes)
+    records.when.extend([now] * len(items))
+    return True
+
+
+def _all_good_events(records: Records, items: list[Any], max_length: int) -> bool:
+    """Like _all_good_queries, for events."""
+    try:
+        if any(len(r) != 4 for r in items):
+            return False
+        experiments = [r["experiment"] for r in items]
+        branches = [r["branch"] for r in items]
+        names = [r["event"] for r in items]
+        values = [r["value"] for r in items]
+        if not _good_names(set(experiments) | set(branches) | set(names), max_length):
+            return False
+    except (TypeError, KeyError):
+        return False
+    limit = MAX_ABS_EVENT_VALUE
+    if not all(type(v) in _NUMBER and -limit <= v <= limit for v in values):
+        return False
+    records.event_keys.extend(zip(experiments, branches, names, strict=True))
+    records.event_values.extend(map(float, values))
+    return True
+
+
+def _count_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "must be an integer"
+    if not 1 <= value <= MAX_COUNT:
+        return f"must be between 1 and {MAX_COUNT}"
+    return None
+
+
+def _successes_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return "must be an integer >= 0"
+    return None
+
+
+def _number_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    try:
+        return None if math.isfinite(float(value)) else "must be finite"
+    except OverflowError:
+        return "must be finite"
+
+
+def _m2_problem(value: object) -> str | None:
+    problem = _number_problem(value)
+    if problem is None and float(value) < 0:  # type: ignore[arg-type]
+        return "must be >= 0"
+    return problem
+
+
+def _buckets_problem(value: object) -> str | None:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT for v in value
+    ):
+        return "must be a list of integers >= 0"
+    return None
+
+
+def _part_fields(max_name_length: int) -> tuple[Fields, Fields]:
+    def name(value: object) -> str | None:
+        return name_problem(value, max_name_length)
+
+    parts: Fields = {
+        "experiment": (name, "invalid_name"),
+        "branch": (name, "invalid_name"),
+        "queries": (_count_problem, "invalid_part"),
+        "successes": (_successes_problem, "invalid_part"),
+        "latency_sum_ms": (_number_problem, "invalid_latency"),
+        "latency_m2_ms2": (_m2_problem, "invalid_latency"),
+        "latency_min_ms": (latency_problem, "invalid_latency"),
+        "latency_max_ms": (latency_problem, "invalid_latency"),
+        "buckets": (_buckets_problem, "invalid_part"),
+    }
+    events: Fields = {
+        "experiment": (name, "invalid_name"),
+        "branch": (name, "invalid_name"),
+        "event": (name, "invalid_name"),
+        "count": (_count_problem, "invalid_part"),
+        "sum": (_number_problem, "invalid_value"),
+        "m2": (_m2_problem, "invalid_value"),
+    }
+    return parts, events
+
+
+# Relative slack for checks on sums a client computed in floating point.
+_SLACK: Final = 1e-9
+
+
+def _check_part(batch: Batch, path: str, part: Mapping[str, Any], bounds: Sequence[float]) -> bool:
+    """The fields agree with each other: what records could have produced this part."""
+    n, lo, hi = part["queries"], float(part["latency_min_ms"]), float(part["latency_max_ms"])
+    total, m2, buckets = (
+        float(part["latency_sum_ms"]),
+        float(part["latency_m2_ms2"]),
+        part["buckets"],
+    )
+    problems: list[tuple[str, str]] = []
+    if part["successes"] > n:
+        problems.append(("successes", "must be <= queries"))
+    if lo > hi:
+        problems.append(("latency_min_ms", "must be <= latency_max_ms"))
+    elif not lo * n * (1 - _SLACK) <= total <= hi * n * (1 + _SLACK) + _SLACK:
+        problems.append(("latency_sum_ms", "mean must lie between latency_min_ms and _max_ms"))
+    elif total > n * MAX_LATENCY_MS:
+        problems.append(("latency_sum_ms", f"must be <= queries x {MAX_LATENCY_MS:g}"))
+    # Popoviciu: a variance is at most (max - min)^2 / 4
+    if m2 > n * (hi - lo) ** 2 / 4 * (1 + _SLACK) + _SLACK * max(1.0, total * total / n):
+        problems.append(("latency_m2_ms2", "larger than any records within min..max allow"))
+    if len(buckets) != len(bounds) + 1:
+        problems.append(("buckets", f"must hold {len(bounds) + 1} counts (GET /api/v1/buckets)"))
+    elif sum(buckets) != n:
+        problems.append(("buckets", "must add up to queries"))
+    else:
+        first = bisect.bisect_left(bounds, lo / 1000.0)
+        last = bisect.bisect_left(bounds, hi / 1000.0)
+        used = [i for i, count in enumerate(buckets) if count]
+        if used[0] != first or used[-1] != last:
+            problems.append(("buckets", "the first and last used buckets must hold min and max"))
+    for key, message in problems:
+        batch.fail(f"{path}.{key}", message, "invalid_part")
+    return not problems
+
+
+def _check_event_part(batch: Batch, path: str, part: Mapping[str, Any]) -> bool:
+    n, total, m2 = part["count"], float(part["sum"]), float(part["m2"])
+    problems: list[tuple[str, str]] = []
+    if abs(total) > n * MAX_ABS_EVENT_VALUE:
+        problems.append(("sum", f"must be within count x {MAX_ABS_EVENT_VALUE:g}"))
+    if m2 > n * MAX_ABS_EVENT_VALUE**2 * (1 + _SLACK):  # values within +-limit: var <= limit^2
+        problems.append(("m2", "larger than any values within the limits allow"))
+    for key, message in problems:
+        batch.fail(f"{path}.{key}", message, "invalid_part")
+    return not problems
 
 
 def _check_record(

@@ -92,7 +92,7 @@ def _paths() -> dict[str, Any]:
         "paths": {
             "/api/v1/records": {
                 "post": {
-                    "summary": "Record a batch of queries and events (atomic)",
+                    "summary": "Record queries, events and pre-aggregated parts (atomic)",
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("Batch")}},
@@ -200,6 +200,25 @@ def _paths() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/buckets": {
+                "get": {
+                    "summary": "The latency bucket bounds parts must be bucketed by",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "latency_bounds_seconds": {
+                                        "type": "array",
+                                        "items": {"type": "number"},
+                                    }
+                                },
+                            },
+                            "Upper bounds in seconds (le); +Inf is implied and last.",
+                        )
+                    },
+                }
+            },
             "/api/v1/stats": {
                 "get": {
                     "summary": "Counts of experiments, branches, queries and events",
@@ -296,6 +315,57 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "queries": {"type": "array", "items": _ref("Query")},
                 "events": {"type": "array", "items": _ref("Event")},
+                "parts": {"type": "array", "items": _ref("Part")},
+                "event_parts": {"type": "array", "items": _ref("EventPart")},
+            },
+        },
+        "Part": {
+            "type": "object",
+            "description": "Pre-aggregated queries of one series, exact sufficient statistics "
+            "(what `exporter.client` sends with preaggregate=True). Beyond the field ranges the "
+            "fields must agree: successes <= queries, min <= sum/queries <= max, m2 within what "
+            "min..max allow, buckets (non-cumulative, the layout of GET /api/v1/buckets, +Inf "
+            "last) adding up to queries with the first and last used ones holding min and max.",
+            "additionalProperties": False,
+            "required": [
+                "experiment",
+                "branch",
+                "queries",
+                "successes",
+                "latency_sum_ms",
+                "latency_m2_ms2",
+                "latency_min_ms",
+                "latency_max_ms",
+                "buckets",
+            ],
+            "properties": {
+                "experiment": _NAME,
+                "branch": _NAME,
+                "queries": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+                "successes": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+                "latency_sum_ms": _num("sum of the latencies"),
+                "latency_m2_ms2": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "sum of squared deviations from the mean (Welford's M2)",
+                },
+                "latency_min_ms": {"type": "number", "minimum": 0, "maximum": MAX_LATENCY_MS},
+                "latency_max_ms": {"type": "number", "minimum": 0, "maximum": MAX_LATENCY_MS},
+                "buckets": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            },
+        },
+        "EventPart": {
+            "type": "object",
+            "description": "Pre-aggregated values of one event series: count, sum and M2.",
+            "additionalProperties": False,
+            "required": ["experiment", "branch", "event", "count", "sum", "m2"],
+            "properties": {
+                "experiment": _NAME,
+                "branch": _NAME,
+                "event": _NAME,
+                "count": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+                "sum": _num("sum of the values"),
+                "m2": {"type": "number", "minimum": 0, "description": "Welford's M2"},
             },
         },
         "Accepted": {

@@ -11,6 +11,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -150,6 +151,10 @@ async def _read_json(request: web.Request, source: str) -> tuple[Any, bytes]:
         )
     body = await _read_body(request, request.app[SETTINGS].max_body_bytes)
     try:
+        return orjson.loads(body), body  # 2-3x the standard library's speed
+    except orjson.JSONDecodeError:
+        pass  # what orjson refuses but JSON allows (NaN, huge ints) gets a per-field answer
+    try:
         return json.loads(body), body
     except (ValueError, RecursionError) as exc:
         raise Refusal(400, f"body is not valid JSON: {exc}"[:500], "invalid_json", source) from None
@@ -247,7 +252,9 @@ async def post_records(request: web.Request) -> web.Response:
     guard.admit_write(request)
     data, body = await _read_json(request, "http")
     once = _once(request, body)
-    batch = parse_batch(data, metrics.now(), settings.max_batch_records, settings.max_name_length)
+    batch = parse_batch(
+        data, metrics.now(), settings.max_batch_records, settings.max_name_length, metrics.buckets
+    )
     if batch.error_count:
         for reason, count in batch.reasons.items():
             self_metrics.reject("http", reason, count)
@@ -255,20 +262,28 @@ async def post_records(request: web.Request) -> web.Response:
         # counted above by reason, so the refusal itself carries no reason
         raise Refusal(413 if batch.too_large else 400, message, errors=batch.errors)
     records = batch.records
-    answer = _answer({"accepted": {"queries": records.queries, "events": records.events}})
-    size = records.queries + records.events
+    # a part counts as the records it stands for, in the answer and the self-metrics
+    part_queries, part_events = batch.part_records
+    queries, events = records.queries + part_queries, records.events + part_events
+    answer = _answer({"accepted": {"queries": queries, "events": events}})
+    parts = (batch.parts, batch.event_parts) if batch.parts.keys or batch.event_parts.keys else None
+    size = records.queries + records.events + len(batch.parts.keys) + len(batch.event_parts.keys)
     try:
         if size > _INLINE_RECORDS:
-            written = await asyncio.to_thread(metrics.record_batch, records, once, answer)
+            written = await asyncio.to_thread(metrics.record_batch, records, once, answer, parts)
         else:
-            written = metrics.record_batch(records, once, answer)
+            written = metrics.record_batch(records, once, answer, parts)
     except LimitError as exc:
         raise Refusal(
-            422, f"batch refused, nothing applied: {exc.message}", exc.reason, "http", count=size
+            422,
+            f"batch refused, nothing applied: {exc.message}",
+            exc.reason,
+            "http",
+            count=queries + events,
         ) from None
     if written.repeat is None:
-        self_metrics.accept("http", "query", records.queries)
-        self_metrics.accept("http", "event", records.events)
+        self_metrics.accept("http", "query", queries)
+        self_metrics.accept("http", "event", events)
     del data, body, batch, records  # not held while waiting for the disk
     return await _finish(request, written, answer, once)
 
@@ -415,6 +430,12 @@ async def get_stats(request: web.Request) -> web.Response:
     return json_response(request.app[METRICS].stats())
 
 
+async def get_buckets(request: web.Request) -> web.Response:
+    """The latency bucket bounds a pre-aggregating client must bucket by (seconds, `le`;
+    +Inf is implied and last)."""
+    return json_response({"latency_bounds_seconds": list(request.app[METRICS].buckets)})
+
+
 def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> bytes:
     """Snapshot, render and (maybe) compress: runs on a worker thread."""
     started = time.perf_counter()
@@ -552,4 +573,5 @@ def _routes(app: web.Application) -> None:
     app.router.add_put(experiment + "/config", put_config)
     app.router.add_delete(experiment + "/config", delete_config)
     app.router.add_get("/api/v1/stats", get_stats)
+    app.router.add_get("/api/v1/buckets", get_buckets)
     app.router.add_post("/v1/metrics", analyzer_refuses if analyzer else post_otlp)

@@ -176,17 +176,29 @@ class ABMetrics:
             self._fold()
 
     def record_batch(
-        self, records: Records, once: Once | None = None, answer: Answer | None = None
+        self,
+        records: Records,
+        once: Once | None = None,
+        answer: Answer | None = None,
+        parts: tuple[BranchParts, EventParts] | None = None,
     ) -> Written:
-        """Apply already-validated records together: a read sees all of them or none.
-        With `once`, a repeat of its key applies nothing and returns the first answer.
-        Raises LimitError, applying nothing, if new series would cross a limit."""
+        """Apply already-validated records (and a client's pre-aggregated `parts`)
+        together: a read sees all of them or none. With `once`, a repeat of its key
+        applies nothing and returns the first answer. Raises LimitError, applying
+        nothing, if new series would cross a limit."""
         with self._lock:
             self._fold_locked()
             if (entry := self._repeat(once)) is not None:
                 return entry
-            limits.check(self._aggregate, self.limits, records.query_keys, records.event_keys)
-            self._aggregate.add(records, self._clock())
+            query_keys, event_keys = records.query_keys, records.event_keys
+            if parts is not None:
+                query_keys = query_keys + parts[0].keys
+                event_keys = event_keys + parts[1].keys
+            limits.check(self._aggregate, self.limits, query_keys, event_keys)
+            now = self._clock()
+            self._aggregate.add(records, now)
+            if parts is not None:
+                self._aggregate.add_parts(parts[0], parts[1], now)
             return self._written(once, answer)
 
     def record_parts(
