@@ -37,10 +37,8 @@ RELEASE = "abtest"
 NAMESPACE = "monitoring"
 FULLNAME = "abtest-abtest-exporter"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator, not built in
-SCALED_REFUSAL = (
-    "mode scaled is refused until the scale-out roles "
-    "(serve --role ingest and --role analyzer) exist in abtest-exporter"
-)
+SCALED_VALUES = CHART / "ci" / "scaled-values.yaml"
+PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"  # as in scaled-values.yaml
 SELECTOR = {
     "app.kubernetes.io/name": "abtest-exporter",
     "app.kubernetes.io/instance": RELEASE,
@@ -97,6 +95,34 @@ def container(objects: list[Obj]) -> Obj:
     return result
 
 
+def workloads(objects: list[Obj]) -> list[Obj]:
+    """The Deployments and StatefulSets: single mode's one, or mode scaled's two."""
+    found = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    assert found
+    return found
+
+
+def exporter_container(workload: Obj) -> Obj:
+    (box,) = workload["spec"]["template"]["spec"]["containers"]
+    result: Obj = box
+    return result
+
+
+def component(obj: Obj) -> str:
+    labels = obj["spec"]["template"]["metadata"]["labels"] if "template" in obj["spec"] else {}
+    return str(labels.get("app.kubernetes.io/component", ""))
+
+
+def parse_container(box: Obj) -> Any:
+    """The exporter's own parser reads one container's arguments and plain env values."""
+    args = build_parser().parse_args(box["args"])
+    assert args.command == "serve"
+    args.config = None  # the mounted file is not here; test_config_file_from_values reads it
+    variables = {item["name"]: item.get("value", "") for item in box.get("env", [])}
+    plain_env = {k: v for k, v in variables.items() if not k.endswith("TOKEN_FILE")}
+    return settings_from(args, environ=plain_env)
+
+
 def volumes(objects: list[Obj]) -> dict[str, Obj]:
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     return {volume["name"]: volume for volume in pod["volumes"]}
@@ -112,11 +138,7 @@ def env(objects: list[Obj]) -> dict[str, str]:
 
 def settings_of(objects: list[Obj]) -> Any:
     """The exporter's own parser reads the rendered arguments (and the plain env values)."""
-    args = build_parser().parse_args(container(objects)["args"])
-    assert args.command == "serve"
-    args.config = None  # the mounted file is not here; test_config_file_from_values reads it
-    plain_env = {k: v for k, v in env(objects).items() if not k.endswith("TOKEN_FILE")}
-    return settings_from(args, environ=plain_env)
+    return parse_container(container(objects))
 
 
 def values_ids(path: Path | None) -> str:
@@ -128,7 +150,12 @@ ALL_VALUES = [None, *CI_VALUES]
 
 def test_ci_values_files_exist() -> None:
     names = {path.name for path in CI_VALUES}
-    assert {"monitoring-values.yaml", "secure-values.yaml", "existing-values.yaml"} <= names
+    assert {
+        "monitoring-values.yaml",
+        "secure-values.yaml",
+        "existing-values.yaml",
+        "scaled-values.yaml",
+    } <= names
 
 
 # --- lint, schema, kubernetes-validate, for every values set -------------------------
@@ -148,7 +175,7 @@ def test_lint_strict(values_file: Path | None) -> None:
 def test_lint_reports_bad_values() -> None:
     report = helm_python.lint(CHART, {"mode": "scaled"}, strict=True)
     assert report["errors"]
-    assert any(SCALED_REFUSAL in error for error in report["errors"])
+    assert any("/scaled/prometheusUrl" in error for error in report["errors"])
 
 
 @pytest.mark.parametrize("values_file", ALL_VALUES, ids=values_ids)
@@ -163,7 +190,16 @@ def test_values_pass_the_schema(chart: helm_python.Chart, values_file: Path | No
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
-        ({"mode": "scaled"}, SCALED_REFUSAL),
+        ({"mode": "scaled"}, "/scaled/prometheusUrl"),
+        ({"mode": "scaled", "scaled": {"prometheusUrl": ""}}, "/scaled/prometheusUrl"),
+        ({"scaled": {"prometheusUrl": "prometheus:9090"}}, "/scaled/prometheusUrl"),
+        ({"scaled": {"ingestReplicas": 0}}, "/scaled/ingestReplicas"),
+        ({"scaled": {"replicas": 3}}, "replicas"),
+        (
+            {"mode": "scaled", "scaled": {"prometheusUrl": PROMETHEUS_URL}}
+            | {"persistence": {"existingClaim": "abtest-data"}},
+            "/persistence/existingClaim",
+        ),
         ({"mode": "sharded"}, "/mode"),
         ({"port": 0}, "/port"),
         ({"port": "9470"}, "/port"),
@@ -195,7 +231,9 @@ def test_bad_values_are_refused(chart: helm_python.Chart, values: Obj, complaint
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
 
 
-def test_mode_scaled_is_refused_by_the_template_too(tmp_path: Path) -> None:
+def test_mode_scaled_without_a_prometheus_url_is_refused_by_the_template_too(
+    tmp_path: Path,
+) -> None:
     """`helm template --skip-schema-validation --set mode=scaled` says why as well."""
     copy = tmp_path / "abtest-exporter"
     shutil.copytree(CHART, copy)
@@ -203,9 +241,21 @@ def test_mode_scaled_is_refused_by_the_template_too(tmp_path: Path) -> None:
     with helm_python.Chart.load(copy) as unchecked:
         assert unchecked.schema is None
         unchecked.render({"mode": "single"}, name=RELEASE)  # renders without the schema
-        with pytest.raises(helm_python.HelmRenderError) as refused:
-            unchecked.render({"mode": "scaled"}, name=RELEASE)
-    assert SCALED_REFUSAL in str(refused.value)
+        unchecked.render({"mode": "scaled", "scaled": {"prometheusUrl": PROMETHEUS_URL}})
+        refusals = {}
+        for values in (
+            {"mode": "scaled"},
+            {"mode": "sharded"},
+            {"mode": "scaled", "scaled": {"prometheusUrl": PROMETHEUS_URL}}
+            | {"persistence": {"existingClaim": "abtest-data"}},
+        ):
+            with pytest.raises(helm_python.HelmRenderError) as refused:
+                unchecked.render(values, name=RELEASE)
+            refusals[str(values)] = str(refused.value)
+    messages = list(refusals.values())
+    assert "mode scaled needs scaled.prometheusUrl" in messages[0]
+    assert 'mode "sharded": mode must be single or scaled' in messages[1]
+    assert "persistence.existingClaim is for mode single" in messages[2]
 
 
 def _schema_paths(schema: Obj, root: Obj, prefix: str = "") -> set[str]:
@@ -334,7 +384,7 @@ def test_defaults_make_a_single_writer_deployment_on_a_volume(chart: helm_python
 @pytest.mark.parametrize("values_file", ALL_VALUES, ids=values_ids)
 def test_pods_are_hardened(chart: helm_python.Chart, values_file: Path | None) -> None:
     objects = render(chart, load_values(values_file))
-    pods = [one(objects, "Deployment")["spec"]["template"]["spec"]]
+    pods = [workload["spec"]["template"]["spec"] for workload in workloads(objects)]
     pods += [o["spec"] for o in objects if o["kind"] == "Pod"]
     for pod in pods:
         assert pod["automountServiceAccountToken"] is False
@@ -359,20 +409,21 @@ def test_pods_are_hardened(chart: helm_python.Chart, values_file: Path | None) -
 def test_probes(chart: helm_python.Chart, values_file: Path | None) -> None:
     values = load_values(values_file)
     objects = render(chart, values)
-    box = container(objects)
     scheme = "HTTPS" if values.get("tls", {}).get("enabled") else "HTTP"
-    ports = {port["name"]: port["containerPort"] for port in box["ports"]}
-    assert ports["http"] == settings_of(objects).port == 9470
-    expected = {
-        "startupProbe": "/-/healthy",
-        "livenessProbe": "/-/healthy",
-        "readinessProbe": "/-/ready",
-    }
-    for probe, path in expected.items():
-        assert box[probe]["httpGet"] == {"path": path, "port": "http", "scheme": scheme}
-    # a big data file may take minutes to restore before the port opens
-    startup = box["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    for workload in workloads(objects):  # single's Deployment; the replicas and the analyzer
+        box = exporter_container(workload)
+        ports = {port["name"]: port["containerPort"] for port in box["ports"]}
+        assert ports["http"] == parse_container(box).port == 9470
+        expected = {
+            "startupProbe": "/-/healthy",
+            "livenessProbe": "/-/healthy",
+            "readinessProbe": "/-/ready",
+        }
+        for probe, path in expected.items():
+            assert box[probe]["httpGet"] == {"path": path, "port": "http", "scheme": scheme}
+        # a big data file may take minutes to restore before the port opens
+        startup = box["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
 
 
 @pytest.mark.parametrize("values_file", ALL_VALUES, ids=values_ids)
@@ -390,6 +441,9 @@ def test_labels_and_selectors(chart: helm_python.Chart, values_file: Path | None
         for key, value in values.get("commonLabels", {}).items():
             if obj["kind"] != "Pod":
                 assert labels[key] == value
+    if values.get("mode") == "scaled":
+        _scaled_labels_and_selectors(objects, selector)
+        return
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["selector"]["matchLabels"] == selector
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -408,6 +462,30 @@ def test_labels_and_selectors(chart: helm_python.Chart, values_file: Path | None
             assert spec["selector"]["matchLabels"] == selector
         if obj["kind"] == "Pod":  # the helm-test pod must get no Service traffic
             assert not selector.items() <= obj["metadata"]["labels"].items()
+
+
+def _scaled_labels_and_selectors(objects: list[Obj], base: dict[str, str]) -> None:
+    """mode scaled: each workload selects its own component, each Service the right one."""
+    selectors = {}
+    for workload in workloads(objects):
+        wanted = base | {"app.kubernetes.io/component": component(workload)}
+        assert workload["spec"]["selector"]["matchLabels"] == wanted
+        assert wanted.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        assert workload["metadata"]["labels"]["app.kubernetes.io/component"] == component(workload)
+        selectors[component(workload)] = (wanted, exporter_container(workload))
+    assert set(selectors) == {"ingest", "analyzer"}
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    for name, service in services.items():
+        part = service["spec"]["selector"]["app.kubernetes.io/component"]
+        wanted, box = selectors[part]
+        assert service["spec"]["selector"] == wanted, name
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= {
+            p["name"] for p in box["ports"]
+        }
+    for obj in objects:
+        if obj["kind"] == "Pod":  # the helm-test pod must get no Service traffic
+            for wanted, _ in selectors.values():
+                assert not wanted.items() <= obj["metadata"]["labels"].items()
 
 
 def test_service_links_would_break_it() -> None:

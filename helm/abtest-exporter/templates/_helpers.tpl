@@ -68,6 +68,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
+mode scaled: the ingest StatefulSet and its Services, and the analyzer's Deployment and
+Service. Cut so that pod names (plus "-N") and revision labels stay within 63 characters.
+*/}}
+{{- define "abtest-exporter.ingestName" -}}
+{{- printf "%s-ingest" (include "abtest-exporter.fullname" . | trunc 48 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "abtest-exporter.analyzerName" -}}
+{{- printf "%s-analyzer" (include "abtest-exporter.fullname" . | trunc 48 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
 The ServiceAccount's name.
 */}}
 {{- define "abtest-exporter.serviceAccountName" -}}
@@ -137,12 +149,20 @@ http or https, for probes, the ServiceMonitor and NOTES.
 {{- end }}
 
 {{/*
-Refuse what the chart cannot do yet, with the same words as values.schema.json (so that
+Refuse what the chart cannot run, with the same words as values.schema.json (so that
 `helm template --skip-schema-validation` says why too).
 */}}
 {{- define "abtest-exporter.checkMode" -}}
-{{- if ne .Values.mode "single" }}
-{{- fail (printf "mode %q: only mode single is available; mode scaled is refused until the scale-out roles (serve --role ingest and --role analyzer) exist in abtest-exporter" (toString .Values.mode)) }}
+{{- if not (has .Values.mode (list "single" "scaled")) }}
+{{- fail (printf "mode %q: mode must be single or scaled" (toString .Values.mode)) }}
+{{- end }}
+{{- if eq .Values.mode "scaled" }}
+{{- if not .Values.scaled.prometheusUrl }}
+{{- fail "mode scaled needs scaled.prometheusUrl: the URL of the Prometheus that scrapes the ingest replicas, which the analyzer (--role analyzer --prometheus-url) reads them from" }}
+{{- end }}
+{{- if .Values.persistence.existingClaim }}
+{{- fail "mode scaled makes one claim per ingest replica (volumeClaimTemplates): persistence.existingClaim is for mode single" }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -272,7 +292,7 @@ spec:
           port: http
           scheme: {{ $scheme }}
         {{- toYaml $v.readinessProbe | nindent 8 }}
-      {{- with $v.resources }}
+      {{- with (ternary $v.scaled.analyzer.resources $v.resources $analyzer) }}
       resources:
         {{- toYaml . | nindent 8 }}
       {{- end }}
