@@ -26,7 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
-from exporter.cli import build_parser, settings_from
+from exporter.cli import build_parser, check_role, settings_from
 from exporter.serve.settings import from_environment, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -755,6 +755,176 @@ def test_generic_pass_through_of_new_flags(chart: helm_python.Chart) -> None:
     )
     assert container(objects)["args"][-2:] == ["--log-format", "json"]
     assert env(objects)["ABTEST_EXPORTER_LOG_LEVEL"] == "debug"
+
+
+# --- mode scaled -------------------------------------------------------------------
+
+
+def test_scaled_makes_ingest_replicas_and_one_analyzer(chart: helm_python.Chart) -> None:
+    values = load_values(SCALED_VALUES)
+    objects = render(chart, values)
+    assert "PersistentVolumeClaim" not in kinds(objects)  # one claim per replica instead
+    ingest = one(objects, "StatefulSet", f"{FULLNAME}-ingest")
+    assert ingest["spec"]["replicas"] == 3
+    assert ingest["spec"]["serviceName"] == f"{FULLNAME}-ingest"
+    box = exporter_container(ingest)
+    assert "--role=ingest" in box["args"]
+    replica = parse_container(box)
+    assert (replica.role, replica.data_dir, replica.durability) == ("ingest", "/data", "sync")
+    assert (replica.otlp_port, replica.prometheus_url) == (4318, None)
+    (claim,) = ingest["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert {m["name"]: m["mountPath"] for m in box["volumeMounts"]}["data"] == "/data"
+    pod_volumes = {v["name"] for v in ingest["spec"]["template"]["spec"]["volumes"]}
+    assert "data" not in pod_volumes  # the claim template provides it
+    assert box["resources"] == values["resources"]
+
+    analyzer = one(objects, "Deployment", f"{FULLNAME}-analyzer")
+    assert analyzer["spec"]["replicas"] == 1
+    assert analyzer["spec"]["strategy"] == {"type": "Recreate"}
+    box = exporter_container(analyzer)
+    args = box["args"]
+    role = args.index("--role=analyzer")
+    assert args[role + 1] == f"--prometheus-url={PROMETHEUS_URL}"
+    settings = parse_container(box)
+    assert (settings.role, settings.prometheus_url) == ("analyzer", PROMETHEUS_URL)
+    assert settings.prometheus_selector == 'job="abtest-exporter",namespace="monitoring"'
+    assert settings.durability == "off"  # keeps no data file, and is not given a directory
+    assert not any(arg.startswith("--data-dir") for arg in args)
+    assert check_role(settings).persistent is False  # what the exporter checks at start
+    assert "data" not in {m["name"] for m in box["volumeMounts"]}
+    assert [p["name"] for p in box["ports"]] == ["http"]  # takes no OTLP
+    assert box["resources"] == values["scaled"]["analyzer"]["resources"]
+    # the two share the pod template: same hardening, image, account
+    ingest_pod, analyzer_pod = (w["spec"]["template"]["spec"] for w in (ingest, analyzer))
+    for key in ("securityContext", "serviceAccountName", "automountServiceAccountToken"):
+        assert ingest_pod[key] == analyzer_pod[key]
+    assert exporter_container(ingest)["securityContext"] == box["securityContext"]
+    assert exporter_container(ingest)["image"] == box["image"]
+
+
+def test_scaled_services_pick_the_right_component(chart: helm_python.Chart) -> None:
+    objects = render(chart, load_values(SCALED_VALUES))
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    picks = {
+        name: s["spec"]["selector"]["app.kubernetes.io/component"] for name, s in services.items()
+    }
+    assert picks == {
+        FULLNAME: "ingest",  # where apps send records and OTLP
+        f"{FULLNAME}-ingest": "ingest",  # headless: one target per replica
+        f"{FULLNAME}-analyzer": "analyzer",  # the read API and results page
+    }
+    assert services[f"{FULLNAME}-ingest"]["spec"]["clusterIP"] == "None"
+    assert {p["name"] for p in services[FULLNAME]["spec"]["ports"]} == {"http", "otlp-http"}
+    assert [p["name"] for p in services[f"{FULLNAME}-analyzer"]["spec"]["ports"]] == ["http"]
+    test_pod = one(objects, "Pod")  # helm test asks the ingest Service
+    assert test_pod["spec"]["containers"][0]["command"][3] == f"http://{FULLNAME}:9470/-/ready"
+
+
+def test_scaled_service_monitor_scrapes_replicas_and_analyzer_by_pod(
+    chart: helm_python.Chart,
+) -> None:
+    objects = render(chart, load_values(SCALED_VALUES))
+    monitor = one(objects, "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    scraped = {
+        o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "Service" and wanted.items() <= o["metadata"]["labels"].items()
+    }
+    # the headless Service and the analyzer; not the main Service (a second scrape)
+    assert scraped == {f"{FULLNAME}-ingest", f"{FULLNAME}-analyzer"}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http"
+    assert endpoint["relabelings"] == [
+        {"action": "replace", "targetLabel": "job", "replacement": "abtest-exporter"},
+        {
+            "action": "replace",
+            "sourceLabels": ["__meta_kubernetes_pod_name"],
+            "targetLabel": "instance",
+        },
+    ]
+    single = one(render(chart, {"serviceMonitor": {"enabled": True}}), "ServiceMonitor")
+    (endpoint,) = single["spec"]["endpoints"]
+    assert [r["targetLabel"] for r in endpoint["relabelings"]] == ["job"]
+
+
+def test_scaled_ingress_policy_and_budget_point_at_their_component(
+    chart: helm_python.Chart,
+) -> None:
+    values = load_values(SCALED_VALUES) | {
+        "ingress": {"enabled": True},
+        "networkPolicy": {
+            "enabled": True,
+            "ingressFrom": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}],
+        },
+    }
+    objects = render(chart, values)
+    ingress = one(objects, "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{FULLNAME}-analyzer", "port": {"name": "http"}}
+    budget = one(objects, "PodDisruptionBudget", f"{FULLNAME}-ingest")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "ingest"
+    policy = one(objects, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchExpressions"] == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["ingest", "analyzer"]}
+    ]
+    (rule,) = policy["ingress"]
+    analyzer_peer = {
+        "podSelector": {
+            "matchLabels": {
+                **SELECTOR,
+                "app.kubernetes.io/component": "analyzer",
+            }
+        }
+    }
+    assert rule["from"] == [*values["networkPolicy"]["ingressFrom"], analyzer_peer]
+    assert [p["port"] for p in rule["ports"]] == ["http", "otlp-http"]
+
+
+def test_scaled_without_persistence_and_with_everything_else(
+    chart: helm_python.Chart, tmp_path: Path
+) -> None:
+    """Tokens, TLS, a config file and no volume: both workloads get them, and the
+    objects still pass kubernetes-validate."""
+    values: Obj = {
+        "mode": "scaled",
+        "scaled": {"prometheusUrl": "https://prometheus.example:9090", "ingestReplicas": 1},
+        "persistence": {"enabled": False},
+        "auth": {"enabled": True, "metrics": True},
+        "tls": {"enabled": True, "secretName": "abtest-exporter-tls"},
+        "config": {"toml": '[experiments.checkout]\ncontrol = "control"\n'},
+    }
+    chart.validate_schema(values)
+    objects = render(chart, values)
+    ingest = one(objects, "StatefulSet")
+    assert "volumeClaimTemplates" not in ingest["spec"]
+    pod_volumes = {v["name"]: v for v in ingest["spec"]["template"]["spec"]["volumes"]}
+    assert pod_volumes["data"] == {"name": "data", "emptyDir": {}}
+    for workload in workloads(objects):
+        settings = parse_container(exporter_container(workload))
+        assert settings.tls_cert == "/etc/abtest-exporter/tls/tls.crt"
+        names = {m["name"] for m in exporter_container(workload)["volumeMounts"]}
+        assert {"tokens", "tls", "config", "tmp"} <= names
+        assert exporter_container(workload)["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
+    built_in = [o for o in objects if o["kind"] not in CRD_KINDS]
+    result = _kubernetes_validate(built_in, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scaled_notes_say_where_to_send_and_where_to_read(chart: helm_python.Chart) -> None:
+    _, notes = render_all(chart, load_values(SCALED_VALUES))
+    send = notes.index("apps send records and OTLP to the ingest replicas")
+    read = notes.index("Read results")
+    assert notes.index(f"http://{FULLNAME}.{NAMESPACE}.svc:9470", send) < read
+    assert f"http://{FULLNAME}-analyzer.{NAMESPACE}.svc:9470" in notes[read:]
+    assert f"port-forward service/{FULLNAME}-analyzer 9470:9470" in notes
+    assert PROMETHEUS_URL in notes
+    assert f"{FULLNAME}-ingest.{NAMESPACE}" in notes  # for the Collector's loadbalancing
+    assert "abtest_analyzer_inputs_complete" in notes
 
 
 # --- the chart's copies of grafana/ ------------------------------------------------
