@@ -26,7 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
-from exporter.cli import build_parser, settings_from
+from exporter.cli import build_parser, check_role, settings_from
 from exporter.serve.settings import from_environment, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,10 +37,8 @@ RELEASE = "abtest"
 NAMESPACE = "monitoring"
 FULLNAME = "abtest-abtest-exporter"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator, not built in
-SCALED_REFUSAL = (
-    "mode scaled is refused until the scale-out roles "
-    "(serve --role ingest and --role analyzer) exist in abtest-exporter"
-)
+SCALED_VALUES = CHART / "ci" / "scaled-values.yaml"
+PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"  # as in scaled-values.yaml
 SELECTOR = {
     "app.kubernetes.io/name": "abtest-exporter",
     "app.kubernetes.io/instance": RELEASE,
@@ -97,6 +95,34 @@ def container(objects: list[Obj]) -> Obj:
     return result
 
 
+def workloads(objects: list[Obj]) -> list[Obj]:
+    """The Deployments and StatefulSets: single mode's one, or mode scaled's two."""
+    found = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    assert found
+    return found
+
+
+def exporter_container(workload: Obj) -> Obj:
+    (box,) = workload["spec"]["template"]["spec"]["containers"]
+    result: Obj = box
+    return result
+
+
+def component(obj: Obj) -> str:
+    labels = obj["spec"]["template"]["metadata"]["labels"] if "template" in obj["spec"] else {}
+    return str(labels.get("app.kubernetes.io/component", ""))
+
+
+def parse_container(box: Obj) -> Any:
+    """The exporter's own parser reads one container's arguments and plain env values."""
+    args = build_parser().parse_args(box["args"])
+    assert args.command == "serve"
+    args.config = None  # the mounted file is not here; test_config_file_from_values reads it
+    variables = {item["name"]: item.get("value", "") for item in box.get("env", [])}
+    plain_env = {k: v for k, v in variables.items() if not k.endswith("TOKEN_FILE")}
+    return settings_from(args, environ=plain_env)
+
+
 def volumes(objects: list[Obj]) -> dict[str, Obj]:
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     return {volume["name"]: volume for volume in pod["volumes"]}
@@ -112,11 +138,7 @@ def env(objects: list[Obj]) -> dict[str, str]:
 
 def settings_of(objects: list[Obj]) -> Any:
     """The exporter's own parser reads the rendered arguments (and the plain env values)."""
-    args = build_parser().parse_args(container(objects)["args"])
-    assert args.command == "serve"
-    args.config = None  # the mounted file is not here; test_config_file_from_values reads it
-    plain_env = {k: v for k, v in env(objects).items() if not k.endswith("TOKEN_FILE")}
-    return settings_from(args, environ=plain_env)
+    return parse_container(container(objects))
 
 
 def values_ids(path: Path | None) -> str:
@@ -128,7 +150,12 @@ ALL_VALUES = [None, *CI_VALUES]
 
 def test_ci_values_files_exist() -> None:
     names = {path.name for path in CI_VALUES}
-    assert {"monitoring-values.yaml", "secure-values.yaml", "existing-values.yaml"} <= names
+    assert {
+        "monitoring-values.yaml",
+        "secure-values.yaml",
+        "existing-values.yaml",
+        "scaled-values.yaml",
+    } <= names
 
 
 # --- lint, schema, kubernetes-validate, for every values set -------------------------
@@ -148,7 +175,7 @@ def test_lint_strict(values_file: Path | None) -> None:
 def test_lint_reports_bad_values() -> None:
     report = helm_python.lint(CHART, {"mode": "scaled"}, strict=True)
     assert report["errors"]
-    assert any(SCALED_REFUSAL in error for error in report["errors"])
+    assert any("/scaled/prometheusUrl" in error for error in report["errors"])
 
 
 @pytest.mark.parametrize("values_file", ALL_VALUES, ids=values_ids)
@@ -163,7 +190,16 @@ def test_values_pass_the_schema(chart: helm_python.Chart, values_file: Path | No
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
-        ({"mode": "scaled"}, SCALED_REFUSAL),
+        ({"mode": "scaled"}, "/scaled/prometheusUrl"),
+        ({"mode": "scaled", "scaled": {"prometheusUrl": ""}}, "/scaled/prometheusUrl"),
+        ({"scaled": {"prometheusUrl": "prometheus:9090"}}, "/scaled/prometheusUrl"),
+        ({"scaled": {"ingestReplicas": 0}}, "/scaled/ingestReplicas"),
+        ({"scaled": {"replicas": 3}}, "replicas"),
+        (
+            {"mode": "scaled", "scaled": {"prometheusUrl": PROMETHEUS_URL}}
+            | {"persistence": {"existingClaim": "abtest-data"}},
+            "/persistence/existingClaim",
+        ),
         ({"mode": "sharded"}, "/mode"),
         ({"port": 0}, "/port"),
         ({"port": "9470"}, "/port"),
@@ -195,7 +231,9 @@ def test_bad_values_are_refused(chart: helm_python.Chart, values: Obj, complaint
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
 
 
-def test_mode_scaled_is_refused_by_the_template_too(tmp_path: Path) -> None:
+def test_mode_scaled_without_a_prometheus_url_is_refused_by_the_template_too(
+    tmp_path: Path,
+) -> None:
     """`helm template --skip-schema-validation --set mode=scaled` says why as well."""
     copy = tmp_path / "abtest-exporter"
     shutil.copytree(CHART, copy)
@@ -203,9 +241,21 @@ def test_mode_scaled_is_refused_by_the_template_too(tmp_path: Path) -> None:
     with helm_python.Chart.load(copy) as unchecked:
         assert unchecked.schema is None
         unchecked.render({"mode": "single"}, name=RELEASE)  # renders without the schema
-        with pytest.raises(helm_python.HelmRenderError) as refused:
-            unchecked.render({"mode": "scaled"}, name=RELEASE)
-    assert SCALED_REFUSAL in str(refused.value)
+        unchecked.render({"mode": "scaled", "scaled": {"prometheusUrl": PROMETHEUS_URL}})
+        refusals = {}
+        for values in (
+            {"mode": "scaled"},
+            {"mode": "sharded"},
+            {"mode": "scaled", "scaled": {"prometheusUrl": PROMETHEUS_URL}}
+            | {"persistence": {"existingClaim": "abtest-data"}},
+        ):
+            with pytest.raises(helm_python.HelmRenderError) as refused:
+                unchecked.render(values, name=RELEASE)
+            refusals[str(values)] = str(refused.value)
+    messages = list(refusals.values())
+    assert "mode scaled needs scaled.prometheusUrl" in messages[0]
+    assert 'mode "sharded": mode must be single or scaled' in messages[1]
+    assert "persistence.existingClaim is for mode single" in messages[2]
 
 
 def _schema_paths(schema: Obj, root: Obj, prefix: str = "") -> set[str]:
@@ -334,7 +384,7 @@ def test_defaults_make_a_single_writer_deployment_on_a_volume(chart: helm_python
 @pytest.mark.parametrize("values_file", ALL_VALUES, ids=values_ids)
 def test_pods_are_hardened(chart: helm_python.Chart, values_file: Path | None) -> None:
     objects = render(chart, load_values(values_file))
-    pods = [one(objects, "Deployment")["spec"]["template"]["spec"]]
+    pods = [workload["spec"]["template"]["spec"] for workload in workloads(objects)]
     pods += [o["spec"] for o in objects if o["kind"] == "Pod"]
     for pod in pods:
         assert pod["automountServiceAccountToken"] is False
@@ -359,20 +409,21 @@ def test_pods_are_hardened(chart: helm_python.Chart, values_file: Path | None) -
 def test_probes(chart: helm_python.Chart, values_file: Path | None) -> None:
     values = load_values(values_file)
     objects = render(chart, values)
-    box = container(objects)
     scheme = "HTTPS" if values.get("tls", {}).get("enabled") else "HTTP"
-    ports = {port["name"]: port["containerPort"] for port in box["ports"]}
-    assert ports["http"] == settings_of(objects).port == 9470
-    expected = {
-        "startupProbe": "/-/healthy",
-        "livenessProbe": "/-/healthy",
-        "readinessProbe": "/-/ready",
-    }
-    for probe, path in expected.items():
-        assert box[probe]["httpGet"] == {"path": path, "port": "http", "scheme": scheme}
-    # a big data file may take minutes to restore before the port opens
-    startup = box["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    for workload in workloads(objects):  # single's Deployment; the replicas and the analyzer
+        box = exporter_container(workload)
+        ports = {port["name"]: port["containerPort"] for port in box["ports"]}
+        assert ports["http"] == parse_container(box).port == 9470
+        expected = {
+            "startupProbe": "/-/healthy",
+            "livenessProbe": "/-/healthy",
+            "readinessProbe": "/-/ready",
+        }
+        for probe, path in expected.items():
+            assert box[probe]["httpGet"] == {"path": path, "port": "http", "scheme": scheme}
+        # a big data file may take minutes to restore before the port opens
+        startup = box["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
 
 
 @pytest.mark.parametrize("values_file", ALL_VALUES, ids=values_ids)
@@ -390,6 +441,9 @@ def test_labels_and_selectors(chart: helm_python.Chart, values_file: Path | None
         for key, value in values.get("commonLabels", {}).items():
             if obj["kind"] != "Pod":
                 assert labels[key] == value
+    if values.get("mode") == "scaled":
+        _scaled_labels_and_selectors(objects, selector)
+        return
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["selector"]["matchLabels"] == selector
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -408,6 +462,30 @@ def test_labels_and_selectors(chart: helm_python.Chart, values_file: Path | None
             assert spec["selector"]["matchLabels"] == selector
         if obj["kind"] == "Pod":  # the helm-test pod must get no Service traffic
             assert not selector.items() <= obj["metadata"]["labels"].items()
+
+
+def _scaled_labels_and_selectors(objects: list[Obj], base: dict[str, str]) -> None:
+    """mode scaled: each workload selects its own component, each Service the right one."""
+    selectors = {}
+    for workload in workloads(objects):
+        wanted = base | {"app.kubernetes.io/component": component(workload)}
+        assert workload["spec"]["selector"]["matchLabels"] == wanted
+        assert wanted.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        assert workload["metadata"]["labels"]["app.kubernetes.io/component"] == component(workload)
+        selectors[component(workload)] = (wanted, exporter_container(workload))
+    assert set(selectors) == {"ingest", "analyzer"}
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    for name, service in services.items():
+        part = service["spec"]["selector"]["app.kubernetes.io/component"]
+        wanted, box = selectors[part]
+        assert service["spec"]["selector"] == wanted, name
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= {
+            p["name"] for p in box["ports"]
+        }
+    for obj in objects:
+        if obj["kind"] == "Pod":  # the helm-test pod must get no Service traffic
+            for wanted, _ in selectors.values():
+                assert not wanted.items() <= obj["metadata"]["labels"].items()
 
 
 def test_service_links_would_break_it() -> None:
@@ -677,6 +755,176 @@ def test_generic_pass_through_of_new_flags(chart: helm_python.Chart) -> None:
     )
     assert container(objects)["args"][-2:] == ["--log-format", "json"]
     assert env(objects)["ABTEST_EXPORTER_LOG_LEVEL"] == "debug"
+
+
+# --- mode scaled -------------------------------------------------------------------
+
+
+def test_scaled_makes_ingest_replicas_and_one_analyzer(chart: helm_python.Chart) -> None:
+    values = load_values(SCALED_VALUES)
+    objects = render(chart, values)
+    assert "PersistentVolumeClaim" not in kinds(objects)  # one claim per replica instead
+    ingest = one(objects, "StatefulSet", f"{FULLNAME}-ingest")
+    assert ingest["spec"]["replicas"] == 3
+    assert ingest["spec"]["serviceName"] == f"{FULLNAME}-ingest"
+    box = exporter_container(ingest)
+    assert "--role=ingest" in box["args"]
+    replica = parse_container(box)
+    assert (replica.role, replica.data_dir, replica.durability) == ("ingest", "/data", "sync")
+    assert (replica.otlp_port, replica.prometheus_url) == (4318, None)
+    (claim,) = ingest["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert {m["name"]: m["mountPath"] for m in box["volumeMounts"]}["data"] == "/data"
+    pod_volumes = {v["name"] for v in ingest["spec"]["template"]["spec"]["volumes"]}
+    assert "data" not in pod_volumes  # the claim template provides it
+    assert box["resources"] == values["resources"]
+
+    analyzer = one(objects, "Deployment", f"{FULLNAME}-analyzer")
+    assert analyzer["spec"]["replicas"] == 1
+    assert analyzer["spec"]["strategy"] == {"type": "Recreate"}
+    box = exporter_container(analyzer)
+    args = box["args"]
+    role = args.index("--role=analyzer")
+    assert args[role + 1] == f"--prometheus-url={PROMETHEUS_URL}"
+    settings = parse_container(box)
+    assert (settings.role, settings.prometheus_url) == ("analyzer", PROMETHEUS_URL)
+    assert settings.prometheus_selector == 'job="abtest-exporter",namespace="monitoring"'
+    assert settings.durability == "off"  # keeps no data file, and is not given a directory
+    assert not any(arg.startswith("--data-dir") for arg in args)
+    assert check_role(settings).persistent is False  # what the exporter checks at start
+    assert "data" not in {m["name"] for m in box["volumeMounts"]}
+    assert [p["name"] for p in box["ports"]] == ["http"]  # takes no OTLP
+    assert box["resources"] == values["scaled"]["analyzer"]["resources"]
+    # the two share the pod template: same hardening, image, account
+    ingest_pod, analyzer_pod = (w["spec"]["template"]["spec"] for w in (ingest, analyzer))
+    for key in ("securityContext", "serviceAccountName", "automountServiceAccountToken"):
+        assert ingest_pod[key] == analyzer_pod[key]
+    assert exporter_container(ingest)["securityContext"] == box["securityContext"]
+    assert exporter_container(ingest)["image"] == box["image"]
+
+
+def test_scaled_services_pick_the_right_component(chart: helm_python.Chart) -> None:
+    objects = render(chart, load_values(SCALED_VALUES))
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    picks = {
+        name: s["spec"]["selector"]["app.kubernetes.io/component"] for name, s in services.items()
+    }
+    assert picks == {
+        FULLNAME: "ingest",  # where apps send records and OTLP
+        f"{FULLNAME}-ingest": "ingest",  # headless: one target per replica
+        f"{FULLNAME}-analyzer": "analyzer",  # the read API and results page
+    }
+    assert services[f"{FULLNAME}-ingest"]["spec"]["clusterIP"] == "None"
+    assert {p["name"] for p in services[FULLNAME]["spec"]["ports"]} == {"http", "otlp-http"}
+    assert [p["name"] for p in services[f"{FULLNAME}-analyzer"]["spec"]["ports"]] == ["http"]
+    test_pod = one(objects, "Pod")  # helm test asks the ingest Service
+    assert test_pod["spec"]["containers"][0]["command"][3] == f"http://{FULLNAME}:9470/-/ready"
+
+
+def test_scaled_service_monitor_scrapes_replicas_and_analyzer_by_pod(
+    chart: helm_python.Chart,
+) -> None:
+    objects = render(chart, load_values(SCALED_VALUES))
+    monitor = one(objects, "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    scraped = {
+        o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "Service" and wanted.items() <= o["metadata"]["labels"].items()
+    }
+    # the headless Service and the analyzer; not the main Service (a second scrape)
+    assert scraped == {f"{FULLNAME}-ingest", f"{FULLNAME}-analyzer"}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http"
+    assert endpoint["relabelings"] == [
+        {"action": "replace", "targetLabel": "job", "replacement": "abtest-exporter"},
+        {
+            "action": "replace",
+            "sourceLabels": ["__meta_kubernetes_pod_name"],
+            "targetLabel": "instance",
+        },
+    ]
+    single = one(render(chart, {"serviceMonitor": {"enabled": True}}), "ServiceMonitor")
+    (endpoint,) = single["spec"]["endpoints"]
+    assert [r["targetLabel"] for r in endpoint["relabelings"]] == ["job"]
+
+
+def test_scaled_ingress_policy_and_budget_point_at_their_component(
+    chart: helm_python.Chart,
+) -> None:
+    values = load_values(SCALED_VALUES) | {
+        "ingress": {"enabled": True},
+        "networkPolicy": {
+            "enabled": True,
+            "ingressFrom": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}],
+        },
+    }
+    objects = render(chart, values)
+    ingress = one(objects, "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{FULLNAME}-analyzer", "port": {"name": "http"}}
+    budget = one(objects, "PodDisruptionBudget", f"{FULLNAME}-ingest")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "ingest"
+    policy = one(objects, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchExpressions"] == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["ingest", "analyzer"]}
+    ]
+    (rule,) = policy["ingress"]
+    analyzer_peer = {
+        "podSelector": {
+            "matchLabels": {
+                **SELECTOR,
+                "app.kubernetes.io/component": "analyzer",
+            }
+        }
+    }
+    assert rule["from"] == [*values["networkPolicy"]["ingressFrom"], analyzer_peer]
+    assert [p["port"] for p in rule["ports"]] == ["http", "otlp-http"]
+
+
+def test_scaled_without_persistence_and_with_everything_else(
+    chart: helm_python.Chart, tmp_path: Path
+) -> None:
+    """Tokens, TLS, a config file and no volume: both workloads get them, and the
+    objects still pass kubernetes-validate."""
+    values: Obj = {
+        "mode": "scaled",
+        "scaled": {"prometheusUrl": "https://prometheus.example:9090", "ingestReplicas": 1},
+        "persistence": {"enabled": False},
+        "auth": {"enabled": True, "metrics": True},
+        "tls": {"enabled": True, "secretName": "abtest-exporter-tls"},
+        "config": {"toml": '[experiments.checkout]\ncontrol = "control"\n'},
+    }
+    chart.validate_schema(values)
+    objects = render(chart, values)
+    ingest = one(objects, "StatefulSet")
+    assert "volumeClaimTemplates" not in ingest["spec"]
+    pod_volumes = {v["name"]: v for v in ingest["spec"]["template"]["spec"]["volumes"]}
+    assert pod_volumes["data"] == {"name": "data", "emptyDir": {}}
+    for workload in workloads(objects):
+        settings = parse_container(exporter_container(workload))
+        assert settings.tls_cert == "/etc/abtest-exporter/tls/tls.crt"
+        names = {m["name"] for m in exporter_container(workload)["volumeMounts"]}
+        assert {"tokens", "tls", "config", "tmp"} <= names
+        assert exporter_container(workload)["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
+    built_in = [o for o in objects if o["kind"] not in CRD_KINDS]
+    result = _kubernetes_validate(built_in, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scaled_notes_say_where_to_send_and_where_to_read(chart: helm_python.Chart) -> None:
+    _, notes = render_all(chart, load_values(SCALED_VALUES))
+    send = notes.index("apps send records and OTLP to the ingest replicas")
+    read = notes.index("Read results")
+    assert notes.index(f"http://{FULLNAME}.{NAMESPACE}.svc:9470", send) < read
+    assert f"http://{FULLNAME}-analyzer.{NAMESPACE}.svc:9470" in notes[read:]
+    assert f"port-forward service/{FULLNAME}-analyzer 9470:9470" in notes
+    assert PROMETHEUS_URL in notes
+    assert f"{FULLNAME}-ingest.{NAMESPACE}" in notes  # for the Collector's loadbalancing
+    assert "abtest_analyzer_inputs_complete" in notes
 
 
 # --- the chart's copies of grafana/ ------------------------------------------------

@@ -2,7 +2,7 @@
 arguments and environment the chart renders, its volumes laid out from the rendered
 ConfigMaps and Secrets in a temporary directory (only mount paths, host and ports are
 mapped). The probes, the tokens, TLS, the config file, the OTLP port and the helm-test
-script are then tried against it."""
+script are then tried against it; in mode scaled, an ingest replica and the analyzer."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ class Pod:
     mounts: dict[str, Path]
     objects: list[Obj]
     log: Path
+    box: Obj  # the rendered container
 
     def request(
         self, path: str, body: Any = None, token: str | None = None, base: str | None = None
@@ -79,11 +80,14 @@ def make_certificate(directory: Path) -> tuple[str, str]:
     return cert.read_text(), key.read_text()
 
 
-def lay_out_volumes(objects: list[Obj], root: Path) -> dict[str, Path]:
+def lay_out_volumes(objects: list[Obj], workload: Obj, root: Path) -> dict[str, Path]:
     """Each mount of the rendered container as a local directory, filled like the kubelet
-    would from the rendered ConfigMap or Secret. Returns mountPath -> local directory."""
-    spec = one(objects, "Deployment")["spec"]["template"]["spec"]
+    would from the rendered ConfigMap or Secret (or a StatefulSet's claim template).
+    Returns mountPath -> local directory."""
+    spec = workload["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    for claim in workload["spec"].get("volumeClaimTemplates", []):
+        volumes[claim["metadata"]["name"]] = {"persistentVolumeClaim": {}}
     (box,) = spec["containers"]
     mapped: dict[str, Path] = {}
     for mount in box["volumeMounts"]:
@@ -122,10 +126,11 @@ def localise(text: str, mounts: dict[str, Path]) -> str:
 def start(tmp_path: Path) -> Iterator[Any]:
     pods: list[Pod] = []
 
-    def run(values: Obj) -> Pod:
+    def run(values: Obj, kind: str = "Deployment", name: str | None = None) -> Pod:
         objects = render(values)
-        mounts = lay_out_volumes(objects, tmp_path / "volumes")
-        (box,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+        workload = one(objects, kind, name)
+        mounts = lay_out_volumes(objects, workload, tmp_path / f"volumes-{len(pods)}")
+        (box,) = workload["spec"]["template"]["spec"]["containers"]
         port, otlp_port = free_port(), free_port()
         args = []
         for arg in box["args"]:
@@ -138,7 +143,7 @@ def start(tmp_path: Path) -> Iterator[Any]:
                 value = str(otlp_port)
             args.append(f"{flag}={localise(value, mounts)}" if value else arg)
         environ = {item["name"]: localise(item["value"], mounts) for item in box.get("env", [])}
-        log = tmp_path / "exporter.log"
+        log = tmp_path / f"exporter-{len(pods)}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "exporter.cli", *args],
@@ -162,6 +167,7 @@ def start(tmp_path: Path) -> Iterator[Any]:
             mounts,
             objects,
             log,
+            box,
         )
         pods.append(pod)
 
@@ -184,9 +190,8 @@ RECORDS = {
 
 
 def probes_pass(pod: Pod) -> None:
-    (box,) = one(pod.objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        get = box[probe]["httpGet"]
+        get = pod.box[probe]["httpGet"]
         assert pod.url.startswith(get["scheme"].lower() + "://")
         path = get["path"]
 
@@ -256,3 +261,40 @@ def test_the_helm_test_fails_when_nothing_answers(start: Any) -> None:
     assert pod.process.wait(timeout=20) == 0
     result = helm_test_passes(pod)
     assert result.returncode != 0
+
+
+SCALED = yaml.safe_load((CHART / "ci" / "scaled-values.yaml").read_text())
+
+
+def test_scaled_ingest_replica_runs_with_its_rendered_args(start: Any) -> None:
+    pod = start(SCALED, "StatefulSet", "abtest-abtest-exporter-ingest")
+    assert "--role=ingest" in pod.box["args"]
+    probes_pass(pod)
+    assert pod.request("/api/v1/records", RECORDS)[0] == 200
+    assert (pod.mounts["/data"] / "abtest.sqlite3").exists()  # on its claim
+    status, metrics = pod.request("/metrics")
+    assert status == 200
+    assert b'abtest_queries_total{experiment="checkout",branch="control"} 1' in metrics
+    assert b'role="ingest"' in metrics  # what the analyzer selects replicas by
+    assert pod.otlp_url
+    assert pod.request("/v1/metrics", {}, base=pod.otlp_url)[0] == 200
+    result = helm_test_passes(pod)  # helm test asks the main Service: the replicas
+    assert result.returncode == 0, result.stderr
+
+
+def test_scaled_analyzer_runs_with_its_rendered_args_and_no_prometheus(start: Any) -> None:
+    """Nothing listens at the Prometheus URL: the analyzer still starts, is healthy and
+    ready (it keeps no data file), and says its inputs are not complete."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    values = SCALED | {"scaled": SCALED["scaled"] | {"prometheusUrl": nowhere}}
+    pod = start(values, "Deployment", "abtest-abtest-exporter-analyzer")
+    args = pod.box["args"]
+    assert args[args.index("--role=analyzer") + 1] == f"--prometheus-url={nowhere}"
+    probes_pass(pod)
+    assert [list(path.iterdir()) for path in pod.mounts.values()] == [[]]  # /tmp only, empty
+    status, metrics = pod.request("/metrics")
+    assert status == 200
+    assert b"abtest_analyzer_inputs_complete 0" in metrics
+    assert b'role="analyzer"' in metrics
+    status, body = pod.request("/api/v1/records", RECORDS)
+    assert status == 404 and b"analyzer" in body  # records go to the replicas
