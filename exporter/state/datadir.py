@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 
 LOCK_NAME = "abtest.lock"
@@ -66,8 +67,12 @@ class DataDirLock:
 
 
 def _read_pid(fd: int) -> str:
-    with contextlib.suppress(OSError, ValueError):
-        text = os.pread(fd, 32, 0).decode().strip()
-        if text.isdigit():
-            return text
+    """The holder's PID; it writes it just after it takes the lock, so a racer may find the
+    file empty for a moment: wait a little for it."""
+    for _ in range(40):
+        with contextlib.suppress(OSError, ValueError):
+            text = os.pread(fd, 32, 0).decode().strip()
+            if text.isdigit():
+                return text
+        time.sleep(0.025)
     return "unknown"
