@@ -26,29 +26,40 @@ from .common import best_of, verdict
 BRANCHES = ("control", "treatment-a", "treatment-b", "treatment-c")
 
 
-def bench_record(calls: int, rounds: int) -> tuple[float, float]:
+Plan = list[tuple[str, str, float, bool]]
+
+
+def record_plan(calls: int) -> Plan:
+    """`calls` queries over 25 experiments x 4 branches (1000 distinct ones, repeated)."""
     keys = [(f"exp{i % 25}", BRANCHES[i % 4], float(i % 500), i % 10 != 0) for i in range(1000)]
-    plan = keys * (calls // len(keys))
+    return keys * max(1, calls // len(keys))
 
-    def ours() -> None:
-        metrics = ABMetrics()
-        record = metrics.record_query
-        for experiment, branch, latency, success in plan:
-            record(experiment, branch, latency, success)
-        metrics.stats()  # folds what is pending: its cost is part of recording
 
-    def bare() -> None:
-        registry = CollectorRegistry()
-        queries = Counter("q", "q", ["experiment", "branch"], registry=registry)
-        latency_h = Histogram(
-            "d", "d", ["experiment", "branch"], buckets=DEFAULT_BUCKETS, registry=registry
-        )
-        for experiment, branch, latency, _ in plan:
-            queries.labels(experiment, branch).inc()
-            latency_h.labels(experiment, branch).observe(latency / 1000)
+def record_ours(plan: Plan) -> None:
+    metrics = ABMetrics()
+    record = metrics.record_query
+    for experiment, branch, latency, success in plan:
+        record(experiment, branch, latency, success)
+    metrics.stats()  # folds what is pending: its cost is part of recording
 
+
+def record_prometheus_client(plan: Plan) -> None:
+    registry = CollectorRegistry()
+    queries = Counter("q", "q", ["experiment", "branch"], registry=registry)
+    latency_h = Histogram(
+        "d", "d", ["experiment", "branch"], buckets=DEFAULT_BUCKETS, registry=registry
+    )
+    for experiment, branch, latency, _ in plan:
+        queries.labels(experiment, branch).inc()
+        latency_h.labels(experiment, branch).observe(latency / 1000)
+
+
+def bench_record(calls: int, rounds: int) -> tuple[float, float]:
+    plan = record_plan(calls)
     n = len(plan)
-    return best_of(rounds, ours) / n * 1e9, best_of(rounds, bare) / n * 1e9
+    ours = best_of(rounds, lambda: record_ours(plan))
+    bare = best_of(rounds, lambda: record_prometheus_client(plan))
+    return ours / n * 1e9, bare / n * 1e9
 
 
 def populate(experiments: int, events: int) -> tuple[ABMetrics, CollectorRegistry]:

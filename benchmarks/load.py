@@ -8,6 +8,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .common import run_threads
+
 
 def batch_body(size: int, seed: int = 0) -> bytes:
     queries = [
@@ -78,11 +80,5 @@ def drive(
                 time.sleep(pause)
         connection.close()
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=work) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.monotonic() - started
+    result.seconds = run_threads([work] * workers)
     return result

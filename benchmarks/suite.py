@@ -43,8 +43,9 @@ from exporter.outputs.comparisons import ComparisonEngine
 from exporter.outputs.exposition import render
 from tests.helpers import Exporter, free_port, wait_for
 
-from .bench_core import BRANCHES, populate
+from .bench_core import BRANCHES, populate, record_ours, record_plan, record_prometheus_client
 from .bench_otlp import bench_track, request
+from .common import run_threads
 from .load import batch_body
 
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -123,27 +124,15 @@ def pin(pid: int, cpu: int) -> None:
 def record_query_rows(calls: int, repeats: int) -> list[Row]:
     from opentelemetry.sdk.metrics import MeterProvider
 
-    keys = [(f"exp{i % 25}", BRANCHES[i % 4], float(i % 500), i % 10 != 0) for i in range(1000)]
-    plan = keys * max(1, calls // len(keys))
+    plan = record_plan(calls)
     n = len(plan)
-    attrs = {(e, b): {"abtest.experiment": e, "abtest.branch": b} for e, b, _, _ in keys}
+    attrs = {(e, b): {"abtest.experiment": e, "abtest.branch": b} for e, b, _, _ in plan[:1000]}
 
     def ours() -> None:
-        metrics = ABMetrics()
-        record = metrics.record_query
-        for experiment, branch, latency, success in plan:
-            record(experiment, branch, latency, success)
-        metrics.stats()  # folds what is pending: its cost is part of recording
+        record_ours(plan)
 
     def prom() -> None:
-        registry = CollectorRegistry()
-        queries = Counter("q", "q", ["experiment", "branch"], registry=registry)
-        latency_h = Histogram(
-            "d", "d", ["experiment", "branch"], buckets=DEFAULT_BUCKETS, registry=registry
-        )
-        for experiment, branch, latency, _ in plan:
-            queries.labels(experiment, branch).inc()
-            latency_h.labels(experiment, branch).observe(latency / 1000)
+        record_prometheus_client(plan)
 
     def otel() -> None:
         meter = MeterProvider().get_meter("bench")
@@ -402,13 +391,7 @@ def drive(
                 time.sleep(max(0.0, next_at - time.monotonic()))
         connection.close()
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=work) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.monotonic() - started
+    result.seconds = run_threads([work] * workers)
     return result
 
 
@@ -640,13 +623,7 @@ def _push(port: int, text: bytes, groups: int, seconds: float) -> Load:
             i += 8
         connection.close()
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.monotonic() - started
+    result.seconds = run_threads([functools.partial(work, w) for w in range(8)])
     return result
 
 

@@ -271,6 +271,9 @@ class _Retry:
     at_close: float  # ... and at close: a wrong URL must not hold an app's exit for long
 
 
+_clock = time.perf_counter
+
+
 class _Tracker:
     """`track()`: a context manager and a decorator that time a block and record it."""
 
@@ -285,7 +288,7 @@ class _Tracker:
         self._started = 0.0
 
     def __enter__(self) -> _Tracker:
-        self._started = time.perf_counter()
+        self._started = _clock()
         return self
 
     def __exit__(
@@ -316,9 +319,6 @@ class _Tracker:
         return timed
 
 
-_clock = time.perf_counter
-
-
 class _QueryTracker(_Tracker):
     """The client's `track()`: puts the timed query straight into the buffer, one call
     fewer than through record_query (the hot path of a busy app)."""
@@ -330,10 +330,6 @@ class _QueryTracker(_Tracker):
         self._experiment = experiment
         self._branch = branch
         self._started = 0.0
-
-    def __enter__(self) -> _Tracker:
-        self._started = _clock()
-        return self
 
     def __exit__(
         self,
