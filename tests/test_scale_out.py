@@ -393,3 +393,68 @@ def test_roles_are_checked_at_start() -> None:
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         assert result.returncode == 2 and complaint in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "labels", "value", "problem"),
+    [
+        ("abtest_queries_total", {}, "NaN", "is nan"),
+        ("abtest_query_duration_seconds_sum", {}, "+Inf", "is inf"),
+        ("abtest_query_failures_total", {}, "7", "do not add up"),  # more failures than queries
+        ("abtest_query_duration_seconds_bucket", {"le": "fast"}, "1", "numeric le"),
+    ],
+)
+def test_series_no_replica_could_publish_fail_the_round_not_the_analyzer(
+    name: str, labels: dict[str, str], value: str, problem: str
+) -> None:
+    """A non-finite value, counts that do not add up or a bucket without a bound (another
+    target matched by the selector, say) make the round fail in one line and keep the last
+    output, never a traceback or a NaN published."""
+    from exporter.ingest.prometheus import PrometheusSource
+    from exporter.outputs.comparisons import ComparisonEngine
+    from exporter.serve.analyzer import Analyzer
+    from exporter.state.abmetrics import ABMetrics
+
+    replica = {"job": "abtest", "instance": "r0"}
+    branch = {**replica, "experiment": "e", "branch": "b"}
+    good = {
+        "abtest_queries_total": "4",
+        "abtest_query_failures_total": "1",
+        "abtest_query_duration_seconds_sum": "0.2",
+        "abtest_query_duration_seconds_m2": "0.001",
+        "abtest_branch_latency_min_seconds": "0.01",
+        "abtest_branch_latency_max_seconds": "0.09",
+        "abtest_branch_first_query_timestamp_seconds": "1",
+        "abtest_branch_last_query_timestamp_seconds": "2",
+    }
+
+    class Canned(PrometheusSource):
+        def __init__(self) -> None:
+            super().__init__("http://127.0.0.1:9", 'job="abtest"', (0.1,))
+            self.series = [
+                *({"__name__": n, **branch} for n in good),
+                {"__name__": "abtest_query_duration_seconds_bucket", **branch, "le": "0.1"},
+                {"__name__": "abtest_query_duration_seconds_bucket", **branch, "le": "+Inf"},
+            ]
+            self.values = [*good.values(), "4", "4"]
+
+        def query(self, expr: str, at: float) -> list[dict[str, Any]]:
+            if "build_info" in expr and not expr.startswith("{"):
+                return [{"metric": replica, "value": [at, "1" if "max" in expr else str(at)]}]
+            return [
+                {"metric": m, "value": [at, v]}
+                for m, v in zip(self.series, self.values, strict=True)
+            ]
+
+    source, metrics = Canned(), ABMetrics(buckets=(0.1,))
+    analyzer = Analyzer(source, metrics, ComparisonEngine(metrics))
+    assert analyzer.round(10.0).complete
+    for index, series in enumerate(source.series):  # spoil one series
+        if series["__name__"] == name:
+            source.series[index] = {**series, **labels}
+            source.values[index] = value
+            break
+    status = analyzer.round(11.0)
+    assert not status.complete and problem in status.problem
+    found = metrics.get_branch_metrics("e", "b")
+    assert found is not None and found.query_count == 4 and found.failure_count == 1

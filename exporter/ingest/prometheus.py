@@ -21,6 +21,7 @@ from itertools import pairwise
 from typing import Any
 
 from ..core.aggregate import BranchParts, EventParts
+from ..core.validation import MAX_COUNT
 
 # The raw families an ingest replica publishes, read per replica.
 RAW_FAMILIES = (
@@ -149,7 +150,7 @@ class PrometheusSource:
         events: dict[tuple[Target, str, str, str], _Event] = {}
         activity: dict[str, float] = {}
         for sample in self.query(raw_query(self.selector), at):
-            _take(sample["metric"], float(sample["value"][1]), branches, events, activity)
+            _take(sample["metric"], _finite(sample), branches, events, activity)
         return Inputs(
             *self._parts(branches, events),
             activity,
@@ -177,6 +178,11 @@ class PrometheusSource:
             cumulative = [round(b.buckets[le]) for le in bounds]
             counts = [cumulative[0], *(hi - lo for lo, hi in pairwise(cumulative))]
             n = round(b.n)
+            if min(counts) < 0 or not 0 <= b.failures <= n <= MAX_COUNT or sum(counts) != n:
+                raise QueryError(
+                    f"{experiment}/{branch}: the replicas' counts do not add up (queries "
+                    f"{b.n:g}, failures {b.failures:g}, buckets {cumulative}): not an exporter?"
+                )
             branch_parts.append(
                 (experiment, branch),
                 n,
@@ -195,6 +201,16 @@ class PrometheusSource:
             m2 = _m2(count, e.total, e.m2, e.squares)
             event_parts.append((experiment, branch, event), count, e.total, m2, e.squares)
         return branch_parts, event_parts
+
+
+def _finite(sample: dict[str, Any]) -> float:
+    """A sample's value; a series that is not finite (NaN, Inf) cannot come from an ingest
+    replica, so the round fails (and keeps its last output) rather than publish it."""
+    value = float(sample["value"][1])
+    if not math.isfinite(value):
+        name = sample["metric"].get("__name__", "a series")
+        raise QueryError(f"{name} {sample['metric']!r} is {value}: not from an ingest replica")
+    return value
 
 
 def _m2(n: int, total: float, m2: float | None, squares: float | None) -> float:
@@ -241,7 +257,10 @@ def _take(
         case "abtest_query_failures_total":
             b.failures = value
         case "abtest_query_duration_seconds_bucket":
-            b.buckets[float(labels.get("le", "nan"))] = value
+            try:
+                b.buckets[float(labels.get("le", ""))] = value
+            except ValueError:
+                raise QueryError(f"a bucket without a numeric le: {labels!r}") from None
         case "abtest_query_duration_seconds_sum":
             b.total = value
         case "abtest_query_duration_seconds_m2":
