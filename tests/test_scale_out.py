@@ -224,8 +224,19 @@ class Cluster:
         analyzer round after that."""
         totals = self.reference.get("/api/v1/stats")
         queries, events = totals["total_queries_recorded"], totals["total_events_recorded"]
-        self.prometheus.wait_value("sum(abtest_queries_total)", queries, 30)
-        self.prometheus.wait_value("sum(abtest_event_value_count)", events, 30)
+        try:  # generous: CI machines are shared, and scrapes time out after 1 s here
+            self.prometheus.wait_value("sum(abtest_queries_total)", queries, 90)
+            self.prometheus.wait_value("sum(abtest_event_value_count)", events, 90)
+        except TimeoutError:
+            per_replica = {
+                r.url: r.get("/api/v1/stats")["total_queries_recorded"] for r in self.replicas
+            }
+            scraped = self.prometheus.query("sum by (instance) (abtest_queries_total)")
+            up = self.prometheus.query("up")
+            raise AssertionError(
+                f"reference {queries}; replicas say {per_replica}; Prometheus has {scraped}; "
+                f"up {up}"
+            ) from None
         seen = time.time()
         wait_for(
             lambda: (
