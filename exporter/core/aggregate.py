@@ -460,9 +460,10 @@ class Aggregate:
         mean = total / n
         m2 = np.bincount(groups, np.square(v - mean[groups]), count)
         self._merge_events(unique, n, total, mean, m2, np.bincount(groups, np.square(v), count))
-        if when is not None:
+        if when is not None:  # the latest time per row first: a Python step per series
             keys, latest = self.events.keys, dict[str, float]()
-            for row, at in zip(rows, when, strict=True):
+            at_row = _group_max(groups, np.array(when, dtype=np.float64), count)
+            for row, at in zip(unique.tolist(), at_row.tolist(), strict=True):
                 if (key := keys[row]) is not None and at > latest.get(key[0], -1.0):
                     latest[key[0]] = at
             self.touch_latest(latest)

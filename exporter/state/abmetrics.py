@@ -1,19 +1,24 @@
 """`ABMetrics`: the thread-safe manager apps call in process.
 
-Recording only checks and appends to a pending list (list.append is atomic),
+Recording only checks and appends to a pending list (list.extend is atomic),
 so the hot path takes no lock; pending records are folded into the aggregate
 in batches, and every read folds first, so a read sees every record whose
-call returned before it.
+call returned before it. A series' names are checked once, when it is created:
+after that, finding its key among the aggregate's rows is the whole check.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, TypeVar
+
+import numpy as np
 
 from ..core import limits
 from ..core.aggregate import (
@@ -42,12 +47,14 @@ from ..core.results import (
     summarise,
 )
 from ..core.validation import (
+    MAX_ABS_EVENT_VALUE,
     MAX_COUNT,
     MAX_LATENCY_MS,
     ValidationError,
     check_name,
     event_value_problem,
     latency_problem,
+    success_problem,
 )
 from ..ingest.otlp import Parsed, Received, Receiver, StreamChanges, StreamFigures, StreamKey
 from ..stats.analysis import ExperimentAnalysis, analyse
@@ -57,6 +64,7 @@ Clock = Callable[[], float]
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "last")
 T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
+_REAL = frozenset((float, int))  # the number types the hot path takes without a closer look
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +134,13 @@ class ABMetrics:
         self.receiver = receiver or Receiver(self._aggregate.bounds)
         self._keys = Keys(clock=clock)
         self._lock = threading.Lock()
-        # Pending records, flat: [slot, latency, success, time, slot, ...] and
-        # [slot, value, time, ...]. A slot is a one-item list holding the series' row,
-        # set to -1 when the series is cleared, so a record racing a clear is dropped
-        # rather than landing in a reused row.
+        # Pending records, flat: [key, latency, success, time, key, ...] and
+        # [key, value, time, ...]. Keys are resolved to rows when folded, so a record
+        # racing a clear of its series finds no row and is dropped rather than landing
+        # in a reused one (or re-creating the series past the limits).
         self._queries: list[Any] = []
         self._events: list[Any] = []
-        self._branch_slots: dict[BranchKey, list[int]] = {}
-        self._event_slots: dict[EventKey, list[int]] = {}
+        self._bind_rows()
         self._file_configs: dict[str, ExperimentConfig] = dict(configs or {})
         self._configs: dict[str, ExperimentConfig] = dict(self._file_configs)
         self._changed_configs: set[str] = set()  # set since the store last looked
@@ -149,29 +156,42 @@ class ABMetrics:
 
     def record_query(self, experiment: str, branch: str, latency_ms: float, success: bool) -> None:
         """Record one query: its latency in milliseconds and whether it succeeded.
-        Raises ValidationError for a latency that is not a finite number in range."""
-        try:
-            valid = 0.0 <= latency_ms <= MAX_LATENCY_MS  # False for NaN too
-        except TypeError:
-            valid = False
-        if not valid:
-            raise ValidationError("invalid_latency", f"latency_ms {latency_problem(latency_ms)}")
+        Raises ValidationError for a latency that is not a finite number in range, a
+        success that is not a bool, or a name that is not usable."""
+        if (
+            latency_ms.__class__ not in _REAL
+            or not 0.0 <= latency_ms <= MAX_LATENCY_MS  # False for NaN too
+            or success.__class__ is not bool
+        ):
+            latency_ms = _checked_query(latency_ms, success)
         key = (experiment, branch)
-        slot = self._branch_slots.get(key) or self._admit_branch(key)
+        try:
+            if key not in self._branch_rows:  # a series seen before had its names checked
+                self._admit_branch(key)
+        except TypeError:  # an unhashable name
+            self._admit_branch(key)
         queries = self._queries
-        queries.extend((slot, latency_ms, success, self._clock()))  # one atomic extend
+        queries.extend((key, latency_ms, success, self._clock()))  # one atomic extend
         if len(queries) >= _FOLD_AT:
             self._fold()
 
     def record_event(self, experiment: str, branch: str, event: str, value: float) -> None:
         """Record one custom event (a conversion of 1, revenue of 42.0, ...).
-        Raises ValidationError for a value that is not a finite number within range."""
-        problem = event_value_problem(value)
-        if problem:
-            raise ValidationError("invalid_value", f"value {problem}")
+        Raises ValidationError for a value that is not a finite number within range,
+        or a name that is not usable."""
+        if (
+            value.__class__ not in _REAL
+            or not -MAX_ABS_EVENT_VALUE <= value <= MAX_ABS_EVENT_VALUE  # False for NaN
+        ):
+            value = _checked_value(value)
         key = (experiment, branch, event)
+        try:
+            if key not in self._event_rows:
+                self._admit_event(key)
+        except TypeError:
+            self._admit_event(key)
         events = self._events
-        events.extend((self._event_slots.get(key) or self._admit_event(key), value, self._clock()))
+        events.extend((key, value, self._clock()))
         if len(events) >= _FOLD_AT:
             self._fold()
 
@@ -321,50 +341,53 @@ class ABMetrics:
         with self._lock:
             self.receiver.streams.forget(gone)
 
-    def _admit_branch(self, key: BranchKey) -> list[int]:
-        length = self.limits.max_name_length
-        check_name("experiment", key[0], length)
-        check_name("branch", key[1], length)
-        with self._lock:
-            slot = self._branch_slots.get(key)
-            if slot is None:
-                limits.check(self._aggregate, self.limits, [key], ())
-                slot = self._branch_slots[key] = [self._aggregate.branch_row(key)]
-            return slot
+    def _bind_rows(self) -> None:
+        """Point the hot path at the aggregate's current row dicts (read without the
+        lock: a record that finds its key in a dict just replaced is dropped at the fold,
+        as if recorded just before the clear that replaced it)."""
+        self._branch_rows = self._aggregate.branches.ids
+        self._event_rows = self._aggregate.events.ids
 
-    def _admit_event(self, key: EventKey) -> list[int]:
+    def _admit_branch(self, key: BranchKey) -> None:
+        """Check a new series' names and create its row (within the limits). Names are
+        interned: every series of an experiment shares one copy of each string."""
         length = self.limits.max_name_length
-        check_name("experiment", key[0], length)
-        check_name("branch", key[1], length)
-        check_name("event", key[2], length)
+        key = (
+            _interned(check_name("experiment", key[0], length)),
+            _interned(check_name("branch", key[1], length)),
+        )
         with self._lock:
-            slot = self._event_slots.get(key)
-            if slot is None:
+            if key not in self._aggregate.branches.ids:
+                limits.check(self._aggregate, self.limits, [key], ())
+                self._aggregate.branch_row(key)
+
+    def _admit_event(self, key: EventKey) -> None:
+        length = self.limits.max_name_length
+        key = (
+            _interned(check_name("experiment", key[0], length)),
+            _interned(check_name("branch", key[1], length)),
+            _interned(check_name("event", key[2], length)),
+        )
+        with self._lock:
+            if key not in self._aggregate.events.ids:
                 limits.check(self._aggregate, self.limits, (), [key])
-                slot = self._event_slots[key] = [self._aggregate.event_row(key)]
-            return slot
+                self._aggregate.event_row(key)
 
     def _fold(self) -> None:
         with self._lock:
             self._fold_locked()
 
     def _fold_locked(self) -> None:
+        """Fold the pending records in, column by column (keys to rows in one C-level
+        pass; records whose series was cleared meanwhile find no row and are dropped)."""
         queries = _take(self._queries)
         if queries:
-            rows = [slot[0] for slot in queries[0::4]]
-            if min(rows) < 0:  # records that raced a clear of their experiment
-                live = [i for i, row in enumerate(rows) if row >= 0]
-                queries = [queries[4 * i + k] for i in live for k in range(4)]
-                rows = [rows[i] for i in live]
-            self._aggregate.add_queries(rows, queries[1::4], queries[2::4], queries[3::4])
+            rows, columns = _live(self._aggregate.branches.ids, queries, 4)
+            self._aggregate.add_queries(rows, *columns)
         events = _take(self._events)
         if events:
-            rows = [slot[0] for slot in events[0::3]]
-            if min(rows) < 0:
-                live = [i for i, row in enumerate(rows) if row >= 0]
-                events = [events[3 * i + k] for i in live for k in range(3)]
-                rows = [rows[i] for i in live]
-            self._aggregate.add_events(rows, events[1::3], events[2::3])
+            rows, columns = _live(self._aggregate.events.ids, events, 3)
+            self._aggregate.add_events(rows, *columns)
 
     # -- configuration ------------------------------------------------------
 
@@ -487,11 +510,8 @@ class ABMetrics:
         with self._lock:
             self._fold_locked()
             fresh.version = self._aggregate.version + 1
-            for slots in (self._branch_slots, self._event_slots):
-                for slot in slots.values():
-                    slot[0] = -1  # rows of the old aggregate
-                slots.clear()
             self._aggregate = fresh
+            self._bind_rows()
             return fresh.version
 
     def get_config(self, experiment: str) -> ExperimentConfig:
@@ -571,9 +591,6 @@ class ABMetrics:
             if (entry := self._repeat(once)) is not None:
                 return entry
             self._fold_locked()
-            for slots in (self._branch_slots, self._event_slots):
-                for key in [k for k in slots if k[0] == experiment]:
-                    slots.pop(key)[0] = -1  # type: ignore[arg-type]
             if not self._aggregate.remove_experiment(experiment):
                 return None
             return self._written(once, answer)
@@ -602,11 +619,8 @@ class ABMetrics:
             if (entry := self._repeat(once)) is not None:
                 return entry
             self._fold_locked()
-            for slots in (self._branch_slots, self._event_slots):
-                for slot in slots.values():
-                    slot[0] = -1
-                slots.clear()
             self._aggregate.clear()
+            self._bind_rows()
             self._changed_configs |= set(self._configs) | set(self._file_configs)
             self._configs = dict(self._file_configs)
             return self._written(once, answer)
@@ -675,3 +689,39 @@ def _take(pending: list[T]) -> list[T]:
     batch = pending[:count]
     del pending[:count]
     return batch
+
+
+def _live(
+    ids: Mapping[Any, int], pending: list[Any], width: int
+) -> tuple[Sequence[int], list[list[Any]]]:
+    """The rows of a flat pending list's keys and its other columns, leaving out the
+    records whose key has no row (their series was cleared after they were checked)."""
+    keys = pending[0::width]
+    rows = np.fromiter(map(ids.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
+    columns = [pending[k::width] for k in range(1, width)]
+    if rows.min() >= 0:
+        return rows.tolist(), columns
+    live = np.flatnonzero(rows >= 0).tolist()
+    return rows[live].tolist(), [[column[i] for i in live] for column in columns]
+
+
+def _checked_query(latency_ms: object, success: object) -> float:
+    """The hot path's slow lane: a latency that is an int, a float subclass or bad."""
+    problem = latency_problem(latency_ms)
+    if problem is not None:
+        raise ValidationError("invalid_latency", f"latency_ms {problem}")
+    if (problem := success_problem(success)) is not None:
+        raise ValidationError("invalid_success", f"success {problem}")
+    return float(latency_ms)  # type: ignore[arg-type]
+
+
+def _checked_value(value: object) -> float:
+    problem = event_value_problem(value)
+    if problem is not None:
+        raise ValidationError("invalid_value", f"value {problem}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _interned(name: str) -> str:
+    """One shared copy of a name (a str subclass is kept as given)."""
+    return sys.intern(name) if name.__class__ is str else name
