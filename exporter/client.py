@@ -320,16 +320,12 @@ class _Tracker:
 
 
 class _QueryTracker(_Tracker):
-    """The client's `track()`: puts the timed query straight into the buffer, one call
-    fewer than through record_query (the hot path of a busy app)."""
+    """The client's `track()`, the hot path of a busy app: built without an __init__
+    call (see `_Recording.track`), and its exit appends the timed query to the buffer
+    itself while the buffer is below both its capacity and its batch size."""
 
-    __slots__ = ("_put",)
-
-    def __init__(self, put: Callable[[Record], None], experiment: str, branch: str) -> None:
-        self._put = put
-        self._experiment = experiment
-        self._branch = branch
-        self._started = 0.0
+    __slots__ = ("_buffer",)
+    _buffer: _Buffer
 
     def __exit__(
         self,
@@ -338,12 +334,22 @@ class _QueryTracker(_Tracker):
         traceback: TracebackType | None,
     ) -> None:
         elapsed = (_clock() - self._started) * 1000.0
-        self._put(("q", self._experiment, self._branch, elapsed, kind is None))
+        buffer = self._buffer
+        items = buffer.items
+        # room, and no batch due after this one (two threads racing past `below` leave
+        # the batch to the next record or the flush interval: late, never lost)
+        if len(items) < buffer.below:
+            items.append(("q", self._experiment, self._branch, elapsed, kind is None))
+        else:
+            buffer.put_one(("q", self._experiment, self._branch, elapsed, kind is None))
 
     def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
-        put = self._put
+        put = self._buffer.put_one
         return _Tracker(lambda e, b, ms, ok: put(("q", e, b, ms, ok)), self._experiment,
                         self._branch)(function)  # fmt: skip
+
+
+_new_tracker = object.__new__
 
 
 class _Buffer:
@@ -352,13 +358,25 @@ class _Buffer:
     def __init__(self, capacity: int, on_full: OnFull, stats: ClientStats) -> None:
         if on_full not in ("drop_oldest", "block"):
             raise ValueError("on_full must be 'drop_oldest' or 'block'")
-        self._items: collections.deque[Record] = collections.deque()
+        self.items: collections.deque[Record] = collections.deque()
+        self._items = self.items
         self._capacity = capacity
         self._on_full = on_full
         self._stats = stats
         self._room = threading.Condition()
         self.wanted = threading.Event()  # set when a batch is ready to go
-        self.trigger = 1  # records that make a batch ready (the client's batch size)
+        self.trigger = 1
+
+    @property
+    def trigger(self) -> int:
+        """Records that make a batch ready (the client's batch size)."""
+        return self._trigger
+
+    @trigger.setter
+    def trigger(self, records: int) -> None:
+        self._trigger = records
+        # below this many held, one more record needs no policy and readies no batch
+        self.below = min(self._capacity, records - 1)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -368,10 +386,10 @@ class _Buffer:
         items = self._items
         if len(items) < self._capacity:
             items.append(record)
-            if len(items) >= self.trigger:
+            if len(items) >= self._trigger:
                 self.wanted.set()
         else:
-            self.put(record, self.trigger)
+            self.put(record, self._trigger)
 
     def put(self, record: Record, batch_size: int) -> None:
         items = self._items
@@ -441,7 +459,11 @@ class _Recording:
 
     def track(self, experiment: str, branch: str) -> _Tracker:
         """Time a block (or every call of a decorated function): success unless it raises."""
-        return _QueryTracker(self._buffer.put_one, experiment, branch)
+        tracker = _new_tracker(_QueryTracker)  # no __init__ call: a quarter of the cost
+        tracker._buffer = self._buffer
+        tracker._experiment = experiment
+        tracker._branch = branch
+        return tracker
 
 
 class Client(_Recording):

@@ -13,7 +13,15 @@ import pytest
 from aiohttp import web
 
 from exporter import ABMetrics
-from exporter.client import AsyncClient, Client, backoff, otel_instruments, parse_retry_after
+from exporter.client import (
+    AsyncClient,
+    Client,
+    ClientOptions,
+    _Recording,
+    backoff,
+    otel_instruments,
+    parse_retry_after,
+)
 from exporter.serve.server import create_app
 
 from .helpers import AppThread, free_port, wait_for
@@ -147,6 +155,37 @@ def test_drop_oldest_when_full() -> None:
         client.record_query("e", "b", float(i), True)
     assert client.stats.dropped_full == 50
     client.close()
+
+
+def _recording(**options: Any) -> _Recording:
+    """A client's buffer and track() without its flusher thread."""
+    recording = _Recording()
+    recording._setup("http://127.0.0.1:9", ClientOptions(**options))
+    return recording
+
+
+def test_track_keeps_the_buffer_policy_and_the_batch_size() -> None:
+    """track()'s exit appends directly only below both the capacity and the batch size:
+    past them the buffer's policy drops (and counts) the oldest, and a batch is due."""
+    full = _recording(max_buffer=100, batch_size=1000)
+    for _ in range(150):
+        with full.track("e", "b"):
+            pass
+    assert full.stats.dropped_full == 50
+    assert not full._buffer.wanted.is_set()
+    held = full._buffer.take(1000)
+    assert [r[:3] for r in held] == [("q", "e", "b")] * 100
+    assert all(isinstance(r[3], float) and r[3] >= 0 and r[4] is True for r in held)
+
+    batched = _recording(batch_size=10)
+    for _ in range(9):
+        with batched.track("e", "b"):
+            pass
+    assert not batched._buffer.wanted.is_set()
+    with pytest.raises(KeyError), batched.track("e", "b"):
+        raise KeyError("the tenth: a batch is due, and it counts as a failure")
+    assert batched._buffer.wanted.is_set()
+    assert [r[4] for r in batched._buffer.take(100)] == [True] * 9 + [False]
 
 
 def test_block_when_full_waits_for_room_and_loses_nothing() -> None:
