@@ -1,0 +1,190 @@
+"""The in-process hot path's shortcuts: a series seen before skips the name checks, but
+never the value checks; pending records are folded exactly, by many threads at once,
+and a record racing a clear of its series is dropped rather than re-creating it."""
+
+from __future__ import annotations
+
+import math
+import threading
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from exporter import ABMetrics, ValidationError
+from exporter.core.limits import LimitError, Limits
+from exporter.state import abmetrics
+
+from .conftest import FakeClock
+
+
+@pytest.mark.parametrize(
+    ("latency", "success", "reason"),
+    [
+        (math.nan, True, "invalid_latency"),
+        (math.inf, True, "invalid_latency"),
+        (-0.5, True, "invalid_latency"),
+        (1e12 + 1, True, "invalid_latency"),
+        (10**400, True, "invalid_latency"),
+        (True, True, "invalid_latency"),
+        ("12", True, "invalid_latency"),
+        (Decimal("12"), True, "invalid_latency"),
+        (Fraction(1, 2), True, "invalid_latency"),
+        (None, True, "invalid_latency"),
+        (12.0, 1, "invalid_success"),
+        (12.0, "yes", "invalid_success"),
+        (12.0, None, "invalid_success"),
+    ],
+)
+def test_a_bad_query_after_a_good_one_of_the_same_series_is_refused(
+    metrics: ABMetrics, latency: object, success: object, reason: str
+) -> None:
+    metrics.record_query("e", "b", 12.0, True)
+    with pytest.raises(ValidationError) as caught:
+        metrics.record_query("e", "b", latency, success)  # type: ignore[arg-type]
+    assert caught.value.reason == reason
+    branch = metrics.get_branch_metrics("e", "b")
+    assert branch is not None
+    assert (branch.query_count, branch.success_count, branch.total_latency_ms) == (1, 1, 12.0)
+
+
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -math.inf, 1e15 + 1, -1e16, 10**400, True, "1", Decimal(1), None]
+)
+def test_a_bad_event_after_a_good_one_of_the_same_series_is_refused(
+    metrics: ABMetrics, value: object
+) -> None:
+    metrics.record_event("e", "b", "revenue", 2.5)
+    with pytest.raises(ValidationError) as caught:
+        metrics.record_event("e", "b", "revenue", value)  # type: ignore[arg-type]
+    assert caught.value.reason == "invalid_value"
+    branch = metrics.get_branch_metrics("e", "b")
+    assert branch is not None
+    event = branch.events["revenue"]
+    assert (event.count, event.total) == (1, 2.5)
+
+
+def test_the_slow_lane_takes_ints_and_float_subclasses_exactly(metrics: ABMetrics) -> None:
+    metrics.record_query("e", "b", 7, False)
+    metrics.record_query("e", "b", np.float64(3.5), True)
+    metrics.record_query("e", "b", 0, True)
+    metrics.record_event("e", "b", "units", 3)
+    metrics.record_event("e", "b", "units", -1_000_000_000_000_000)
+    metrics.record_event("e", "b", "units", np.float64(0.25))
+    branch = metrics.get_branch_metrics("e", "b")
+    assert branch is not None
+    assert (branch.query_count, branch.success_count) == (3, 2)
+    assert (branch.total_latency_ms, branch.min_latency_ms, branch.max_latency_ms) == (10.5, 0, 7)
+    units = branch.events["units"]
+    assert (units.count, units.total) == (3, 3 - 1e15 + 0.25)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("", "b", "x"), ("e", "x" * 129, "x"), ("e", "b", "a\nb"), (1, "b", "x"), (["e"], "b", "x")],
+)
+def test_names_of_a_new_series_are_still_checked(
+    metrics: ABMetrics, names: tuple[object, object, object]
+) -> None:
+    metrics.record_event("e", "b", "x", 1.0)  # a good series first: others are not waved on
+    with pytest.raises(ValidationError) as caught:
+        metrics.record_event(*names, 1.0)  # type: ignore[arg-type]
+    assert caught.value.reason == "invalid_name"
+    if names[2] == "x":  # the bad name is the experiment's or the branch's
+        with pytest.raises(ValidationError):
+            metrics.record_query(names[0], names[1], 1.0, True)  # type: ignore[arg-type]
+    stats = metrics.stats()
+    assert (stats.total_events_recorded, stats.total_queries_recorded) == (1, 0)
+    assert (stats.experiments_tracked, stats.total_branches_tracked) == (1, 1)
+
+
+def test_concurrent_threads_give_exact_counts_and_sums() -> None:
+    metrics = ABMetrics()
+    threads, per_thread = 4, 6000  # past the fold bound: folds race the appends
+
+    def work(seed: int) -> None:
+        for i in range(per_thread):
+            branch = f"b{(i + seed) % 3}"
+            metrics.record_query("e", branch, float(i % 50), i % 4 != 0)
+            metrics.record_event("e", branch, "revenue", 0.5 * (i % 8))
+
+    workers = [threading.Thread(target=work, args=(s,)) for s in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    experiment = metrics.get_experiment_metrics("e")
+    assert experiment is not None
+    branches = experiment.branches.values()
+    assert sum(b.query_count for b in branches) == threads * per_thread
+    assert sum(b.success_count for b in branches) == threads * per_thread * 3 // 4
+    expected_latency = threads * sum(float(i % 50) for i in range(per_thread))
+    assert sum(b.total_latency_ms for b in branches) == expected_latency
+    assert sum(b.events["revenue"].count for b in branches) == threads * per_thread
+    expected_revenue = threads * sum(0.5 * (i % 8) for i in range(per_thread))
+    assert sum(b.events["revenue"].total for b in branches) == expected_revenue
+
+
+def test_pending_records_stay_bounded(metrics: ABMetrics) -> None:
+    for _ in range(10_000):
+        metrics.record_query("e", "b", 1.0, True)
+        metrics.record_event("e", "b", "x", 1.0)
+        assert len(metrics._queries) < abmetrics._FOLD_AT
+        assert len(metrics._events) < abmetrics._FOLD_AT
+    stats = metrics.stats()
+    assert (stats.total_queries_recorded, stats.total_events_recorded) == (10_000, 10_000)
+
+
+class ClearingClock(FakeClock):
+    """Runs `action` once, from inside a record call: after its key was found, before its
+    record is appended (the window a clear on another thread can hit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: object = None
+
+    def __call__(self) -> float:
+        action, self.action = self.action, None
+        if callable(action):
+            action()
+        return self.now
+
+
+def test_a_record_racing_a_clear_of_its_series_is_dropped_not_recreated() -> None:
+    clock = ClearingClock()
+    metrics = ABMetrics(clock=clock, limits=Limits(max_experiments=1))
+    metrics.record_query("e", "b", 1.0, True)
+    metrics.record_event("e", "b", "x", 1.0)
+    clock.action = lambda: metrics.clear_experiment("e")
+    metrics.record_query("e", "b", 2.0, True)  # its key was found, then the clear came
+    assert metrics.experiments() == []
+    metrics.record_query("other", "b", 3.0, True)  # the freed slot of the limit
+    with pytest.raises(LimitError):
+        metrics.record_query("e", "b", 4.0, True)
+    clock.action = lambda: metrics.clear_all()
+    metrics.record_event("other", "b", "x", 5.0)
+    assert metrics.experiments() == []
+    stats = metrics.stats()
+    assert (stats.total_queries_recorded, stats.total_events_recorded) == (0, 0)
+
+
+def test_names_are_shared_between_the_series_of_an_experiment(metrics: ABMetrics) -> None:
+    for v in range(3):
+        metrics.record_event("".join(["exp", "-1"]), "".join(["con", "trol"]), f"event-{v}", 1.0)
+    keys = [k for k in metrics.snapshot().view.event_keys if k is not None]
+    assert len(keys) == 3
+    assert len({id(k[0]) for k in keys}) == 1
+    assert len({id(k[1]) for k in keys}) == 1
+
+
+def test_events_mark_their_experiment_written_at_their_latest_record(
+    metrics: ABMetrics, clock: FakeClock
+) -> None:
+    for at, event in ((100.0, "x"), (300.0, "y"), (200.0, "x")):
+        clock.now = at
+        metrics.record_event("e", "b", event, 1.0)
+    clock.now = 400.0
+    experiment = metrics.get_experiment_metrics("e")
+    assert experiment is not None
+    assert experiment.last_activity == 300.0
