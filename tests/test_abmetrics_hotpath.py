@@ -188,3 +188,20 @@ def test_events_mark_their_experiment_written_at_their_latest_record(
     experiment = metrics.get_experiment_metrics("e")
     assert experiment is not None
     assert experiment.last_activity == 300.0
+
+
+def test_a_clear_of_another_experiment_drops_nothing_racing_it() -> None:
+    clock = ClearingClock()
+    metrics = ABMetrics(clock=clock)
+    metrics.record_query("gone", "b", 1.0, True)
+    metrics.record_query("kept", "b", 1.0, True)
+    metrics.record_event("kept", "b", "x", 1.0)
+    clock.action = lambda: metrics.clear_experiment("gone")
+    metrics.record_query("kept", "b", 2.0, False)
+    clock.action = lambda: metrics.clear_experiment("gone")
+    metrics.record_event("kept", "b", "x", 2.0)
+    branch = metrics.get_branch_metrics("kept", "b")
+    assert branch is not None
+    assert (branch.query_count, branch.failure_count, branch.total_latency_ms) == (2, 1, 3.0)
+    assert (branch.events["x"].count, branch.events["x"].total) == (2, 3.0)
+    assert metrics.experiments() == ["kept"]

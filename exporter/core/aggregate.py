@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import pairwise
+from operator import itemgetter
 from typing import Any, Self, TypeVar
 
 import numpy as np
@@ -449,8 +450,8 @@ class Aggregate:
     def add_events(
         self, rows: Sequence[int], values: Sequence[float], when: Sequence[float] | None = None
     ) -> None:
-        """Fold single event values into the event rows they name; with `when`, their
-        experiments are marked written at those times."""
+        """Fold single event values into the event rows (live ones) they name; with
+        `when`, their experiments are marked written at those times."""
         if not rows:
             return
         unique, groups, count = self._group(rows)
@@ -460,13 +461,14 @@ class Aggregate:
         mean = total / n
         m2 = np.bincount(groups, np.square(v - mean[groups]), count)
         self._merge_events(unique, n, total, mean, m2, np.bincount(groups, np.square(v), count))
-        if when is not None:  # the latest time per row first: a Python step per series
-            keys, latest = self.events.keys, dict[str, float]()
+        if when is not None:
+            # the latest time per row, then per experiment: rows in time order, so that
+            # building the dict keeps each experiment's latest (no Python step per row)
             at_row = _group_max(groups, np.array(when, dtype=np.float64), count)
-            for row, at in zip(unique.tolist(), at_row.tolist(), strict=True):
-                if (key := keys[row]) is not None and at > latest.get(key[0], -1.0):
-                    latest[key[0]] = at
-            self.touch_latest(latest)
+            order = np.argsort(at_row, kind="stable")
+            keys = map(self.events.keys.__getitem__, unique[order].tolist())
+            experiments = map(itemgetter(0), keys)  # type: ignore[arg-type]
+            self.touch_latest(dict(zip(experiments, at_row[order].tolist(), strict=True)))
 
     def held(self, key: BranchKey | EventKey) -> int:
         """How many queries (a branch key) or events (an event key) the series holds."""

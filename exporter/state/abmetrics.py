@@ -4,7 +4,7 @@ Recording only checks and appends to a pending list (list.extend is atomic),
 so the hot path takes no lock; pending records are folded into the aggregate
 in batches, and every read folds first, so a read sees every record whose
 call returned before it. A series' names are checked once, when it is created:
-after that, finding its key among the aggregate's rows is the whole check.
+after that, finding its key among those checked is the whole check.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ Clock = Callable[[], float]
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "last")
 T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
-_REAL = frozenset((float, int))  # the number types the hot path takes without a closer look
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +139,10 @@ class ABMetrics:
         # in a reused one (or re-creating the series past the limits).
         self._queries: list[Any] = []
         self._events: list[Any] = []
-        self._bind_rows()
+        # The keys of the series created here, checked: key -> the one shared copy,
+        # which is what pending records hold (no new object kept per record).
+        self._branch_keys: dict[BranchKey, BranchKey] = {}
+        self._event_keys: dict[EventKey, EventKey] = {}
         self._file_configs: dict[str, ExperimentConfig] = dict(configs or {})
         self._configs: dict[str, ExperimentConfig] = dict(self._file_configs)
         self._changed_configs: set[str] = set()  # set since the store last looked
@@ -159,17 +161,15 @@ class ABMetrics:
         Raises ValidationError for a latency that is not a finite number in range, a
         success that is not a bool, or a name that is not usable."""
         if (
-            latency_ms.__class__ not in _REAL
+            (latency_ms.__class__ is not float and latency_ms.__class__ is not int)
             or not 0.0 <= latency_ms <= MAX_LATENCY_MS  # False for NaN too
             or success.__class__ is not bool
         ):
             latency_ms = _checked_query(latency_ms, success)
-        key = (experiment, branch)
-        try:
-            if key not in self._branch_rows:  # a series seen before had its names checked
-                self._admit_branch(key)
-        except TypeError:  # an unhashable name
-            self._admit_branch(key)
+        try:  # a series seen before had its names checked: finding its key is enough
+            key = self._branch_keys[experiment, branch]
+        except (KeyError, TypeError):  # a new series (or an unhashable name)
+            key = self._admit_branch((experiment, branch))
         queries = self._queries
         queries.extend((key, latency_ms, success, self._clock()))  # one atomic extend
         if len(queries) >= _FOLD_AT:
@@ -179,17 +179,14 @@ class ABMetrics:
         """Record one custom event (a conversion of 1, revenue of 42.0, ...).
         Raises ValidationError for a value that is not a finite number within range,
         or a name that is not usable."""
-        if (
-            value.__class__ not in _REAL
-            or not -MAX_ABS_EVENT_VALUE <= value <= MAX_ABS_EVENT_VALUE  # False for NaN
+        if (value.__class__ is not float and value.__class__ is not int) or not (
+            -MAX_ABS_EVENT_VALUE <= value <= MAX_ABS_EVENT_VALUE  # False for NaN too
         ):
             value = _checked_value(value)
-        key = (experiment, branch, event)
         try:
-            if key not in self._event_rows:
-                self._admit_event(key)
-        except TypeError:
-            self._admit_event(key)
+            key = self._event_keys[experiment, branch, event]
+        except (KeyError, TypeError):
+            key = self._admit_event((experiment, branch, event))
         events = self._events
         events.extend((key, value, self._clock()))
         if len(events) >= _FOLD_AT:
@@ -341,16 +338,9 @@ class ABMetrics:
         with self._lock:
             self.receiver.streams.forget(gone)
 
-    def _bind_rows(self) -> None:
-        """Point the hot path at the aggregate's current row dicts (read without the
-        lock: a record that finds its key in a dict just replaced is dropped at the fold,
-        as if recorded just before the clear that replaced it)."""
-        self._branch_rows = self._aggregate.branches.ids
-        self._event_rows = self._aggregate.events.ids
-
-    def _admit_branch(self, key: BranchKey) -> None:
-        """Check a new series' names and create its row (within the limits). Names are
-        interned: every series of an experiment shares one copy of each string."""
+    def _admit_branch(self, key: BranchKey) -> BranchKey:
+        """Check a new series' names and create its row (within the limits); returns
+        its key as kept. Names are interned: the series of an experiment share them."""
         length = self.limits.max_name_length
         key = (
             _interned(check_name("experiment", key[0], length)),
@@ -360,8 +350,9 @@ class ABMetrics:
             if key not in self._aggregate.branches.ids:
                 limits.check(self._aggregate, self.limits, [key], ())
                 self._aggregate.branch_row(key)
+            return self._branch_keys.setdefault(key, key)
 
-    def _admit_event(self, key: EventKey) -> None:
+    def _admit_event(self, key: EventKey) -> EventKey:
         length = self.limits.max_name_length
         key = (
             _interned(check_name("experiment", key[0], length)),
@@ -372,6 +363,21 @@ class ABMetrics:
             if key not in self._aggregate.events.ids:
                 limits.check(self._aggregate, self.limits, (), [key])
                 self._aggregate.event_row(key)
+            return self._event_keys.setdefault(key, key)
+
+    def _forget_keys(self, experiment: str | None) -> None:
+        """A clear (of one experiment, or of all when None): its series must be checked
+        against the limits again before they take records."""
+        if experiment is None:
+            self._branch_keys.clear()
+            self._event_keys.clear()
+            return
+        aggregate = self._aggregate
+        for branch in aggregate.experiments.get(experiment, ()):
+            self._branch_keys.pop((experiment, branch), None)
+        for row in aggregate.experiment_events.get(experiment, ()):
+            if (key := aggregate.events.keys[row]) is not None:
+                self._event_keys.pop(key, None)
 
     def _fold(self) -> None:
         with self._lock:
@@ -510,8 +516,8 @@ class ABMetrics:
         with self._lock:
             self._fold_locked()
             fresh.version = self._aggregate.version + 1
+            self._forget_keys(None)
             self._aggregate = fresh
-            self._bind_rows()
             return fresh.version
 
     def get_config(self, experiment: str) -> ExperimentConfig:
@@ -591,6 +597,7 @@ class ABMetrics:
             if (entry := self._repeat(once)) is not None:
                 return entry
             self._fold_locked()
+            self._forget_keys(experiment)
             if not self._aggregate.remove_experiment(experiment):
                 return None
             return self._written(once, answer)
@@ -619,8 +626,8 @@ class ABMetrics:
             if (entry := self._repeat(once)) is not None:
                 return entry
             self._fold_locked()
+            self._forget_keys(None)
             self._aggregate.clear()
-            self._bind_rows()
             self._changed_configs |= set(self._configs) | set(self._file_configs)
             self._configs = dict(self._file_configs)
             return self._written(once, answer)
