@@ -19,6 +19,7 @@ from itertools import repeat
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from ..core import limits
 from ..core.aggregate import (
@@ -700,16 +701,16 @@ def _take(pending: list[T]) -> list[T]:
 
 def _live(
     ids: Mapping[Any, int], pending: list[Any], width: int
-) -> tuple[Sequence[int], list[list[Any]]]:
+) -> tuple[npt.NDArray[np.intp], list[list[Any]]]:
     """The rows of a flat pending list's keys and its other columns, leaving out the
     records whose key has no row (their series was cleared after they were checked)."""
     keys = pending[0::width]
     rows = np.fromiter(map(ids.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
     columns = [pending[k::width] for k in range(1, width)]
     if rows.min() >= 0:
-        return rows.tolist(), columns
+        return rows, columns
     live = np.flatnonzero(rows >= 0).tolist()
-    return rows[live].tolist(), [[column[i] for i in live] for column in columns]
+    return rows[live], [[column[i] for i in live] for column in columns]
 
 
 def _checked_query(latency_ms: object, success: object) -> float:
