@@ -65,6 +65,7 @@ Clock = Callable[[], float]
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "last")
 T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
+_MIN_EVENT_VALUE = -MAX_ABS_EVENT_VALUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ class ABMetrics:
         Raises ValidationError for a value that is not a finite number within range,
         or a name that is not usable."""
         if (value.__class__ is not float and value.__class__ is not int) or not (
-            -MAX_ABS_EVENT_VALUE <= value <= MAX_ABS_EVENT_VALUE  # False for NaN too
+            _MIN_EVENT_VALUE <= value <= MAX_ABS_EVENT_VALUE  # False for NaN too
         ):
             value = _checked_value(value)
         try:
@@ -714,7 +715,8 @@ def _live(
 
 
 def _checked_query(latency_ms: object, success: object) -> float:
-    """The hot path's slow lane: a latency that is an int, a float subclass or bad."""
+    """The hot path's slow lane: a latency of another class (a float subclass, say) or
+    out of range, or a success that is not a bool. Returns the latency as a float."""
     problem = latency_problem(latency_ms)
     if problem is not None:
         raise ValidationError("invalid_latency", f"latency_ms {problem}")
