@@ -359,7 +359,6 @@ class _Buffer:
         if on_full not in ("drop_oldest", "block"):
             raise ValueError("on_full must be 'drop_oldest' or 'block'")
         self.items: collections.deque[Record] = collections.deque()
-        self._items = self.items
         self._capacity = capacity
         self._on_full = on_full
         self._stats = stats
@@ -379,11 +378,11 @@ class _Buffer:
         self.below = min(self._capacity, records - 1)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
     def put_one(self, record: Record) -> None:
         """put() with the batch size set by the client (`trigger`)."""
-        items = self._items
+        items = self.items
         if len(items) < self._capacity:
             items.append(record)
             if len(items) >= self._trigger:
@@ -392,7 +391,7 @@ class _Buffer:
             self.put(record, self._trigger)
 
     def put(self, record: Record, batch_size: int) -> None:
-        items = self._items
+        items = self.items
         if len(items) >= self._capacity:
             with self._room:
                 if self._on_full == "block":
@@ -408,7 +407,7 @@ class _Buffer:
             self.wanted.set()
 
     def take(self, count: int) -> list[Record]:
-        items, batch = self._items, list[Record]()
+        items, batch = self.items, list[Record]()
         with self._room:
             while items and len(batch) < count:
                 batch.append(items.popleft())
