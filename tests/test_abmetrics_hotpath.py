@@ -205,3 +205,20 @@ def test_a_clear_of_another_experiment_drops_nothing_racing_it() -> None:
     assert (branch.query_count, branch.failure_count, branch.total_latency_ms) == (2, 1, 3.0)
     assert (branch.events["x"].count, branch.events["x"].total) == (2, 3.0)
     assert metrics.experiments() == ["kept"]
+
+
+def test_the_store_is_handed_each_changed_series_once_with_its_state(metrics: ABMetrics) -> None:
+    for i in range(300):  # rows past 256: the change sets hold the index's own numbers
+        metrics.record_query(f"e{i % 100}", f"b{i % 3}", 1.0 + i, True)
+        metrics.record_event(f"e{i % 100}", f"b{i % 3}", "x", 2.0)
+    first = metrics.changes_for_store()
+    assert len(first.branches) == 300 and len(first.events) == 300
+    assert {(b[0], b[1], b[2]) for b in first.branches} == {
+        (f"e{i % 100}", f"b{i % 3}", 1) for i in range(300)
+    }
+    assert not metrics.changes_for_store()  # nothing changed since
+    metrics.record_query("e7", "b1", 5.0, False)
+    metrics.record_event("e8", "b2", "x", 3.0)
+    again = metrics.changes_for_store()
+    assert [(b[0], b[1], b[2], b[3]) for b in again.branches] == [("e7", "b1", 2, 1)]
+    assert [(e[0], e[1], e[2], e[3], e[4]) for e in again.events] == [("e8", "b2", "x", 2, 5.0)]
