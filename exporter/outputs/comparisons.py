@@ -50,7 +50,7 @@ class ComparisonEngine:
             text,
             snapshot.taken_at,
             time.perf_counter() - started,
-            sum(len(m) for a in analyses.values() for m in a.comparisons.values()),
+            len(analyses.columns.comparisons),
         )
         return True
 

@@ -8,7 +8,9 @@ strings, several times faster than building client objects per scrape.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from itertools import compress
+from operator import add
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,9 @@ from ..core.experiment_config import ExperimentConfig
 from ..core.families import Family, Sample
 from ..core.results import summarise
 from ..state.abmetrics import Snapshot
-from ..stats.analysis import ExperimentAnalysis, LatencyDistribution, MetricComparison, SampleRatio
+from ..stats.analysis import PERCENTILES, Analyses, Analysis
+from ..stats.columns import OPTIONAL
+from ..stats.table import METRICS
 from . import catalog as cat
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -293,46 +297,28 @@ def negotiate(accept: str) -> bool:
     return False
 
 
-def render_analysis(analyses: Mapping[str, ExperimentAnalysis]) -> str:
-    """The comparison, SRM and percentile families. Rendered once per recomputation
-    and reused by every scrape until the next one."""
-    labels: list[str] = []
-    comparisons: list[MetricComparison] = []
-    latency: list[tuple[str, LatencyDistribution]] = []
-    srm: list[tuple[str, SampleRatio]] = []
-    percentiles: list[str] = []
-    progress: list[str] = []
-    winners: list[str] = []
-    for name, analysis in analyses.items():
-        exp, control = escape(name), escape(analysis.control)
-        progress.append(
-            f'abtest_experiment_progress_ratio{{experiment="{exp}"}} {analysis.progress!r}\n'
-        )
-        if analysis.winner is not None:
-            branch = escape(analysis.winner)
-            winners.append(f'abtest_experiment_winner{{experiment="{exp}",branch="{branch}"}} 1\n')
-        if analysis.srm is not None:
-            srm.append((f'experiment="{exp}"', analysis.srm))
-        for branch, by_name in analysis.percentiles.items():
-            prefix = f'experiment="{exp}",branch="{escape(branch)}",percentile='
-            percentiles.extend(
-                f'abtest_branch_latency_percentile_seconds{{{prefix}"{key[1:]}"}} {v!r}\n'
-                for key, v in by_name.items()
-            )
-        for branch, found in analysis.comparisons.items():
-            base = f'experiment="{exp}",control="{control}",branch="{escape(branch)}"'
-            labels.extend(f'{base},metric="{m.metric}",event="{escape(m.event)}"' for m in found)
-            comparisons.extend(found)
-            if branch in analysis.latency:
-                label = f'{base},metric="latency_distribution",event=""'
-                latency.append((label, analysis.latency[branch]))
+def render_analysis(analyses: Analyses) -> str:
+    """The comparison, SRM and percentile families, straight from the columns. Rendered
+    once per recomputation and reused by every scrape until the next one; a label is
+    built once per comparison and shared by all the gauges."""
+    analysis = analyses.columns
+    names = [escape(name) for name in analysis.experiments]
     out = Writer(openmetrics=False)
-    if progress:
+    if names:
         out.declare(cat.PROGRESS)
-        out.parts.append("".join(progress))
+        out.parts.append("".join(
+            f'abtest_experiment_progress_ratio{{experiment="{exp}"}} {progress!r}\n'
+            for exp, progress in zip(names, analysis.progress, strict=True)
+        ))  # fmt: skip
+    winners = [
+        f'abtest_experiment_winner{{experiment="{exp}",branch="{escape(winner)}"}} 1\n'
+        for exp, winner in zip(names, analysis.winners, strict=True)
+        if winner is not None
+    ]
     if winners:
         out.declare(cat.WINNER)
         out.parts.append("".join(winners))
+    srm = [(f'experiment="{e}"', r) for e, r in zip(names, analysis.srm, strict=True) if r]
     if srm:
         out.declare(cat.SRM_P_VALUE)
         out.lines("abtest_srm_p_value", (s for s, _ in srm), (repr(r.p_value) for _, r in srm))
@@ -340,25 +326,79 @@ def render_analysis(analyses: Mapping[str, ExperimentAnalysis]) -> str:
         out.lines(
             "abtest_srm_detected", (s for s, _ in srm), ("1" if r.detected else "0" for _, r in srm)
         )
-    if percentiles:
-        out.declare(cat.PERCENTILE)
-        out.parts.append("".join(percentiles))
-    extra: dict[str, list[tuple[str, float]]] = {
-        "probability_better": [(label, d.probability_faster) for label, d in latency],
-        "fixed_horizon_p_value": [(label, d.fixed_horizon_p_value) for label, d in latency],
+    _percentile_family(out, analysis, names)
+    _comparison_families(out, analysis, names)
+    return "".join(out.parts)
+
+
+def _percentile_family(out: Writer, analysis: Analysis, names: list[str]) -> None:
+    columns = analysis.percentiles
+    if not columns.branch:
+        return
+    out.declare(cat.PERCENTILE)
+    keys = [f'",percentile="{name[1:]}"}} ' for name, _ in PERCENTILES]
+    out.parts.append("".join(
+        f'abtest_branch_latency_percentile_seconds{{experiment="{names[e]}",branch="'
+        f"{escape(branch)}{key}{value!r}\n"
+        for e, branch, row in zip(columns.experiment.tolist(), columns.branch,
+                                  columns.values.tolist(), strict=True)
+        for key, value in zip(keys, row, strict=True)
+    ))  # fmt: skip
+
+
+def _comparison_families(out: Writer, analysis: Analysis, names: list[str]) -> None:
+    results = analysis.comparisons
+    table = results.table
+    pairs = table.pairs
+    controls = [escape(control) for control in analysis.controls]
+    # `experiment="..",control="..",branch=".."` per pair, then `{that},metric=..,event=..} `
+    # per comparison: the part of a line that all the gauges share
+    bases = np.array(
+        [f'experiment="{names[e]}",control="{controls[e]}",branch="{escape(branch)}"'
+         for e, branch in zip(pairs.experiment.tolist(), pairs.branch, strict=True)] or [""],
+        dtype=object,
+    )  # fmt: skip
+    width = len(table.events) + 1
+    suffixes = np.array(
+        [f',metric="{metric}",event="{escape(event)}"}} '
+         for metric in METRICS for event in ("", *table.events)],
+        dtype=object,
+    )  # fmt: skip
+    labels = (bases[table.pair] + suffixes[table.metric * width + table.event + 1]).tolist()
+    latency = analysis.latency
+    latency_labels = (bases[latency.pair] + ',metric="latency_distribution",event=""} ').tolist()
+    extra = {
+        "probability_better": latency.probability_faster,
+        "fixed_horizon_p_value": latency.fixed_horizon_p_value,
     }
     for (gauge, _), declared in zip(cat.COMPARISON_GAUGES, cat.COMPARISONS, strict=True):
         name = declared.name
-        values: list[Any] = [getattr(m, gauge) for m in comparisons]
-        if gauge == "significant":
-            values = [int(v) for v in values]
-        lines = [
-            f"{name}{{{label}}} {value!r}\n"
-            for label, value in zip(labels, values, strict=True)
-            if value is not None
-        ]
-        lines.extend(f"{name}{{{label}}} {value!r}\n" for label, value in extra.get(gauge, ()))
-        if lines:
+        separator = f"\n{name}{{"
+        chunks = _chunks(separator, labels, getattr(results, gauge), gauge)
+        if gauge in extra:
+            chunks.extend(_chunks(separator, latency_labels, extra[gauge], gauge))
+        if chunks:
             out.declare(declared)
-            out.parts.append("".join(lines))
-    return "".join(out.parts)
+            out.parts.append(f"{name}{{{separator.join(chunks)}\n")
+
+
+CHUNK = 4096  # lines per join: the thread rendering gives the GIL back between joins
+
+
+def _chunks(separator: str, labels: list[str], column: Any, gauge: str) -> list[str]:
+    """`label} value` of every row that has a value (an optional field's NaN is None,
+    left out), joined by `separator` a chunk at a time."""
+    if not labels:
+        return []
+    if gauge in OPTIONAL:
+        kept = np.isfinite(column)
+        if not kept.all():
+            labels = list(compress(labels, kept.tolist()))
+            column = column[kept]
+    values = column.astype(int).tolist() if gauge == "significant" else column.tolist()
+    return [
+        separator.join(
+            map(add, labels[start : start + CHUNK], map(repr, values[start : start + CHUNK]))
+        )
+        for start in range(0, len(labels), CHUNK)
+    ]

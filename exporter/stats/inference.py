@@ -227,19 +227,26 @@ def beta_probability_better(n_a: Array, x_a: Array, n_b: Array, x_b: Array) -> A
 
 def adjust(p: Array, method: str) -> Array:
     """Holm (family-wise) or Benjamini-Hochberg (false discovery rate) adjusted p-values."""
-    m = len(p)
+    adjusted: Array = adjust_rows(p[None, :], method)[0]
+    return adjusted
+
+
+def adjust_rows(p: Array, method: str) -> Array:
+    """`adjust` applied to each row of a matrix (one family of comparisons per row)."""
+    m = p.shape[1]
     if m == 0 or method == "none":
         return p.copy()
-    order = np.argsort(p, kind="stable")
-    ranked = p[order]
+    order = np.argsort(p, axis=1, kind="stable")
+    ranked = np.take_along_axis(p, order, axis=1)
     if method == "holm":
-        adjusted = np.maximum.accumulate(ranked * (m - np.arange(m)))
+        adjusted = np.maximum.accumulate(ranked * (m - np.arange(m)), axis=1)
     elif method == "bh":
-        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+        reverse = (ranked * m / np.arange(1, m + 1))[:, ::-1]
+        adjusted = np.minimum.accumulate(reverse, axis=1)[:, ::-1]
     else:
         raise ValueError(f"unknown correction {method!r}")
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
+    out = np.empty(p.shape)
+    np.put_along_axis(out, order, np.minimum(adjusted, 1.0), axis=1)
     return out
 
 
@@ -258,10 +265,18 @@ def sample_ratio(counts: Array, weights: Array) -> RatioCheck | None:
     total = float(counts.sum())
     if len(counts) < 2 or total <= 0:
         return None
-    expected = total * weights / weights.sum()
-    statistic = float(((counts - expected) ** 2 / expected).sum())
-    p = float(special.chdtrc(len(counts) - 1, statistic))
-    return RatioCheck(statistic, p, float(expected.min()))
+    statistic, p, min_expected = sample_ratio_rows(counts[None, :], weights[None, :])
+    return RatioCheck(float(statistic[0]), float(p[0]), float(min_expected[0]))
+
+
+def sample_ratio_rows(counts: Array, weights: Array) -> tuple[Array, Array, Array]:
+    """`sample_ratio` for each row of two matrices, as (statistic, p-value, smallest
+    expected count); rows must have at least two branches and a positive total."""
+    total = counts.sum(axis=1)[:, None]
+    expected = total * weights / weights.sum(axis=1)[:, None]
+    statistic = ((counts - expected) ** 2 / expected).sum(axis=1)
+    p = special.chdtrc(counts.shape[1] - 1, statistic)
+    return statistic, np.asarray(p), expected.min(axis=1)
 
 
 # -- latency distributions from histogram buckets -----------------------------
