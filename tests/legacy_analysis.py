@@ -357,8 +357,8 @@ def _compute(
     # power: SE from the arms' per-observation variances pooled (weighted by n)
     pooled = (n_a * unit_var_a + n_b * unit_var_b) / (n_a + n_b)
     se = np.sqrt(np.where(pooled > 0, pooled, 0.0) * (1.0 / n_a + 1.0 / n_b))
-    mde = st.minimum_detectable_effect(se, n_a + n_b, alpha, tuning)
-    growth = st.growth_to_detect(difference, se, n_a + n_b, alpha, tuning)
+    mde = _minimum_detectable_effect(se, n_a + n_b, alpha, tuning)
+    growth = _growth_to_detect(difference, se, n_a + n_b, alpha, tuning)
     span = np.array([durations[i] for i in table.experiment])
     eta = np.where(span > 0, (growth - 1.0) * span, np.nan)
 
@@ -561,3 +561,52 @@ def _sample_ratio(counts: Any, weights: Any) -> st.RatioCheck | None:
     statistic = float(((counts - expected) ** 2 / expected).sum())
     p = float(st.special.chdtrc(len(counts) - 1, statistic))
     return st.RatioCheck(statistic, p, float(expected.min()))
+
+
+def _sequential_multiplier(total_n: Any, alpha: Any, tuning: Any) -> Any:
+    """The confidence sequence's half-width in standard errors: half-width / sqrt(V).
+    It depends on N, alpha and N* only (the fixed-horizon analogue is z_{1-alpha/2})."""
+    n = np.asarray(total_n, dtype=np.float64)
+    rho2 = st.sequential_rho(alpha, tuning) ** 2
+    scale = n * rho2 + 1.0
+    return np.asarray(np.sqrt(2.0 * scale / (n * rho2) * np.log(np.sqrt(scale) / alpha)))
+
+
+def _minimum_detectable_effect(
+    se: Any, total_n: Any, alpha: Any, tuning: Any, power: float = 0.8
+) -> Any:
+    """Smallest true difference the always-valid test detects with `power` at the current
+    sample: (sequential multiplier + z_power) * SE. NaN where SE is not positive."""
+    width = _sequential_multiplier(total_n, alpha, tuning) + st.special.ndtri(power)
+    return np.where(se > 0, width * np.where(se > 0, se, 1.0), np.nan)
+
+
+def _growth_to_detect(
+    effect: Any,
+    se: Any,
+    total_n: Any,
+    alpha: Any,
+    tuning: Any,
+    power: float = 0.8,
+    max_growth: float = 1e9,
+) -> Any:
+    """The factor k by which the sample must grow (same split, same per-observation
+    variance, so SE shrinks as 1/sqrt(k)) until the minimum detectable effect reaches
+    |effect|: 1 when it already has, NaN when it cannot be computed or needs more than
+    `max_growth`. Bisection in log k (the MDE falls monotonically with k)."""
+    target = np.abs(effect)
+    ok = (target > 0) & (se > 0) & np.isfinite(target)
+    safe_se = np.where(ok, se, 1.0)
+
+    def mde(k: Any) -> Any:
+        return _minimum_detectable_effect(safe_se / np.sqrt(k), total_n * k, alpha, tuning, power)
+
+    lo, hi = np.zeros(np.shape(target)), np.full(np.shape(target), np.log(max_growth))
+    done = mde(np.ones(np.shape(target))) <= target
+    reachable = mde(np.exp(hi)) <= target
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        above = mde(np.exp(mid)) > target
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    growth = np.where(done, 1.0, np.exp(hi))
+    return np.where(ok & (done | reachable), growth, np.nan)

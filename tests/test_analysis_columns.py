@@ -146,3 +146,20 @@ def test_adjusting_rows_at_once_equals_one_at_a_time(method: str) -> None:
     for i in range(len(p)):
         assert np.array_equal(rows[i], legacy._adjust(p[i], method))
         assert np.array_equal(st.adjust(p[i], method), legacy._adjust(p[i], method))
+
+
+def test_growth_and_power_are_those_of_the_plain_bisection() -> None:
+    rng = np.random.default_rng(5)
+    size = 5000
+    effect = rng.choice([0.0, np.nan, 1e-6, 0.01, 0.3, 5.0], size) * rng.choice([-1, 1], size)
+    se = rng.choice([0.0, 1e-4, 0.01, 0.2, 3.0], size)
+    n = rng.integers(2, 100_000, size).astype(float)
+    alpha, tuning = rng.choice([0.01, 0.05, 0.2], size), rng.choice([100.0, 5000.0], size)
+    new = st.growth_to_detect(effect, se, n, alpha, tuning)
+    assert np.array_equal(new, legacy._growth_to_detect(effect, se, n, alpha, tuning), True)
+    assert np.isfinite(new).sum() > 1000 and (new > 1).sum() > 500
+    assert np.array_equal(
+        st.minimum_detectable_effect(se, n, alpha, tuning),
+        legacy._minimum_detectable_effect(se, n, alpha, tuning),
+        equal_nan=True,
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from itertools import compress
-from operator import add
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from ..stats.analysis import PERCENTILES, Analyses, Analysis
 from ..stats.columns import OPTIONAL
 from ..stats.table import METRICS
 from . import catalog as cat
+from .floats import reprs
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -336,14 +336,14 @@ def _percentile_family(out: Writer, analysis: Analysis, names: list[str]) -> Non
     if not columns.branch:
         return
     out.declare(cat.PERCENTILE)
-    keys = [f'",percentile="{name[1:]}"}} ' for name, _ in PERCENTILES]
-    out.parts.append("".join(
-        f'abtest_branch_latency_percentile_seconds{{experiment="{names[e]}",branch="'
-        f"{escape(branch)}{key}{value!r}\n"
-        for e, branch, row in zip(columns.experiment.tolist(), columns.branch,
-                                  columns.values.tolist(), strict=True)
-        for key, value in zip(keys, row, strict=True)
-    ))  # fmt: skip
+    bases = [
+        f'experiment="{names[e]}",branch="{escape(branch)}",percentile="'
+        for e, branch in zip(columns.experiment.tolist(), columns.branch, strict=True)
+    ]
+    keys = [f'{name[1:]}"}} ' for name, _ in PERCENTILES]
+    labels = [base + key for base in bases for key in keys]
+    text = _lines("abtest_branch_latency_percentile_seconds", labels, columns.values.ravel())
+    out.parts.append(text)
 
 
 def _comparison_families(out: Writer, analysis: Analysis, names: list[str]) -> None:
@@ -372,33 +372,33 @@ def _comparison_families(out: Writer, analysis: Analysis, names: list[str]) -> N
         "fixed_horizon_p_value": latency.fixed_horizon_p_value,
     }
     for (gauge, _), declared in zip(cat.COMPARISON_GAUGES, cat.COMPARISONS, strict=True):
-        name = declared.name
-        separator = f"\n{name}{{"
-        chunks = _chunks(separator, labels, getattr(results, gauge), gauge)
+        column = getattr(results, gauge)
+        if gauge == "significant":
+            column = column.astype(int)
+        texts = [_lines(declared.name, *_present(labels, column, gauge))]
         if gauge in extra:
-            chunks.extend(_chunks(separator, latency_labels, extra[gauge], gauge))
-        if chunks:
+            texts.append(_lines(declared.name, *_present(latency_labels, extra[gauge], gauge)))
+        if any(texts):
             out.declare(declared)
-            out.parts.append(f"{name}{{{separator.join(chunks)}\n")
+            out.parts.extend(texts)
 
 
-CHUNK = 4096  # lines per join: the thread rendering gives the GIL back between joins
-
-
-def _chunks(separator: str, labels: list[str], column: Any, gauge: str) -> list[str]:
-    """`label} value` of every row that has a value (an optional field's NaN is None,
-    left out), joined by `separator` a chunk at a time."""
-    if not labels:
-        return []
+def _present(labels: list[str], column: Any, gauge: str) -> tuple[list[str], Any]:
+    """The rows that have a value: an optional field's NaN is None, left out."""
     if gauge in OPTIONAL:
         kept = np.isfinite(column)
         if not kept.all():
-            labels = list(compress(labels, kept.tolist()))
-            column = column[kept]
-    values = column.astype(int).tolist() if gauge == "significant" else column.tolist()
-    return [
-        separator.join(
-            map(add, labels[start : start + CHUNK], map(repr, values[start : start + CHUNK]))
-        )
-        for start in range(0, len(labels), CHUNK)
-    ]
+            return list(compress(labels, kept.tolist())), column[kept]
+    return labels, column
+
+
+def _lines(name: str, labels: list[str], values: Any) -> str:
+    """`name{label} value` lines; each label already ends with `} `. One join per family
+    (a few milliseconds each, so the rendering thread gives the GIL back between them),
+    with no string made per line but the value's."""
+    size = len(labels)
+    items = [f"{name}{{"] * (4 * size)
+    items[1::4] = labels
+    items[2::4] = reprs(values)
+    items[3::4] = ["\n"] * size
+    return "".join(items)
