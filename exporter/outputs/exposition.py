@@ -342,8 +342,9 @@ def _percentile_family(out: Writer, analysis: Analysis, names: list[str]) -> Non
     ]
     keys = [f'{name[1:]}"}} ' for name, _ in PERCENTILES]
     labels = [base + key for base in bases for key in keys]
-    text = _lines("abtest_branch_latency_percentile_seconds", labels, columns.values.ravel())
-    out.parts.append(text)
+    out.parts.extend(
+        _lines("abtest_branch_latency_percentile_seconds", labels, columns.values.ravel())
+    )
 
 
 def _comparison_families(out: Writer, analysis: Analysis, names: list[str]) -> None:
@@ -375,12 +376,12 @@ def _comparison_families(out: Writer, analysis: Analysis, names: list[str]) -> N
         column = getattr(results, gauge)
         if gauge == "significant":
             column = column.astype(int)
-        texts = [_lines(declared.name, *_present(labels, column, gauge))]
+        lines = _lines(declared.name, *_present(labels, column, gauge))
         if gauge in extra:
-            texts.append(_lines(declared.name, *_present(latency_labels, extra[gauge], gauge)))
-        if any(texts):
+            lines.extend(_lines(declared.name, *_present(latency_labels, extra[gauge], gauge)))
+        if lines:
             out.declare(declared)
-            out.parts.extend(texts)
+            out.parts.extend(lines)
 
 
 def _present(labels: list[str], column: Any, gauge: str) -> tuple[list[str], Any]:
@@ -392,13 +393,13 @@ def _present(labels: list[str], column: Any, gauge: str) -> tuple[list[str], Any
     return labels, column
 
 
-def _lines(name: str, labels: list[str], values: Any) -> str:
-    """`name{label} value` lines; each label already ends with `} `. One join per family
-    (a few milliseconds each, so the rendering thread gives the GIL back between them),
-    with no string made per line but the value's."""
+def _lines(name: str, labels: list[str], values: Any) -> list[str]:
+    """The pieces of `name{label} value` lines (each label already ends with `} `), for
+    the one join that makes the whole block: no string is made per line but the value's,
+    and the text is copied once."""
     size = len(labels)
     items = [f"{name}{{"] * (4 * size)
     items[1::4] = labels
     items[2::4] = reprs(values)
     items[3::4] = ["\n"] * size
-    return "".join(items)
+    return items
