@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Final
 
 import numpy as np
@@ -164,13 +164,18 @@ def _event_pairs(
     selected = [names[i] for i in np.unique(pairs.experiment).tolist()]
     branch_of = {(n, b): r for n in selected for b, r in view.experiments[n].items()}
     found_rows = list(chain.from_iterable(view.experiment_events.get(n, ()) for n in selected))
-    keys = [key for key in map(view.event_keys.__getitem__, found_rows) if key is not None]
-    assert len(keys) == len(found_rows)  # an experiment lists only rows in use
-    event_names = [key[2] for key in keys]
+    if not found_rows:
+        return None
+    keys = list(map(view.event_keys.__getitem__, found_rows))
+    assert None not in keys  # an experiment lists only rows in use
+    # columns of the keys, transposed and looked up without a Python-level loop
+    experiment_of, branch_names, event_names = zip(*keys, strict=True)
     ordered = sorted(set(event_names))
     codes = {e: i for i, e in enumerate(ordered)}
-    code = np.array(list(map(codes.__getitem__, event_names)), dtype=np.int64)
-    branch_row = np.array([branch_of.get(key[:2], -1) for key in keys], dtype=np.int64)
+    size = len(keys)
+    code = np.fromiter(map(codes.__getitem__, event_names), dtype=np.int64, count=size)
+    lookups = map(branch_of.get, zip(experiment_of, branch_names, strict=True), repeat(-1))
+    branch_row = np.fromiter(lookups, dtype=np.int64, count=size)
     row = np.array(found_rows, dtype=np.int64)
     # an event of a branch the experiment does not list is left out, as everywhere
     known = branch_row >= 0
