@@ -14,7 +14,7 @@ import pytest
 from exporter import ABMetrics
 from exporter.core.experiment_config import ExperimentConfig
 from exporter.outputs.comparisons import ComparisonEngine
-from exporter.outputs.exposition import render_analysis
+from exporter.outputs.exposition import CHUNK, render_analysis
 from exporter.stats import inference as st
 from exporter.stats.analysis import analyse
 
@@ -134,6 +134,7 @@ def test_the_engine_publishes_the_count_and_text_of_the_columns() -> None:
     latest = engine.latest
     old = legacy.analyse(metrics.snapshot().view, metrics.snapshot().configs)
     assert latest.text == legacy.render_analysis(old)
+    assert max(part.count("\n") for part in latest.parts) <= CHUNK  # short holds of the GIL
     assert latest.comparisons == sum(len(m) for a in old.values() for m in a.comparisons.values())
     assert latest.analyses["exp-1"] is latest.analyses["exp-1"]  # made once, then kept
 

@@ -103,12 +103,12 @@ def render(
     snapshot: Snapshot,
     extra: Sequence[Family] = (),
     openmetrics: bool = False,
-    analysis: str = "",
+    analysis: str | Sequence[str] = "",
     tail: str = "",
     role: str = "single",
 ) -> str:
     """Every family of the design, from one consistent snapshot; `analysis` is the
-    pre-rendered comparison block (see render_analysis), the same in both formats;
+    pre-rendered comparison block (see render_analysis_parts), the same in both formats;
     `tail` is families already rendered in the asked format by another writer (the
     process metrics, see process.py). An `ingest` replica writes only what adds up or
     merges (no per-replica verdicts); the `analyzer` only what it derives (its raw sums
@@ -119,7 +119,7 @@ def render(
     _event_families(out, snapshot, raw, derived)
     _experiment_families(out, snapshot, raw, derived)
     if derived:
-        out.parts.append(analysis)
+        out.parts.extend((analysis,) if isinstance(analysis, str) else analysis)
     for family in extra:
         out.family(family)
     out.parts.append(tail)
@@ -298,9 +298,16 @@ def negotiate(accept: str) -> bool:
 
 
 def render_analysis(analyses: Analyses) -> str:
-    """The comparison, SRM and percentile families, straight from the columns. Rendered
-    once per recomputation and reused by every scrape until the next one; a label is
-    built once per comparison and shared by all the gauges."""
+    """The comparison, SRM and percentile families as one text."""
+    return "".join(render_analysis_parts(analyses))
+
+
+def render_analysis_parts(analyses: Analyses) -> tuple[str, ...]:
+    """The comparison, SRM and percentile families, straight from the columns, in pieces
+    of at most CHUNK lines. Rendered once per recomputation and reused by every scrape
+    (whose own join copies them into its answer); a label is built once per comparison
+    and shared by all the gauges. No piece takes long to make, so the thread doing it
+    never holds the GIL (and the event loop) for long."""
     analysis = analyses.columns
     names = [escape(name) for name in analysis.experiments]
     out = Writer(openmetrics=False)
@@ -328,7 +335,7 @@ def render_analysis(analyses: Analyses) -> str:
         )
     _percentile_family(out, analysis, names)
     _comparison_families(out, analysis, names)
-    return "".join(out.parts)
+    return tuple(out.parts)
 
 
 def _percentile_family(out: Writer, analysis: Analysis, names: list[str]) -> None:
@@ -393,13 +400,20 @@ def _present(labels: list[str], column: Any, gauge: str) -> tuple[list[str], Any
     return labels, column
 
 
+CHUNK = 4096  # lines per piece: a join of some 600 kB, well under a millisecond
+
+
 def _lines(name: str, labels: list[str], values: Any) -> list[str]:
-    """The pieces of `name{label} value` lines (each label already ends with `} `), for
-    the one join that makes the whole block: no string is made per line but the value's,
-    and the text is copied once."""
-    size = len(labels)
-    items = [f"{name}{{"] * (4 * size)
-    items[1::4] = labels
-    items[2::4] = reprs(values)
-    items[3::4] = ["\n"] * size
-    return items
+    """`name{label} value` lines (each label already ends with `} `) in pieces of CHUNK
+    lines: each piece is one join of the lines' parts, no string made per line but the
+    value's (written in bulk by `reprs`)."""
+    pieces = []
+    for start in range(0, len(labels), CHUNK):
+        chunk = labels[start : start + CHUNK]
+        size = len(chunk)
+        items = [f"{name}{{"] * (4 * size)
+        items[1::4] = chunk
+        items[2::4] = reprs(values[start : start + CHUNK])
+        items[3::4] = ["\n"] * size
+        pieces.append("".join(items))
+    return pieces

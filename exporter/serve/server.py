@@ -454,7 +454,7 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
         families += analyzer.families()
     process = self_metrics.process.render(openmetrics)
     role = app[SETTINGS].role
-    payload = render(snapshot, families, openmetrics, latest.text, process, role).encode()
+    payload = render(snapshot, families, openmetrics, latest.parts, process, role).encode()
     if compress:
         payload = gzip.compress(payload, compresslevel=1)
     self_metrics.scraped(time.perf_counter() - started)
