@@ -166,15 +166,14 @@ def _event_pairs(
     found_rows = list(chain.from_iterable(view.experiment_events.get(n, ()) for n in selected))
     if not found_rows:
         return None
-    keys = list(map(view.event_keys.__getitem__, found_rows))
-    assert None not in keys  # an experiment lists only rows in use
-    # columns of the keys, transposed and looked up without a Python-level loop
-    experiment_of, branch_names, event_names = zip(*keys, strict=True)
+    keys = [key for key in map(view.event_keys.__getitem__, found_rows) if key is not None]
+    assert len(keys) == len(found_rows)  # an experiment lists only rows in use
+    event_names = [key[2] for key in keys]
     ordered = sorted(set(event_names))
     codes = {e: i for i, e in enumerate(ordered)}
     size = len(keys)
     code = np.fromiter(map(codes.__getitem__, event_names), dtype=np.int64, count=size)
-    lookups = map(branch_of.get, zip(experiment_of, branch_names, strict=True), repeat(-1))
+    lookups = map(branch_of.get, [key[:2] for key in keys], repeat(-1))
     branch_row = np.fromiter(lookups, dtype=np.int64, count=size)
     row = np.array(found_rows, dtype=np.int64)
     # an event of a branch the experiment does not list is left out, as everywhere
