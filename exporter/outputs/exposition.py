@@ -408,12 +408,11 @@ def _lines(name: str, labels: list[str], values: Any) -> list[str]:
     lines: each piece is one join of the lines' parts, no string made per line but the
     value's (written in bulk by `reprs`)."""
     pieces = []
+    pattern: list[str] = [f"{name}{{", "", "", "\n"]
     for start in range(0, len(labels), CHUNK):
         chunk = labels[start : start + CHUNK]
-        size = len(chunk)
-        items = [f"{name}{{"] * (4 * size)
+        items = pattern * len(chunk)
         items[1::4] = chunk
         items[2::4] = reprs(values[start : start + CHUNK])
-        items[3::4] = ["\n"] * size
         pieces.append("".join(items))
     return pieces

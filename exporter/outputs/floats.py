@@ -21,13 +21,14 @@ LOW, HIGH = 1e-4, 1e15  # where orjson's notation is repr's
 
 def reprs(values: npt.NDArray[Any]) -> list[str]:
     """`[repr(v) for v in values.tolist()]`, for a 1-d array of floats or ints."""
-    listed = values.tolist()
-    if not listed:
+    if not len(values):
         return []
-    out: list[str] = orjson.dumps(listed).decode()[1:-1].split(",")
+    values = np.ascontiguousarray(values)
+    text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    out = text[1:-1].split(",")
     if values.dtype.kind == "f":
         size = np.abs(values)
         plain = ((size >= LOW) & (size < HIGH)) | (values == 0)  # False for NaN
         for i in np.flatnonzero(~plain).tolist():
-            out[i] = repr(listed[i])
+            out[i] = repr(float(values[i]))
     return out
