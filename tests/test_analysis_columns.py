@@ -97,6 +97,8 @@ def test_values_and_text_are_those_of_the_per_experiment_implementation(seed: in
     assert list(new) == list(old) and len(old) >= 20
     for name, expected in old.items():
         assert plain(new[name]) == plain(expected), name
+    every = analyse(snapshot.view, snapshot.configs).items()  # made in one pass
+    assert plain(dict(every)) == plain(old)
     compared = sum(len(m) for a in old.values() for m in a.comparisons.values())
     assert compared > 50 and len(new.columns.comparisons) == compared
     assert any(m.verdict for a in old.values() for ms in a.comparisons.values() for m in ms)

@@ -11,7 +11,7 @@ for one experiment when a reader asks for it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Final
@@ -136,13 +136,19 @@ class Analysis:
     latency: LatencyColumns
     percentiles: PercentileColumns
 
-    def experiment(self, index: int) -> ExperimentAnalysis:
+    def experiment(
+        self, index: int, comparisons: Mapping[str, tuple[MetricComparison, ...]] | None = None
+    ) -> ExperimentAnalysis:
+        """The objects of one experiment; `comparisons` if they were made already."""
+        if comparisons is None:
+            lo, hi = np.searchsorted(self.comparisons.table.experiment, [index, index + 1])
+            comparisons = _comparisons(self.comparisons, int(lo), int(hi)).get(index, {})
         return ExperimentAnalysis(
             experiment=self.experiments[index],
             control=self.controls[index],
             config=self.configs[index],
             srm=self.srm[index],
-            comparisons=MappingProxyType(_comparisons(self.comparisons, index)),
+            comparisons=MappingProxyType(dict(comparisons)),
             latency=MappingProxyType(_latency_of(self, index)),
             percentiles=MappingProxyType(_percentiles_of(self.percentiles, index)),
             progress=self.progress[index],
@@ -152,7 +158,8 @@ class Analysis:
 
 class Analyses(Mapping[str, ExperimentAnalysis]):
     """Experiment name -> its analysis, made on first access (the columns are what the
-    exposition uses; most experiments are never asked for one by one)."""
+    exposition uses; most experiments are never asked for one by one). Going through
+    them all (items, values: the OTLP push) makes the missing ones in one pass."""
 
     def __init__(self, columns: Analysis) -> None:
         self.columns = columns
@@ -170,6 +177,23 @@ class Analyses(Mapping[str, ExperimentAnalysis]):
 
     def __len__(self) -> int:
         return len(self.columns.experiments)
+
+    def items(self) -> ItemsView[str, ExperimentAnalysis]:
+        self._make_all()
+        return super().items()
+
+    def values(self) -> ValuesView[ExperimentAnalysis]:
+        self._make_all()
+        return super().values()
+
+    def _make_all(self) -> None:
+        if len(self._made) == len(self):
+            return
+        columns = self.columns
+        made = _comparisons(columns.comparisons, 0, len(columns.comparisons))
+        for i, name in enumerate(columns.experiments):
+            if name not in self._made:
+                self._made[name] = columns.experiment(i, made.get(i, {}))
 
 
 def analyse(
@@ -259,13 +283,12 @@ def _winners(results: Comparisons, configs: Sequence[ExperimentConfig]) -> tuple
     return tuple(min(better[i])[1] if i in better else None for i in range(len(configs)))
 
 
-def _comparisons(results: Comparisons, index: int) -> dict[str, tuple[MetricComparison, ...]]:
-    """The objects of one experiment's rows, every value as the columns hold it (NaN as
-    None where the field is optional)."""
+def _comparisons(
+    results: Comparisons, lo: int, hi: int
+) -> dict[int, dict[str, tuple[MetricComparison, ...]]]:
+    """The objects of rows lo..hi by experiment and treatment, every value as the columns
+    hold it (NaN as None where the field is optional)."""
     table = results.table
-    lo, hi = np.searchsorted(table.experiment, [index, index + 1]).tolist()
-    if lo == hi:
-        return {}
 
     def column(name: str) -> list[Any]:
         if name == "metric":
@@ -278,11 +301,12 @@ def _comparisons(results: Comparisons, index: int) -> dict[str, tuple[MetricComp
         return values
 
     columns = [column(name) for name in _FIELDS]
+    experiments = table.experiment[lo:hi].tolist()
     branches = [table.pairs.branch[p] for p in table.pair[lo:hi].tolist()]
-    out: dict[str, list[MetricComparison]] = {}
-    for branch, *values in zip(branches, *columns, strict=True):
-        out.setdefault(branch, []).append(MetricComparison(*values))
-    return {b: tuple(ms) for b, ms in out.items()}
+    out: dict[int, dict[str, list[MetricComparison]]] = {}
+    for experiment, branch, *values in zip(experiments, branches, *columns, strict=True):
+        out.setdefault(experiment, {}).setdefault(branch, []).append(MetricComparison(*values))
+    return {e: {b: tuple(ms) for b, ms in by.items()} for e, by in out.items()}
 
 
 def _srm(
