@@ -24,7 +24,7 @@ from ..core.experiment_config import ExperimentConfig
 from ..core.results import control_of
 from . import inference as st
 from .columns import OPTIONAL, Comparisons, compute
-from .table import METRICS, build
+from .table import METRICS, Pairs, build
 
 Array = npt.NDArray[Any]
 
@@ -337,7 +337,8 @@ def _srm(
     return out
 
 
-def _latency(view: View, pairs: Any) -> LatencyColumns:
+def _latency(view: View, pairs: Pairs) -> LatencyColumns:
+    """Mann-Whitney of every pair whose arms both have queries, in one call."""
     c = view.branch
     ok = np.flatnonzero((c.n[pairs.control_row] > 0) & (c.n[pairs.treatment_row] > 0))
     test = st.mann_whitney(c.buckets[pairs.control_row[ok]], c.buckets[pairs.treatment_row[ok]])
