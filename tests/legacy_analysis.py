@@ -459,6 +459,7 @@ def _percentiles(view: View, experiment: str) -> dict[str, Mapping[str, float]]:
         for i, (branch, _) in enumerate(seen)
     }
 
+
 from exporter.outputs import catalog as cat
 from exporter.outputs.exposition import Writer, escape
 
