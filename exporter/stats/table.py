@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain
 from typing import Any, Final
 
 import numpy as np
@@ -162,7 +162,6 @@ def _event_pairs(
     if not len(pairs.experiment):
         return None
     selected = [names[i] for i in np.unique(pairs.experiment).tolist()]
-    branch_of = {(n, b): r for n in selected for b, r in view.experiments[n].items()}
     found_rows = list(chain.from_iterable(view.experiment_events.get(n, ()) for n in selected))
     if not found_rows:
         return None
@@ -173,7 +172,8 @@ def _event_pairs(
     codes = {e: i for i, e in enumerate(ordered)}
     size = len(keys)
     code = np.fromiter(map(codes.__getitem__, event_names), dtype=np.int64, count=size)
-    lookups = map(branch_of.get, [key[:2] for key in keys], repeat(-1))
+    rows_of = view.experiments  # (no tuple per key: allocations wake the garbage collector)
+    lookups = (rows_of[key[0]].get(key[1], -1) for key in keys)
     branch_row = np.fromiter(lookups, dtype=np.int64, count=size)
     row = np.array(found_rows, dtype=np.int64)
     # an event of a branch the experiment does not list is left out, as everywhere
