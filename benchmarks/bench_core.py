@@ -137,7 +137,8 @@ def bench_comparisons(metrics: ABMetrics) -> None:
     engine.refresh()
     recompute = time.perf_counter() - started
     text = engine.latest.text
-    scrape = best_of(3, lambda: render(metrics.snapshot(), analysis=text))
+    parts = engine.latest.parts
+    scrape = best_of(3, lambda: render(metrics.snapshot(), analysis=parts))
     print(
         f"comparisons: recompute {recompute * 1000:.0f} ms in the background "
         f"({text.count(chr(10))} lines); scrape with them {scrape * 1000:.1f} ms"

@@ -11,12 +11,11 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from ..core.families import Family, Sample
 from ..state.abmetrics import ABMetrics
 from ..stats.analysis import ExperimentAnalysis, analyse
-from .exposition import render_analysis
+from .exposition import render_analysis_parts
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +24,16 @@ log = logging.getLogger(__name__)
 class Computed:
     version: int
     analyses: Mapping[str, ExperimentAnalysis] = field(default_factory=dict)
-    text: str = ""
+    # the rendered families in pieces, as a scrape appends them (see render_analysis_parts)
+    parts: tuple[str, ...] = ()
     computed_at: float = 0.0
     seconds: float = 0.0
     comparisons: int = 0  # treatment x metric pairs published
+
+    @property
+    def text(self) -> str:
+        """The rendered families as one text (a copy: scrapes use `parts`)."""
+        return "".join(self.parts)
 
 
 class ComparisonEngine:
@@ -43,14 +48,14 @@ class ComparisonEngine:
         snapshot = self._metrics.snapshot()
         started = time.perf_counter()
         analyses = analyse(snapshot.view, snapshot.configs)
-        text = render_analysis(analyses)
+        parts = render_analysis_parts(analyses)
         self.latest = Computed(
             snapshot.version,
-            MappingProxyType(analyses),
-            text,
+            analyses,
+            parts,
             snapshot.taken_at,
             time.perf_counter() - started,
-            sum(len(m) for a in analyses.values() for m in a.comparisons.values()),
+            len(analyses.columns.comparisons),
         )
         return True
 

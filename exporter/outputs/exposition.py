@@ -8,7 +8,8 @@ strings, several times faster than building client objects per scrape.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,11 @@ from ..core.experiment_config import ExperimentConfig
 from ..core.families import Family, Sample
 from ..core.results import summarise
 from ..state.abmetrics import Snapshot
-from ..stats.analysis import ExperimentAnalysis, LatencyDistribution, MetricComparison, SampleRatio
+from ..stats.analysis import PERCENTILES, Analyses, Analysis
+from ..stats.columns import OPTIONAL
+from ..stats.table import METRICS
 from . import catalog as cat
+from .floats import reprs
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -99,12 +103,12 @@ def render(
     snapshot: Snapshot,
     extra: Sequence[Family] = (),
     openmetrics: bool = False,
-    analysis: str = "",
+    analysis: str | Sequence[str] = "",
     tail: str = "",
     role: str = "single",
 ) -> str:
     """Every family of the design, from one consistent snapshot; `analysis` is the
-    pre-rendered comparison block (see render_analysis), the same in both formats;
+    pre-rendered comparison block (see render_analysis_parts), the same in both formats;
     `tail` is families already rendered in the asked format by another writer (the
     process metrics, see process.py). An `ingest` replica writes only what adds up or
     merges (no per-replica verdicts); the `analyzer` only what it derives (its raw sums
@@ -115,7 +119,7 @@ def render(
     _event_families(out, snapshot, raw, derived)
     _experiment_families(out, snapshot, raw, derived)
     if derived:
-        out.parts.append(analysis)
+        out.parts.extend((analysis,) if isinstance(analysis, str) else analysis)
     for family in extra:
         out.family(family)
     out.parts.append(tail)
@@ -293,46 +297,35 @@ def negotiate(accept: str) -> bool:
     return False
 
 
-def render_analysis(analyses: Mapping[str, ExperimentAnalysis]) -> str:
-    """The comparison, SRM and percentile families. Rendered once per recomputation
-    and reused by every scrape until the next one."""
-    labels: list[str] = []
-    comparisons: list[MetricComparison] = []
-    latency: list[tuple[str, LatencyDistribution]] = []
-    srm: list[tuple[str, SampleRatio]] = []
-    percentiles: list[str] = []
-    progress: list[str] = []
-    winners: list[str] = []
-    for name, analysis in analyses.items():
-        exp, control = escape(name), escape(analysis.control)
-        progress.append(
-            f'abtest_experiment_progress_ratio{{experiment="{exp}"}} {analysis.progress!r}\n'
-        )
-        if analysis.winner is not None:
-            branch = escape(analysis.winner)
-            winners.append(f'abtest_experiment_winner{{experiment="{exp}",branch="{branch}"}} 1\n')
-        if analysis.srm is not None:
-            srm.append((f'experiment="{exp}"', analysis.srm))
-        for branch, by_name in analysis.percentiles.items():
-            prefix = f'experiment="{exp}",branch="{escape(branch)}",percentile='
-            percentiles.extend(
-                f'abtest_branch_latency_percentile_seconds{{{prefix}"{key[1:]}"}} {v!r}\n'
-                for key, v in by_name.items()
-            )
-        for branch, found in analysis.comparisons.items():
-            base = f'experiment="{exp}",control="{control}",branch="{escape(branch)}"'
-            labels.extend(f'{base},metric="{m.metric}",event="{escape(m.event)}"' for m in found)
-            comparisons.extend(found)
-            if branch in analysis.latency:
-                label = f'{base},metric="latency_distribution",event=""'
-                latency.append((label, analysis.latency[branch]))
+def render_analysis(analyses: Analyses) -> str:
+    """The comparison, SRM and percentile families as one text."""
+    return "".join(render_analysis_parts(analyses))
+
+
+def render_analysis_parts(analyses: Analyses) -> tuple[str, ...]:
+    """The comparison, SRM and percentile families, straight from the columns, in pieces
+    of at most CHUNK lines. Rendered once per recomputation and reused by every scrape
+    (whose own join copies them into its answer); a label is built once per comparison
+    and shared by all the gauges. No piece takes long to make, so the thread doing it
+    never holds the GIL (and the event loop) for long."""
+    analysis = analyses.columns
+    names = [escape(name) for name in analysis.experiments]
     out = Writer(openmetrics=False)
-    if progress:
+    if names:
         out.declare(cat.PROGRESS)
-        out.parts.append("".join(progress))
+        out.parts.append("".join(
+            f'abtest_experiment_progress_ratio{{experiment="{exp}"}} {progress!r}\n'
+            for exp, progress in zip(names, analysis.progress, strict=True)
+        ))  # fmt: skip
+    winners = [
+        f'abtest_experiment_winner{{experiment="{exp}",branch="{escape(winner)}"}} 1\n'
+        for exp, winner in zip(names, analysis.winners, strict=True)
+        if winner is not None
+    ]
     if winners:
         out.declare(cat.WINNER)
         out.parts.append("".join(winners))
+    srm = [(f'experiment="{e}"', r) for e, r in zip(names, analysis.srm, strict=True) if r]
     if srm:
         out.declare(cat.SRM_P_VALUE)
         out.lines("abtest_srm_p_value", (s for s, _ in srm), (repr(r.p_value) for _, r in srm))
@@ -340,25 +333,86 @@ def render_analysis(analyses: Mapping[str, ExperimentAnalysis]) -> str:
         out.lines(
             "abtest_srm_detected", (s for s, _ in srm), ("1" if r.detected else "0" for _, r in srm)
         )
-    if percentiles:
-        out.declare(cat.PERCENTILE)
-        out.parts.append("".join(percentiles))
-    extra: dict[str, list[tuple[str, float]]] = {
-        "probability_better": [(label, d.probability_faster) for label, d in latency],
-        "fixed_horizon_p_value": [(label, d.fixed_horizon_p_value) for label, d in latency],
+    _percentile_family(out, analysis, names)
+    _comparison_families(out, analysis, names)
+    return tuple(out.parts)
+
+
+def _percentile_family(out: Writer, analysis: Analysis, names: list[str]) -> None:
+    columns = analysis.percentiles
+    if not columns.branch:
+        return
+    out.declare(cat.PERCENTILE)
+    bases = [
+        f'experiment="{names[e]}",branch="{escape(branch)}",percentile="'
+        for e, branch in zip(columns.experiment.tolist(), columns.branch, strict=True)
+    ]
+    keys = [f'{name[1:]}"}} ' for name, _ in PERCENTILES]
+    labels = [base + key for base in bases for key in keys]
+    out.parts.extend(
+        _lines("abtest_branch_latency_percentile_seconds", labels, columns.values.ravel())
+    )
+
+
+def _comparison_families(out: Writer, analysis: Analysis, names: list[str]) -> None:
+    results = analysis.comparisons
+    table = results.table
+    pairs = table.pairs
+    controls = [escape(control) for control in analysis.controls]
+    # `experiment="..",control="..",branch=".."` per pair, then `{that},metric=..,event=..} `
+    # per comparison: the part of a line that all the gauges share
+    bases = np.array(
+        [f'experiment="{names[e]}",control="{controls[e]}",branch="{escape(branch)}"'
+         for e, branch in zip(pairs.experiment.tolist(), pairs.branch, strict=True)] or [""],
+        dtype=object,
+    )  # fmt: skip
+    width = len(table.events) + 1
+    suffixes = np.array(
+        [f',metric="{metric}",event="{escape(event)}"}} '
+         for metric in METRICS for event in ("", *table.events)],
+        dtype=object,
+    )  # fmt: skip
+    labels = (bases[table.pair] + suffixes[table.metric * width + table.event + 1]).tolist()
+    latency = analysis.latency
+    latency_labels = (bases[latency.pair] + ',metric="latency_distribution",event=""} ').tolist()
+    extra = {
+        "probability_better": latency.probability_faster,
+        "fixed_horizon_p_value": latency.fixed_horizon_p_value,
     }
     for (gauge, _), declared in zip(cat.COMPARISON_GAUGES, cat.COMPARISONS, strict=True):
-        name = declared.name
-        values: list[Any] = [getattr(m, gauge) for m in comparisons]
+        column = getattr(results, gauge)
         if gauge == "significant":
-            values = [int(v) for v in values]
-        lines = [
-            f"{name}{{{label}}} {value!r}\n"
-            for label, value in zip(labels, values, strict=True)
-            if value is not None
-        ]
-        lines.extend(f"{name}{{{label}}} {value!r}\n" for label, value in extra.get(gauge, ()))
+            column = column.astype(int)
+        lines = _lines(declared.name, *_present(labels, column, gauge))
+        if gauge in extra:
+            lines.extend(_lines(declared.name, *_present(latency_labels, extra[gauge], gauge)))
         if lines:
             out.declare(declared)
-            out.parts.append("".join(lines))
-    return "".join(out.parts)
+            out.parts.extend(lines)
+
+
+def _present(labels: list[str], column: Any, gauge: str) -> tuple[list[str], Any]:
+    """The rows that have a value: an optional field's NaN is None, left out."""
+    if gauge in OPTIONAL:
+        kept = np.isfinite(column)
+        if not kept.all():
+            return list(compress(labels, kept.tolist())), column[kept]
+    return labels, column
+
+
+CHUNK = 4096  # lines per piece: a join of some 600 kB, well under a millisecond
+
+
+def _lines(name: str, labels: list[str], values: Any) -> list[str]:
+    """`name{label} value` lines (each label already ends with `} `) in pieces of CHUNK
+    lines: each piece is one join of the lines' parts, no string made per line but the
+    value's (written in bulk by `reprs`)."""
+    pieces = []
+    pattern: list[str] = [f"{name}{{", "", "", "\n"]
+    for start in range(0, len(labels), CHUNK):
+        chunk = labels[start : start + CHUNK]
+        items = pattern * len(chunk)
+        items[1::4] = chunk
+        items[2::4] = reprs(values[start : start + CHUNK])
+        pieces.append("".join(items))
+    return pieces

@@ -454,7 +454,7 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
         families += analyzer.families()
     process = self_metrics.process.render(openmetrics)
     role = app[SETTINGS].role
-    payload = render(snapshot, families, openmetrics, latest.text, process, role).encode()
+    payload = render(snapshot, families, openmetrics, latest.parts, process, role).encode()
     if compress:
         payload = gzip.compress(payload, compresslevel=1)
     self_metrics.scraped(time.perf_counter() - started)
@@ -496,7 +496,8 @@ async def landing(request: web.Request) -> web.Response:
     summaries = await asyncio.to_thread(request.app[METRICS].all_summaries)
     analyses = request.app[ENGINE].latest.analyses
     origin = f"{request.scheme}://{request.host}"
-    text = page.render(summaries, analyses, __version__, origin)
+    # in a thread: the analyses' objects are made on first use, a few ms per experiment
+    text = await asyncio.to_thread(page.render, summaries, analyses, __version__, origin)
     return web.Response(text=text, content_type="text/html")
 
 

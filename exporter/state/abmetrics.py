@@ -58,7 +58,7 @@ from ..core.validation import (
     success_problem,
 )
 from ..ingest.otlp import Parsed, Received, Receiver, StreamChanges, StreamFigures, StreamKey
-from ..stats.analysis import ExperimentAnalysis, analyse
+from ..stats.analysis import Analyses, analyse
 from ..stats.pairwise import BranchComparison, compare
 
 Clock = Callable[[], float]
@@ -558,7 +558,7 @@ class ABMetrics:
             analysis = analyse(view, self._configs, [experiment], {experiment: branch_a})
         return compare(metrics, analysis[experiment], branch_a, branch_b)
 
-    def analyse(self, experiment: str | None = None) -> dict[str, ExperimentAnalysis]:
+    def analyse(self, experiment: str | None = None) -> Analyses:
         """Every treatment against the control, SRM and percentiles (default: all
         experiments, computed from a snapshot so the lock is held only to copy)."""
         if experiment is None:

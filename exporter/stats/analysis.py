@@ -1,26 +1,32 @@
 """Every treatment against its control, for every metric, from one snapshot.
 
 The comparisons of all experiments are laid out as one long table (a row per
-experiment x treatment x metric) so the statistics run vectorised, once; then
-p-values are adjusted within each experiment and results are packed into
-immutable objects for the API and the gauges.
+experiment x treatment x metric, table.py) so the statistics run vectorised,
+once (columns.py); the experiment-level figures (SRM, percentiles, latency
+distributions) are vectorised the same way. The result stays columnar (the
+exposition renders it directly); the immutable objects of the API are made
+for one experiment when a reader asks for it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
-from ..core.aggregate import BranchColumns, View
+from ..core.aggregate import View
 from ..core.experiment_config import ExperimentConfig
-from ..core.moments import sample_variance
 from ..core.results import control_of
 from . import inference as st
+from .columns import OPTIONAL, Comparisons, compute
+from .table import METRICS, Pairs, build
+
+Array = npt.NDArray[Any]
 
 SRM_THRESHOLD: Final = 0.001
 SRM_MIN_EXPECTED: Final = 8.0
@@ -95,60 +101,99 @@ class ExperimentAnalysis:
     winner: str | None
 
 
-@dataclass
-class _Table:
-    """The long table: one entry per (experiment, treatment, metric) to compute."""
+@dataclass(frozen=True, slots=True)
+class LatencyColumns:
+    """Mann-Whitney per pair of the table (those it could be computed for)."""
 
-    experiment: list[int] = field(default_factory=list)
-    branch: list[str] = field(default_factory=list)
-    metric: list[str] = field(default_factory=list)
-    event: list[str] = field(default_factory=list)
-    kind: list[str] = field(default_factory=list)  # prop | rate | mean
-    lower_is_better: list[bool] = field(default_factory=list)
-    n_a: list[float] = field(default_factory=list)
-    n_b: list[float] = field(default_factory=list)
-    x_a: list[float] = field(default_factory=list)  # successes or events (prop, rate)
-    x_b: list[float] = field(default_factory=list)
-    mean_a: list[float] = field(default_factory=list)  # (mean)
-    mean_b: list[float] = field(default_factory=list)
-    var_a: list[float] = field(default_factory=list)
-    var_b: list[float] = field(default_factory=list)
-
-    def counts(self, at: tuple[int, str, str, str], kind: str, n: Pair, x: Pair) -> None:
-        """A proportion or a rate at (experiment, branch, metric, event): n trials and x
-        successes (or events) per arm, control first."""
-        self._append(at, kind, False, n, x, _NO_PAIR, _NO_PAIR)
-
-    def means(
-        self, at: tuple[int, str, str, str], lower_is_better: bool, n: Pair, mean: Pair, var: Pair
-    ) -> None:
-        """A difference of means at (experiment, branch, metric, event), control first."""
-        self._append(at, "mean", lower_is_better, n, _NO_PAIR, mean, var)
-
-    def _append(
-        self,
-        at: tuple[int, str, str, str],
-        kind: str,
-        lower_is_better: bool,
-        n: Pair,
-        x: Pair,
-        mean: Pair,
-        var: Pair,
-    ) -> None:
-        self.experiment.append(at[0])
-        self.branch.append(at[1])
-        self.metric.append(at[2])
-        self.event.append(at[3])
-        self.kind.append(kind)
-        self.lower_is_better.append(lower_is_better)
-        for (a, b), pair in ((self.n_a, self.n_b), n), ((self.x_a, self.x_b), x), (
-            (self.mean_a, self.mean_b), mean), ((self.var_a, self.var_b), var):  # fmt: skip
-            a.append(pair[0])
-            b.append(pair[1])
+    pair: Array  # index into the table's pairs, ascending
+    probability_faster: Array
+    u_statistic: Array
+    fixed_horizon_p_value: Array
 
 
-Pair = tuple[float, float]
-_NO_PAIR: Pair = (math.nan, math.nan)
+@dataclass(frozen=True, slots=True)
+class PercentileColumns:
+    """p50/p95/p99 (columns, as PERCENTILES) of every branch with queries."""
+
+    experiment: Array  # ascending
+    branch: tuple[str, ...]
+    values: Array
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """The whole analysis as columns: one entry per experiment in the tuples, the
+    comparisons, latency tests and percentiles as arrays. `experiment(i)` makes the
+    objects of one experiment."""
+
+    experiments: tuple[str, ...]
+    controls: tuple[str, ...]
+    configs: tuple[ExperimentConfig, ...]
+    srm: tuple[SampleRatio | None, ...]
+    progress: tuple[float, ...]
+    winners: tuple[str | None, ...]
+    comparisons: Comparisons
+    latency: LatencyColumns
+    percentiles: PercentileColumns
+
+    def experiment(
+        self, index: int, comparisons: Mapping[str, tuple[MetricComparison, ...]] | None = None
+    ) -> ExperimentAnalysis:
+        """The objects of one experiment; `comparisons` if they were made already."""
+        if comparisons is None:
+            lo, hi = np.searchsorted(self.comparisons.table.experiment, [index, index + 1])
+            comparisons = _comparisons(self.comparisons, int(lo), int(hi)).get(index, {})
+        return ExperimentAnalysis(
+            experiment=self.experiments[index],
+            control=self.controls[index],
+            config=self.configs[index],
+            srm=self.srm[index],
+            comparisons=MappingProxyType(dict(comparisons)),
+            latency=MappingProxyType(_latency_of(self, index)),
+            percentiles=MappingProxyType(_percentiles_of(self.percentiles, index)),
+            progress=self.progress[index],
+            winner=self.winners[index],
+        )
+
+
+class Analyses(Mapping[str, ExperimentAnalysis]):
+    """Experiment name -> its analysis, made on first access (the columns are what the
+    exposition uses; most experiments are never asked for one by one). Going through
+    them all (items, values: the OTLP push) makes the missing ones in one pass."""
+
+    def __init__(self, columns: Analysis) -> None:
+        self.columns = columns
+        self._index = {name: i for i, name in enumerate(columns.experiments)}
+        self._made: dict[str, ExperimentAnalysis] = {}
+
+    def __getitem__(self, name: str) -> ExperimentAnalysis:
+        found = self._made.get(name)
+        if found is None:
+            found = self._made[name] = self.columns.experiment(self._index[name])
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns.experiments)
+
+    def __len__(self) -> int:
+        return len(self.columns.experiments)
+
+    def items(self) -> ItemsView[str, ExperimentAnalysis]:
+        self._make_all()
+        return super().items()
+
+    def values(self) -> ValuesView[ExperimentAnalysis]:
+        self._make_all()
+        return super().values()
+
+    def _make_all(self) -> None:
+        if len(self._made) == len(self):
+            return
+        columns = self.columns
+        made = _comparisons(columns.comparisons, 0, len(columns.comparisons))
+        for i, name in enumerate(columns.experiments):
+            if name not in self._made:
+                self._made[name] = columns.experiment(i, made.get(i, {}))
 
 
 def analyse(
@@ -156,65 +201,52 @@ def analyse(
     configs: Mapping[str, ExperimentConfig],
     experiments: Iterable[str] | None = None,
     controls: Mapping[str, str] | None = None,
-) -> dict[str, ExperimentAnalysis]:
+) -> Analyses:
     """Analyse the named experiments (default all); `controls` overrides the control."""
+    return Analyses(analyse_columns(view, configs, experiments, controls))
+
+
+def analyse_columns(
+    view: View,
+    configs: Mapping[str, ExperimentConfig],
+    experiments: Iterable[str] | None = None,
+    controls: Mapping[str, str] | None = None,
+) -> Analysis:
     names = list(view.experiments if experiments is None else experiments)
     names = [e for e in names if e in view.experiments]
-    setup: list[tuple[str, str, ExperimentConfig]] = []
-    ratios: list[SampleRatio | None] = []
-    durations: list[float] = []
-    table = _Table()
-    c = view.branch
-    for index, experiment in enumerate(names):
-        config = configs.get(experiment, ExperimentConfig())
-        rows = view.experiments[experiment]
-        control = (controls or {}).get(experiment) or control_of(rows, config)
-        setup.append((experiment, control, config))
-        ratios.append(_srm(view, experiment, config))
-        durations.append(_active_seconds(view, rows))
-        if control not in rows:
-            continue
-        events = _event_stats(view, experiment)
-        a = rows[control]
-        for branch, b in rows.items():
-            if branch != control:
-                _add_rows(
-                    table, index, branch, c, a, b, events.get(control, {}), events.get(branch, {})
-                )
-    detected = [bool(r is not None and r.detected) for r in ratios]
-    # NaN stands for "cannot be computed yet" here and is left out of every output:
-    # numpy's warnings about it would only litter the operator's log
-    with np.errstate(divide="ignore", invalid="ignore"):
-        results = _compute(table, [cfg for _, _, cfg in setup], detected, durations)
-    return {
-        experiment: ExperimentAnalysis(
-            experiment=experiment,
-            control=control,
-            config=config,
-            srm=ratios[i],
-            comparisons=MappingProxyType(results.get(i, {})),
-            latency=MappingProxyType(_latency(view, experiment, control)),
-            percentiles=MappingProxyType(_percentiles(view, experiment)),
-            progress=_progress(view, experiment, config),
-            winner=winner(results.get(i, {}), config),
-        )
-        for i, (experiment, control, config) in enumerate(setup)
-    }
+    setup = [configs.get(e, ExperimentConfig()) for e in names]
+    chosen = [
+        (controls or {}).get(e) or control_of(view.experiments[e], config)
+        for e, config in zip(names, setup, strict=True)
+    ]
+    n = view.branch.n.tolist()
+    ratios = _srm(view, names, setup, n)
+    table = build(view, names, chosen)
+    results = compute(
+        table,
+        setup,
+        [bool(r is not None and r.detected) for r in ratios],
+        _active_seconds(view, names, n),
+    )
+    progress = [
+        min(1.0, min((n[r] for r in view.experiments[e].values()), default=0) / c.min_sample_size)
+        for e, c in zip(names, setup, strict=True)
+    ]
+    return Analysis(
+        tuple(names), tuple(chosen), tuple(setup), tuple(ratios), tuple(progress),
+        _winners(results, setup), results, _latency(view, table.pairs), _percentiles(view, names),
+    )  # fmt: skip
 
 
-def _active_seconds(view: View, rows: Mapping[str, int]) -> float:
-    """First to latest query of the experiment: the span its sample rate is measured over."""
-    c = view.branch
-    seen = [r for r in rows.values() if c.n[r]]
-    if not seen:
-        return 0.0
-    return float(max(c.last[seen]) - min(c.first[seen]))
-
-
-def _progress(view: View, experiment: str, config: ExperimentConfig) -> float:
-    rows = view.experiments[experiment]
-    smallest = min((int(view.branch.n[r]) for r in rows.values()), default=0)
-    return min(1.0, smallest / config.min_sample_size)
+def _active_seconds(view: View, names: Sequence[str], n: list[int]) -> list[float]:
+    """First to latest query of each experiment: the span its sample rate is measured over."""
+    first, last = view.branch.first.tolist(), view.branch.last.tolist()
+    out = []
+    for name in names:
+        seen = [r for r in view.experiments[name].values() if n[r]]
+        out.append(float(max(last[r] for r in seen) - min(first[r] for r in seen)) if seen
+                   else 0.0)  # fmt: skip
+    return out
 
 
 def winner(
@@ -232,221 +264,117 @@ def winner(
     return min(better)[1] if better else None
 
 
-def _event_stats(view: View, experiment: str) -> dict[str, dict[str, tuple[int, float, float]]]:
-    """branch -> event -> (count, mean, variance)."""
-    out: dict[str, dict[str, tuple[int, float, float]]] = {}
-    e = view.event
-    for row in view.experiment_events.get(experiment, ()):
-        key = view.event_keys[row]
-        assert key is not None
-        count = int(e.count[row])
-        out.setdefault(key[1], {})[key[2]] = (
-            count,
-            float(e.mean[row]),
-            sample_variance(count, float(e.m2[row])),
-        )
-    return out
+def _winners(results: Comparisons, configs: Sequence[ExperimentConfig]) -> tuple[str | None, ...]:
+    """`winner` of every experiment, looking only at the rows whose verdict is +1."""
+    table = results.table
+    better: dict[int, list[tuple[float, str]]] = {}
+    primary = [c.primary() for c in configs]
+    rows = np.flatnonzero(results.verdict == 1).tolist()
+    experiment, metric = table.experiment.tolist(), table.metric.tolist()
+    event = table.event.tolist()
+    difference, lower = results.difference.tolist(), results.lower_is_better.tolist()
+    for r in rows:
+        i = experiment[r]
+        name = table.events[event[r]] if event[r] >= 0 else ""
+        if (METRICS[metric[r]], name) == primary[i]:
+            d = difference[r]
+            gain = (-(d if not lower[r] else -d), table.pairs.branch[table.pair[r]])
+            better.setdefault(i, []).append(gain)
+    return tuple(min(better[i])[1] if i in better else None for i in range(len(configs)))
 
 
-def _add_rows(
-    table: _Table,
-    index: int,
-    branch: str,
-    c: BranchColumns,
-    a: int,
-    b: int,
-    events_a: Mapping[str, tuple[int, float, float]],
-    events_b: Mapping[str, tuple[int, float, float]],
-) -> None:
-    n_a, n_b = int(c.n[a]), int(c.n[b])
-    n = (n_a, n_b)
-    if n_a and n_b:
-        table.counts((index, branch, "success_ratio", ""), "prop", n, (int(c.ok[a]), int(c.ok[b])))
-    if n_a >= 2 and n_b >= 2:
-        table.means(
-            (index, branch, "latency_mean", ""),
-            True,
-            n,
-            (float(c.mean[a]), float(c.mean[b])),
-            (sample_variance(n_a, float(c.m2[a])), sample_variance(n_b, float(c.m2[b]))),
-        )
-    for event in sorted(set(events_a) | set(events_b)):
-        count_a, mean_a, var_a = events_a.get(event, (0, 0.0, 0.0))
-        count_b, mean_b, var_b = events_b.get(event, (0, 0.0, 0.0))
-        if n_a and n_b:
-            kind = "prop" if count_a <= n_a and count_b <= n_b else "rate"
-            table.counts((index, branch, "event_rate", event), kind, n, (count_a, count_b))
-        if count_a >= 2 and count_b >= 2:
-            table.means(
-                (index, branch, "event_mean", event),
-                False,
-                (count_a, count_b),
-                (mean_a, mean_b),
-                (var_a, var_b),
-            )
-
-
-def _compute(
-    table: _Table,
-    configs: list[ExperimentConfig],
-    srm_detected: Sequence[bool],
-    durations: Sequence[float],
+def _comparisons(
+    results: Comparisons, lo: int, hi: int
 ) -> dict[int, dict[str, tuple[MetricComparison, ...]]]:
-    if not table.experiment:
-        return {}
-    exp = np.array(table.experiment)
-    kind = np.array(table.kind)
-    lower = np.array(table.lower_is_better)
-    n_a, n_b = np.array(table.n_a, dtype=float), np.array(table.n_b, dtype=float)
-    x_a, x_b = np.array(table.x_a, dtype=float), np.array(table.x_b, dtype=float)
-    mean_a, mean_b = np.array(table.mean_a), np.array(table.mean_b)
-    var_a, var_b = np.array(table.var_a), np.array(table.var_b)
-    alpha = np.array([configs[i].alpha for i in table.experiment])
-    tuning = np.array([configs[i].sequential_tuning for i in table.experiment])
-    min_size = np.array([configs[i].min_sample_size for i in table.experiment])
+    """The objects of rows lo..hi by experiment and treatment, every value as the columns
+    hold it (NaN as None where the field is optional)."""
+    table = results.table
 
-    size = len(exp)
-    difference, variance = np.zeros(size), np.zeros(size)
-    fixed_p, fixed_lo, fixed_hi = np.ones(size), np.full(size, np.nan), np.full(size, np.nan)
-    better = np.full(size, np.nan)
-    # per-observation means and variances, for the relative difference
-    unit_mean_a, unit_mean_b = mean_a.copy(), mean_b.copy()
-    unit_var_a, unit_var_b = var_a.copy(), var_b.copy()
-    for name, test in (("prop", st.two_proportions), ("rate", st.two_rates)):
-        m = kind == name
-        if m.any():
-            est, fixed = test(n_a[m], x_a[m], n_b[m], x_b[m], alpha[m])
-            difference[m], variance[m] = est.difference, est.variance
-            fixed_p[m], fixed_lo[m], fixed_hi[m] = fixed.p_value, fixed.ci_lower, fixed.ci_upper
-            unit_mean_a[m], unit_mean_b[m] = x_a[m] / n_a[m], x_b[m] / n_b[m]
-            if name == "prop":
-                p_a, p_b = unit_mean_a[m], unit_mean_b[m]
-                unit_var_a[m], unit_var_b[m] = p_a * (1 - p_a), p_b * (1 - p_b)
-                better[m] = st.beta_probability_better(n_a[m], x_a[m], n_b[m], x_b[m])
-            else:
-                unit_var_a[m], unit_var_b[m] = unit_mean_a[m], unit_mean_b[m]
-                better[m] = st.probability_better(est, lower[m])
-    m = kind == "mean"
-    if m.any():
-        est, fixed = st.welch(n_a[m], mean_a[m], var_a[m], n_b[m], mean_b[m], var_b[m], alpha[m])
-        difference[m], variance[m] = est.difference, est.variance
-        fixed_p[m], fixed_lo[m], fixed_hi[m] = fixed.p_value, fixed.ci_lower, fixed.ci_upper
-        better[m] = st.probability_better(est, lower[m])
+    def column(name: str) -> list[Any]:
+        if name == "metric":
+            return [METRICS[m] for m in table.metric[lo:hi].tolist()]
+        if name == "event":
+            return [table.events[e] if e >= 0 else "" for e in table.event[lo:hi].tolist()]
+        values: list[Any] = getattr(results, name)[lo:hi].tolist()
+        if name in OPTIONAL:
+            return [v if math.isfinite(v) else None for v in values]
+        return values
 
-    estimate = st.Estimate(difference, variance)
-    seq = st.sequential(estimate, n_a + n_b, alpha, tuning)
-    relative, relative_var = st.relative_difference(
-        n_a, unit_mean_a, unit_var_a, n_b, unit_mean_b, unit_var_b
-    )
-    adjusted = np.ones(size)
-    for index in np.unique(exp):
-        group = exp == index
-        adjusted[group] = st.adjust(seq.p_value[group], configs[index].correction)
-    significant = (adjusted < alpha) & (n_a >= min_size) & (n_b >= min_size)
-    trusted = ~np.array([srm_detected[i] for i in table.experiment], dtype=bool)
-    direction = np.where(lower, -1, 1)
-    verdict = np.where(significant & trusted, np.sign(difference) * direction, 0).astype(int)
-    # the relative lift's own confidence sequence: delta-method variance, same N and alpha
-    rel_ok = np.isfinite(relative) & np.isfinite(relative_var)
-    rel_seq = st.sequential(
-        st.Estimate(np.where(rel_ok, relative, 0.0), np.where(rel_ok, relative_var, 0.0)),
-        n_a + n_b,
-        alpha,
-        tuning,
-    )
-    rel_lo = np.where(rel_ok, rel_seq.ci_lower, np.nan)
-    rel_hi = np.where(rel_ok, rel_seq.ci_upper, np.nan)
-    # power: SE from the arms' per-observation variances pooled (weighted by n)
-    pooled = (n_a * unit_var_a + n_b * unit_var_b) / (n_a + n_b)
-    se = np.sqrt(np.where(pooled > 0, pooled, 0.0) * (1.0 / n_a + 1.0 / n_b))
-    mde = st.minimum_detectable_effect(se, n_a + n_b, alpha, tuning)
-    growth = st.growth_to_detect(difference, se, n_a + n_b, alpha, tuning)
-    span = np.array([durations[i] for i in table.experiment])
-    eta = np.where(span > 0, (growth - 1.0) * span, np.nan)
-
-    # columns as Python lists (NaN as None where a figure may be missing): indexing
-    # numpy arrays element by element costs more than the statistics themselves
-    def plain(values: Any) -> list[Any]:
-        return [float(v) for v in np.asarray(values, dtype=float).tolist()]
-
-    def optional(values: Any) -> list[float | None]:
-        return [v if math.isfinite(v) else None for v in plain(values)]
-
-    named: tuple[tuple[str, list[Any]], ...] = (
-        ("metric", table.metric),
-        ("event", table.event),
-        ("lower_is_better", lower.tolist()),
-        ("sample_size_a", n_a.astype(int).tolist()),
-        ("sample_size_b", n_b.astype(int).tolist()),
-        ("value_a", plain(unit_mean_a)),
-        ("value_b", plain(unit_mean_b)),
-        ("difference", plain(difference)),
-        ("relative_difference", optional(relative)),
-        ("ci_lower", optional(seq.ci_lower)),
-        ("ci_upper", optional(seq.ci_upper)),
-        ("p_value", plain(seq.p_value)),
-        ("fixed_horizon_p_value", plain(fixed_p)),
-        ("fixed_horizon_ci_lower", optional(fixed_lo)),
-        ("fixed_horizon_ci_upper", optional(fixed_hi)),
-        ("adjusted_p_value", plain(adjusted)),
-        ("probability_better", optional(better)),
-        ("significant", significant.tolist()),
-        ("verdict", verdict.tolist()),
-        ("relative_ci_lower", optional(rel_lo)),
-        ("relative_ci_upper", optional(rel_hi)),
-        ("mde", optional(mde)),
-        ("eta_seconds", optional(eta)),
-    )
-    # built positionally (fast): the names above must be the dataclass's fields, in order
-    assert tuple(name for name, _ in named) == _FIELDS
-    columns = zip(table.experiment, table.branch, *(c for _, c in named), strict=True)
+    columns = [column(name) for name in _FIELDS]
+    experiments = table.experiment[lo:hi].tolist()
+    branches = [table.pairs.branch[p] for p in table.pair[lo:hi].tolist()]
     out: dict[int, dict[str, list[MetricComparison]]] = {}
-    for experiment, branch, *values in columns:
+    for experiment, branch, *values in zip(experiments, branches, *columns, strict=True):
         out.setdefault(experiment, {}).setdefault(branch, []).append(MetricComparison(*values))
     return {e: {b: tuple(ms) for b, ms in by.items()} for e, by in out.items()}
 
 
-def _srm(view: View, experiment: str, config: ExperimentConfig) -> SampleRatio | None:
-    rows = view.experiments[experiment]
-    if config.allocation is not None:
-        branches = tuple(config.allocation)
-        weights = np.array([config.allocation[b] for b in branches])
-    else:
-        branches = tuple(rows)
-        weights = np.ones(len(branches))
-    counts = np.array([view.branch.n[rows[b]] if b in rows else 0 for b in branches], dtype=float)
-    check = st.sample_ratio(counts, weights)
-    if check is None:
-        return None
-    detected = check.p_value < SRM_THRESHOLD and check.min_expected >= SRM_MIN_EXPECTED
-    return SampleRatio(check.p_value, check.statistic, detected, branches)
+def _srm(
+    view: View, names: Sequence[str], configs: Sequence[ExperimentConfig], n: list[int]
+) -> list[SampleRatio | None]:
+    """The chi-square check of every experiment, those with as many branches together."""
+    out: list[SampleRatio | None] = [None] * len(names)
+    groups: dict[int, list[tuple[int, tuple[str, ...], list[float], list[float]]]] = {}
+    for i, (name, config) in enumerate(zip(names, configs, strict=True)):
+        rows = view.experiments[name]
+        if config.allocation is not None:
+            branches = tuple(config.allocation)
+            weights = [float(config.allocation[b]) for b in branches]
+        else:
+            branches = tuple(rows)
+            weights = [1.0] * len(branches)
+        counts = [float(n[rows[b]]) if b in rows else 0.0 for b in branches]
+        if len(counts) >= 2 and sum(counts) > 0:
+            groups.setdefault(len(counts), []).append((i, branches, counts, weights))
+    for found in groups.values():
+        statistic, p, expected = st.sample_ratio_rows(
+            np.array([c for _, _, c, _ in found]), np.array([w for _, _, _, w in found])
+        )
+        rows_ = zip(found, statistic.tolist(), p.tolist(), expected.tolist(), strict=True)
+        for (i, branches, _, _), chi2, p_value, smallest in rows_:
+            detected = p_value < SRM_THRESHOLD and smallest >= SRM_MIN_EXPECTED
+            out[i] = SampleRatio(p_value, chi2, detected, branches)
+    return out
 
 
-def _latency(view: View, experiment: str, control: str) -> dict[str, LatencyDistribution]:
-    rows = view.experiments[experiment]
+def _latency(view: View, pairs: Pairs) -> LatencyColumns:
+    """Mann-Whitney of every pair whose arms both have queries, in one call."""
     c = view.branch
-    if control not in rows or not c.n[rows[control]]:
-        return {}
-    treatments = [b for b, r in rows.items() if b != control and c.n[r]]
-    if not treatments:
-        return {}
-    a = np.repeat(c.buckets[[rows[control]]], len(treatments), axis=0)
-    b = c.buckets[[rows[t] for t in treatments]]
-    test = st.mann_whitney(a, b)
+    ok = np.flatnonzero((c.n[pairs.control_row] > 0) & (c.n[pairs.treatment_row] > 0))
+    test = st.mann_whitney(c.buckets[pairs.control_row[ok]], c.buckets[pairs.treatment_row[ok]])
+    kept = np.isfinite(test.p_value)
+    return LatencyColumns(ok[kept], 1.0 - test.auc[kept], test.u[kept], test.p_value[kept])
+
+
+def _latency_of(analysis: Analysis, index: int) -> dict[str, LatencyDistribution]:
+    pairs = analysis.comparisons.table.pairs
+    columns = analysis.latency
+    of = pairs.experiment[columns.pair]
+    lo, hi = np.searchsorted(of, [index, index + 1]).tolist()
     return {
-        t: LatencyDistribution(1.0 - float(test.auc[i]), float(test.u[i]), float(test.p_value[i]))
-        for i, t in enumerate(treatments)
-        if np.isfinite(test.p_value[i])
+        pairs.branch[p]: LatencyDistribution(faster, u, fixed)
+        for p, faster, u, fixed in zip(
+            columns.pair[lo:hi].tolist(),
+            columns.probability_faster[lo:hi].tolist(),
+            columns.u_statistic[lo:hi].tolist(),
+            columns.fixed_horizon_p_value[lo:hi].tolist(),
+            strict=True,
+        )
     }
 
 
-def _percentiles(view: View, experiment: str) -> dict[str, Mapping[str, float]]:
-    rows = view.experiments[experiment]
+def _percentiles(view: View, names: Sequence[str]) -> PercentileColumns:
     c = view.branch
-    seen = [(b, r) for b, r in rows.items() if c.n[r]]
-    if not seen:
-        return {}
-    index = [r for _, r in seen]
+    n = c.n.tolist()
+    experiment: list[int] = []
+    branch: list[str] = []
+    index: list[int] = []
+    for i, name in enumerate(names):
+        for b, r in view.experiments[name].items():
+            if n[r]:
+                experiment.append(i)
+                branch.append(b)
+                index.append(r)
     values = st.bucket_percentiles(
         c.buckets[index],
         np.array(view.bounds),
@@ -454,9 +382,12 @@ def _percentiles(view: View, experiment: str) -> dict[str, Mapping[str, float]]:
         c.hi[index],
         np.array([q for _, q in PERCENTILES]),
     )
+    return PercentileColumns(np.array(experiment, dtype=np.int64), tuple(branch), values)
+
+
+def _percentiles_of(columns: PercentileColumns, index: int) -> dict[str, Mapping[str, float]]:
+    lo, hi = np.searchsorted(columns.experiment, [index, index + 1]).tolist()
     return {
-        branch: MappingProxyType(
-            {name: float(values[i, j]) for j, (name, _) in enumerate(PERCENTILES)}
-        )
-        for i, (branch, _) in enumerate(seen)
+        branch: MappingProxyType(dict(zip((name for name, _ in PERCENTILES), row, strict=True)))
+        for branch, row in zip(columns.branch[lo:hi], columns.values[lo:hi].tolist(), strict=True)
     }

@@ -157,8 +157,11 @@ def sequential(estimate: Estimate, total_n: Array, alpha: Array, tuning: Array) 
 def sequential_multiplier(total_n: Array, alpha: Array, tuning: Array) -> Array:
     """The confidence sequence's half-width in standard errors: half-width / sqrt(V).
     It depends on N, alpha and N* only (the fixed-horizon analogue is z_{1-alpha/2})."""
-    n = np.asarray(total_n, dtype=np.float64)
-    rho2 = sequential_rho(alpha, tuning) ** 2
+    return _multiplier(np.asarray(total_n, dtype=np.float64), sequential_rho(alpha, tuning) ** 2,
+                       alpha)  # fmt: skip
+
+
+def _multiplier(n: Array, rho2: Array, alpha: Array) -> Array:
     scale = n * rho2 + 1.0
     return np.asarray(np.sqrt(2.0 * scale / (n * rho2) * np.log(np.sqrt(scale) / alpha)))
 
@@ -184,22 +187,33 @@ def growth_to_detect(
     """The factor k by which the sample must grow (same split, same per-observation
     variance, so SE shrinks as 1/sqrt(k)) until the minimum detectable effect reaches
     |effect|: 1 when it already has, NaN when it cannot be computed or needs more than
-    `max_growth`. Bisection in log k (the MDE falls monotonically with k)."""
+    `max_growth`. Bisection in log k (the MDE falls monotonically with k), over only the
+    entries that need it, with rho computed once (it depends on alpha and N* alone)."""
     target = np.abs(effect)
+    shape = np.shape(target)
     ok = (target > 0) & (se > 0) & np.isfinite(target)
     safe_se = np.where(ok, se, 1.0)
+    n, a = np.broadcast_to(total_n, shape), np.broadcast_to(alpha, shape)
+    rho2 = np.broadcast_to(sequential_rho(alpha, tuning) ** 2, shape)
+    z_power = special.ndtri(power)
 
-    def mde(k: Array) -> Array:
-        return minimum_detectable_effect(safe_se / np.sqrt(k), total_n * k, alpha, tuning, power)
+    def mde(k: Array, at: Any = ...) -> Array:
+        """minimum_detectable_effect(safe_se / sqrt(k), total_n * k, ...) at entries `at`."""
+        se_k = safe_se[at] / np.sqrt(k)
+        width = _multiplier((n[at] * k).astype(np.float64), rho2[at], a[at]) + z_power
+        return np.where(se_k > 0, width * np.where(se_k > 0, se_k, 1.0), np.nan)
 
-    lo, hi = np.zeros(np.shape(target)), np.full(np.shape(target), np.log(max_growth))
-    done = mde(np.ones(np.shape(target))) <= target
-    reachable = mde(np.exp(hi)) <= target
+    top = np.full(shape, np.log(max_growth))
+    done = mde(np.ones(shape)) <= target
+    reachable = mde(np.exp(top)) <= target
+    growth = np.where(done, 1.0, np.exp(top))
+    search = np.nonzero(ok & ~done & reachable)
+    lo, hi = np.zeros(len(search[0])), top[search]
     for _ in range(60):
         mid = (lo + hi) / 2.0
-        above = mde(np.exp(mid)) > target
+        above = mde(np.exp(mid), search) > target[search]
         lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    growth = np.where(done, 1.0, np.exp(hi))
+    growth[search] = np.exp(hi)
     return np.where(ok & (done | reachable), growth, np.nan)
 
 
@@ -227,19 +241,26 @@ def beta_probability_better(n_a: Array, x_a: Array, n_b: Array, x_b: Array) -> A
 
 def adjust(p: Array, method: str) -> Array:
     """Holm (family-wise) or Benjamini-Hochberg (false discovery rate) adjusted p-values."""
-    m = len(p)
+    adjusted: Array = adjust_rows(p[None, :], method)[0]
+    return adjusted
+
+
+def adjust_rows(p: Array, method: str) -> Array:
+    """`adjust` applied to each row of a matrix (one family of comparisons per row)."""
+    m = p.shape[1]
     if m == 0 or method == "none":
         return p.copy()
-    order = np.argsort(p, kind="stable")
-    ranked = p[order]
+    order = np.argsort(p, axis=1, kind="stable")
+    ranked = np.take_along_axis(p, order, axis=1)
     if method == "holm":
-        adjusted = np.maximum.accumulate(ranked * (m - np.arange(m)))
+        adjusted = np.maximum.accumulate(ranked * (m - np.arange(m)), axis=1)
     elif method == "bh":
-        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+        reverse = (ranked * m / np.arange(1, m + 1))[:, ::-1]
+        adjusted = np.minimum.accumulate(reverse, axis=1)[:, ::-1]
     else:
         raise ValueError(f"unknown correction {method!r}")
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
+    out = np.empty(p.shape)
+    np.put_along_axis(out, order, np.minimum(adjusted, 1.0), axis=1)
     return out
 
 
@@ -258,10 +279,18 @@ def sample_ratio(counts: Array, weights: Array) -> RatioCheck | None:
     total = float(counts.sum())
     if len(counts) < 2 or total <= 0:
         return None
-    expected = total * weights / weights.sum()
-    statistic = float(((counts - expected) ** 2 / expected).sum())
-    p = float(special.chdtrc(len(counts) - 1, statistic))
-    return RatioCheck(statistic, p, float(expected.min()))
+    statistic, p, min_expected = sample_ratio_rows(counts[None, :], weights[None, :])
+    return RatioCheck(float(statistic[0]), float(p[0]), float(min_expected[0]))
+
+
+def sample_ratio_rows(counts: Array, weights: Array) -> tuple[Array, Array, Array]:
+    """`sample_ratio` for each row of two matrices, as (statistic, p-value, smallest
+    expected count); rows must have at least two branches and a positive total."""
+    total = counts.sum(axis=1)[:, None]
+    expected = total * weights / weights.sum(axis=1)[:, None]
+    statistic = ((counts - expected) ** 2 / expected).sum(axis=1)
+    p = special.chdtrc(counts.shape[1] - 1, statistic)
+    return statistic, np.asarray(p), expected.min(axis=1)
 
 
 # -- latency distributions from histogram buckets -----------------------------
