@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import count as _count
 from itertools import pairwise
 from typing import Any, Self, TypeVar
 
@@ -45,6 +46,15 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 
 Columns = dict[str, npt.NDArray[Any]]
 K = TypeVar("K", bound=Hashable)
+
+# Change stamps: every write gives the rows it touches the next number, unique in the
+# process (across aggregates too, so a replaced aggregate never repeats a renderer's
+# cached stamp). A renderer re-renders exactly the rows whose stamp it has not seen.
+_stamps = _count(1)
+
+
+def next_stamp() -> int:
+    return next(_stamps)  # itertools.count is atomic under the GIL
 
 
 @dataclass(slots=True)
@@ -93,6 +103,8 @@ def branch_spec(bucket_count: int) -> ColumnSpec:
         "last": (np.float64, -inf, ()),
         # non-cumulative counts; the last slot is the +Inf bucket
         "buckets": (np.int64, 0, (bucket_count + 1,)),
+        # the write that last changed the row (0 once freed): see next_stamp
+        "stamp": (np.int64, 0, ()),
     }
 
 
@@ -102,6 +114,7 @@ EVENT_SPEC: ColumnSpec = {
     "mean": (np.float64, 0.0, ()),
     "m2": (np.float64, 0.0, ()),
     "sq": (np.float64, 0.0, ()),
+    "stamp": (np.int64, 0, ()),
 }
 
 
@@ -272,6 +285,7 @@ class BranchColumns:
     first: Floats  # unix seconds of the first and latest query
     last: Floats
     buckets: Ints  # (rows, bounds + 1), non-cumulative, the +Inf bucket last
+    stamp: Ints  # the write that last changed the row (see next_stamp)
 
     @classmethod
     def of(cls, columns: Columns, size: int, copy: bool) -> BranchColumns:
@@ -284,6 +298,7 @@ class BranchColumns:
             columns["m2"][:size] / (_MS * _MS), columns["sq"][:size] / (_MS * _MS),
             columns["lo"][:size] / _MS,
             columns["hi"][:size] / _MS, take("first"), take("last"), take("buckets"),
+            take("stamp"),
         )  # fmt: skip
 
 
@@ -296,6 +311,7 @@ class EventColumns:
     mean: Floats
     m2: Floats
     sq: Floats  # the plain sum of squared values
+    stamp: Ints
 
     @classmethod
     def of(cls, columns: Columns, size: int, copy: bool) -> EventColumns:
@@ -303,7 +319,9 @@ class EventColumns:
             column = columns[name][:size]
             return column.copy() if copy else column
 
-        return cls(take("count"), take("total"), take("mean"), take("m2"), take("sq"))
+        return cls(
+            take("count"), take("total"), take("mean"), take("m2"), take("sq"), take("stamp")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +461,7 @@ class Aggregate:
         c["first"][rows] = np.minimum(c["first"][rows], first)
         c["last"][rows] = np.maximum(c["last"][rows], last)
         c["buckets"][rows] += buckets
+        c["stamp"][rows] = next_stamp()
         self.changes.branches.update(rows.tolist())
         self.version += 1
 
@@ -498,6 +517,7 @@ class Aggregate:
         )
         c["total"][rows] += total
         c["sq"][rows] += sq
+        c["stamp"][rows] = next_stamp()
         self.changes.events.update(rows.tolist())
         self.version += 1
 
@@ -681,6 +701,7 @@ class Aggregate:
         row = self.branches.ids.get(key)
         if row is None:
             row = self.branches.row(key)
+            self.branches.columns["stamp"][row] = next_stamp()  # a new series, or a reused row
             self.experiments.setdefault(key[0], {})[key[1]] = row
         return row
 
@@ -692,6 +713,7 @@ class Aggregate:
         if row is None:
             self.branch_row((key[0], key[1]))
             row = self.events.row(key)
+            self.events.columns["stamp"][row] = next_stamp()
             self.experiment_events.setdefault(key[0], []).append(row)
             names = self.event_names.setdefault(key[0], {})
             names[key[2]] = names.get(key[2], 0) + 1

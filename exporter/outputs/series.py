@@ -1,0 +1,390 @@
+"""The branch, event and experiment families, rendered row by row and kept between scrapes.
+
+Between two scrapes most series do not change, so re-rendering all of them (hundreds of
+thousands of lines) is mostly repeated work. A `SeriesRenderer` keeps each row's text per
+family together with the aggregate's change stamp it was rendered from; a render
+re-renders only the rows whose stamp moved (vectorised over those rows) and joins. A
+fresh renderer renders every row: it *is* the full render, so the two cannot drift.
+
+Memory: per series, one string per family it appears in (about the text itself plus
+50 bytes), its label and key: roughly 2.5 kB per branch series (the histogram) and
+0.5 kB per event series, per format.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from ..core.aggregate import BranchKey, EventKey, View
+from ..core.experiment_config import ExperimentConfig
+from ..core.families import Family
+from ..core.results import summarise
+from ..state.abmetrics import Snapshot
+from . import catalog as cat
+from .text import Writer, escape, format_value
+
+K = TypeVar("K", bound=Hashable)
+Ints = npt.NDArray[np.int64]
+
+# the families each table's rows appear in, in output order
+_BRANCH_RAW = (cat.QUERIES, cat.FAILURES, cat.DURATION, cat.DURATION_SQUARES, cat.DURATION_M2)
+_BRANCH_DERIVED = (cat.SUCCESS_RATIO, cat.LATENCY_MEAN)  # only rows with queries
+_BRANCH_SEEN_RAW = (cat.LATENCY_MIN, cat.LATENCY_MAX, cat.FIRST_QUERY, cat.LAST_QUERY)
+_EVENT_VALUE_TEXT = (cat.EVENT_VALUE,)  # both sample lines under one family
+_EVENT_VALUE_OM = (cat.EVENT_VALUE_COUNT, cat.EVENT_VALUE_SUM)
+_EVENT_RAW = (cat.EVENT_SQUARES, cat.EVENT_M2)
+_EVENT_DERIVED = (cat.EVENT_MEAN,)
+
+
+class _Rows(Generic[K]):
+    """One table's cache: per row, the stamp and key it was rendered from, its label,
+    and its text in each family ("" where the family leaves the row out)."""
+
+    def __init__(self, families: Sequence[cat.Declared]) -> None:
+        self.stamps: Ints = np.empty(0, dtype=np.int64)
+        self.keys: list[K | None] = []
+        self.labels: list[str] = []
+        self.texts: dict[str, list[str]] = {f.name: [] for f in families}
+
+    def changed(
+        self, keys: Sequence[K | None], stamps: Ints, label: Callable[[list[K]], list[str]]
+    ) -> tuple[list[int], list[int]]:
+        """(live rows, freed rows) whose stamp differs from the one last rendered; their
+        stamps, keys and labels (a reused row's new key gets a new label) are taken."""
+        size, held = len(keys), len(self.keys)
+        if size != held:  # the table grew, or was cleared and started over
+            grown = np.full(size, -1, dtype=np.int64)
+            grown[: min(size, held)] = self.stamps[:size]
+            self.stamps = grown
+            pad = max(0, size - held)
+            del self.keys[size:], self.labels[size:]
+            self.keys.extend([None] * pad)
+            self.labels.extend([""] * pad)
+            for texts in self.texts.values():
+                del texts[size:]
+                texts.extend([""] * pad)
+        rows = np.flatnonzero(stamps[:size] != self.stamps)
+        self.stamps[rows] = stamps[rows]
+        live, freed, renamed, names = [], [], [], []
+        cached = self.keys
+        for row in rows.tolist():
+            key = keys[row]
+            if key is None:
+                freed.append(row)
+            else:
+                live.append(row)
+                if key != cached[row]:
+                    renamed.append(row)
+                    names.append(key)
+            cached[row] = key
+        if renamed:
+            for row, text in zip(renamed, label(names), strict=True):
+                self.labels[row] = text
+        for row in freed:
+            self.labels[row] = ""
+            for texts in self.texts.values():
+                texts[row] = ""
+        return live, freed
+
+    def put(self, family: cat.Declared, rows: list[int], lines: list[str]) -> None:
+        texts = self.texts[family.name]
+        if len(rows) == len(texts):  # every row (a cold render): no scatter needed
+            texts[:] = lines
+            return
+        for row, line in zip(rows, lines, strict=True):
+            texts[row] = line
+
+    def emit(self, out: Writer, family: cat.Declared) -> None:
+        out.declare(family)
+        out.parts.append("".join(self.texts[family.name]))
+
+
+def _branch_labels(keys: list[BranchKey]) -> list[str]:
+    return [f'experiment="{escape(e)}",branch="{escape(b)}"' for e, b in keys]
+
+
+def _event_labels(keys: list[EventKey]) -> list[str]:
+    """Each experiment/branch prefix and event name escaped once, not per series."""
+    prefixes: dict[tuple[str, str], str] = {}
+    names: dict[str, str] = {}
+    out = []
+    for e, b, name in keys:
+        prefix = prefixes.get((e, b))
+        if prefix is None:
+            prefix = prefixes[e, b] = f'experiment="{escape(e)}",branch="{escape(b)}"'
+        event = names.get(name)
+        if event is None:
+            event = names[name] = escape(name)
+        out.append(f'{prefix},event="{event}"')
+    return out
+
+
+def _simple(name: str, labels: list[str], values: list[str]) -> list[str]:
+    return [f"{name}{{{label}}} {value}\n" for label, value in zip(labels, values, strict=True)]
+
+
+def _floats(values: npt.NDArray[Any]) -> list[str]:
+    """Values known to be finite (inf only ever appears as a bucket bound)."""
+    return list(map(repr, values.tolist()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Experiment:
+    """An experiment's lines that change only when its rows, config or last write do."""
+
+    config: ExperimentConfig | None
+    touched: float | None
+    label: str
+    info: str
+    start: str  # "" when no query yet (then `started` is None)
+    last: str | None
+    best: str | None
+    started: float | None
+
+
+class SeriesRenderer:
+    """Renders a snapshot's families in one format for one role, reusing the text of
+    rows that did not change since its last render. Thread-safe: renders take turns."""
+
+    def __init__(self, openmetrics: bool = False, role: str = "single") -> None:
+        self.openmetrics = openmetrics
+        # an `ingest` replica writes only what adds up or merges; the `analyzer` only
+        # what it derives (its raw sums would be counted twice by Prometheus)
+        self.raw, self.derived = role != "analyzer", role != "ingest"
+        self._lock = threading.Lock()
+        self._reset(())
+
+    def _reset(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._le = [f',le="{format_value(b)}"}} ' for b in (*bounds, float("inf"))]
+        self._branch_families = (
+            (_BRANCH_RAW if self.raw else ())
+            + (_BRANCH_DERIVED if self.derived else ())
+            + (_BRANCH_SEEN_RAW if self.raw else ())
+        )
+        value = _EVENT_VALUE_OM if self.openmetrics else _EVENT_VALUE_TEXT
+        self._event_families = ((*value, *_EVENT_RAW) if self.raw else ()) + (
+            _EVENT_DERIVED if self.derived else ()
+        )
+        self._branches: _Rows[BranchKey] = _Rows(self._branch_families)
+        self._events: _Rows[EventKey] = _Rows(self._event_families)
+        self._experiments: dict[str, _Experiment] = {}
+
+    def render(
+        self,
+        snapshot: Snapshot,
+        extra: Sequence[Family] = (),
+        analysis: str = "",
+        tail: str = "",
+    ) -> str:
+        """Every family of the design, from one consistent snapshot; `analysis` is the
+        pre-rendered comparison block, `tail` families already rendered in this format
+        (the process metrics)."""
+        out = Writer(self.openmetrics)
+        with self._lock:
+            view = snapshot.view
+            if view.bounds != self._bounds:
+                self._reset(view.bounds)
+            changed = self._branch_rows(out, view)
+            self._event_rows(out, view)
+            self._experiment_families(out, snapshot, changed)
+        if self.derived:
+            out.parts.append(analysis)
+        for family in extra:
+            out.family(family)
+        out.parts.append(tail)
+        return out.finish()
+
+    # -- branches ----------------------------------------------------------------
+
+    def _branch_rows(self, out: Writer, view: View) -> set[str]:
+        """Brings the branch rows up to date and writes their families; returns the
+        experiments with a changed row."""
+        cache, c = self._branches, view.branch
+        live, _ = cache.changed(view.branch_keys, c.stamp, _branch_labels)
+        if live:
+            self._render_branches(view, live)
+        size = len(view.branch_keys)
+        if size == view.branch_keys.count(None):
+            return _experiments_of(view.branch_keys, live)
+        families = self._branch_families
+        seen = bool(np.count_nonzero(c.n))
+        for family in families:
+            if seen or family in _BRANCH_RAW:
+                cache.emit(out, family)
+        return _experiments_of(view.branch_keys, live)
+
+    def _render_branches(self, view: View, rows: list[int]) -> None:
+        cache, c = self._branches, view.branch
+        labels = [cache.labels[r] for r in rows]
+        n = c.n[rows]
+        n_list = n.tolist()
+        if self.raw:
+            counts = list(map(str, n_list))
+            cache.put(cat.QUERIES, rows, _simple(cat.QUERIES.name, labels, counts))
+            failures = list(map(str, (n - c.ok[rows]).tolist()))
+            cache.put(cat.FAILURES, rows, _simple(cat.FAILURES.name, labels, failures))
+            cache.put(cat.DURATION, rows, self._histograms(c.buckets[rows], labels, counts,
+                                                          _floats(c.total[rows])))  # fmt: skip
+            squares = _simple(cat.DURATION_SQUARES.name, labels, _floats(c.sq[rows]))
+            cache.put(cat.DURATION_SQUARES, rows, squares)
+            cache.put(cat.DURATION_M2, rows, _simple(cat.DURATION_M2.name, labels,
+                                                     _floats(c.m2[rows])))  # fmt: skip
+        unseen = [r for r, count in zip(rows, n_list, strict=True) if not count]
+        seen_families = (_BRANCH_DERIVED if self.derived else ()) + (
+            _BRANCH_SEEN_RAW if self.raw else ()
+        )
+        if unseen:
+            blank = [""] * len(unseen)
+            for family in seen_families:
+                cache.put(family, unseen, blank)
+        seen = [r for r, count in zip(rows, n_list, strict=True) if count] if unseen else rows
+        if not seen:
+            return
+        seen_labels = [cache.labels[r] for r in seen] if unseen else labels
+        count = c.n[seen]
+        columns = {
+            cat.SUCCESS_RATIO.name: lambda: c.ok[seen] / count,
+            cat.LATENCY_MEAN.name: lambda: c.total[seen] / count,
+            cat.LATENCY_MIN.name: lambda: c.lo[seen],
+            cat.LATENCY_MAX.name: lambda: c.hi[seen],
+            cat.FIRST_QUERY.name: lambda: c.first[seen],
+            cat.LAST_QUERY.name: lambda: c.last[seen],
+        }
+        for family in seen_families:
+            values = _floats(columns[family.name]())
+            cache.put(family, seen, _simple(family.name, seen_labels, values))
+
+    def _histograms(
+        self, buckets: Ints, labels: list[str], counts: list[str], sums: list[str]
+    ) -> list[str]:
+        name = cat.DURATION.name
+        le = self._le
+        out = []
+        for label, cumulative, count, total in zip(
+            labels, np.cumsum(buckets, axis=1).tolist(), counts, sums, strict=True
+        ):
+            head = f"{name}_bucket{{{label}"
+            out.append(
+                "".join([f"{head}{bound}{v}\n" for bound, v in zip(le, cumulative, strict=True)])
+                + f"{name}_count{{{label}}} {count}\n{name}_sum{{{label}}} {total}\n"
+            )
+        return out
+
+    # -- events ------------------------------------------------------------------
+
+    def _event_rows(self, out: Writer, view: View) -> None:
+        cache, c = self._events, view.event
+        live, _ = cache.changed(view.event_keys, c.stamp, _event_labels)
+        if live:
+            labels = [cache.labels[r] for r in live]
+            lines: dict[str, Callable[[], list[str]]] = {
+                cat.EVENT_VALUE_COUNT.name: lambda: _simple(
+                    cat.EVENT_VALUE_COUNT.name, labels, list(map(str, c.count[live].tolist()))
+                ),
+                cat.EVENT_VALUE_SUM.name: lambda: _simple(
+                    cat.EVENT_VALUE_SUM.name, labels, _floats(c.total[live])
+                ),
+                cat.EVENT_VALUE.name: lambda: [
+                    f"abtest_event_value_count{{{label}}} {n}\n"
+                    f"abtest_event_value_sum{{{label}}} {t}\n"
+                    for label, n, t in zip(
+                        labels, c.count[live].tolist(), _floats(c.total[live]), strict=True
+                    )
+                ],
+                cat.EVENT_SQUARES.name: lambda: _simple(
+                    cat.EVENT_SQUARES.name, labels, _floats(c.sq[live])
+                ),
+                cat.EVENT_M2.name: lambda: _simple(cat.EVENT_M2.name, labels, _floats(c.m2[live])),
+                cat.EVENT_MEAN.name: lambda: _simple(
+                    cat.EVENT_MEAN.name, labels, _floats(c.mean[live])
+                ),
+            }
+            for family in self._event_families:
+                cache.put(family, live, lines[family.name]())
+        if len(view.event_keys) == view.event_keys.count(None):
+            return
+        for family in self._event_families:
+            cache.emit(out, family)
+
+    # -- experiments -------------------------------------------------------------
+
+    def _experiment_families(self, out: Writer, snapshot: Snapshot, changed: set[str]) -> None:
+        view, configs, now = snapshot.view, snapshot.configs, snapshot.taken_at
+        kept, fresh = self._experiments, dict[str, _Experiment]()
+        info, start, last, duration, best = [], [], [], [], []
+        for experiment in view.experiments:
+            config, touched = configs.get(experiment), view.touched.get(experiment)
+            entry = kept.get(experiment)
+            if (
+                entry is None
+                or experiment in changed
+                or entry.config is not config
+                or entry.touched != touched
+            ):
+                entry = _summary(view, experiment, config, touched, now)
+            fresh[experiment] = entry
+            info.append(entry.info)
+            if entry.started is not None:
+                start.append(entry.start)
+                duration.append(
+                    f"{cat.EXPERIMENT_DURATION.name}{{{entry.label}}} "
+                    f"{format_value(max(0.0, now - entry.started))}\n"
+                )
+            if entry.last is not None:
+                last.append(entry.last)
+            if entry.best is not None:
+                best.append(entry.best)
+        self._experiments = fresh  # experiments gone are dropped with their lines
+        # the latest write merges by max across replicas: an ingest replica keeps it
+        for declared, lines, shown in (
+            (cat.EXPERIMENT_INFO, info, self.derived),
+            (cat.EXPERIMENT_START, start, self.derived),
+            (cat.EXPERIMENT_LAST_ACTIVITY, last, True),
+            (cat.EXPERIMENT_DURATION, duration, self.derived),
+            (cat.BEST_BRANCH, best, self.derived),
+        ):
+            if shown and lines:
+                out.declare(declared)
+                out.parts.append("".join(lines))
+
+
+def _experiments_of(keys: Sequence[BranchKey | None], rows: list[int]) -> set[str]:
+    return {key[0] for row in rows if (key := keys[row]) is not None}
+
+
+def _summary(
+    view: View,
+    experiment: str,
+    config: ExperimentConfig | None,
+    touched: float | None,
+    now: float,
+) -> _Experiment:
+    summary = summarise(view, experiment, config or ExperimentConfig(), now)
+    assert summary is not None  # the experiment is in the view
+    label = f'experiment="{escape(experiment)}"'
+
+    def line(family: cat.Declared, labels: str, value: float) -> str:
+        return f"{family.name}{{{labels}}} {format_value(value)}\n"
+
+    started, latest, branch = summary.started_at, summary.last_activity, summary.best_branch
+    return _Experiment(
+        config=config,
+        touched=touched,
+        label=label,
+        info=line(cat.EXPERIMENT_INFO, f'{label},control="{escape(summary.control)}"', 1),
+        start=line(cat.EXPERIMENT_START, label, started) if started is not None else "",
+        last=line(cat.EXPERIMENT_LAST_ACTIVITY, label, latest) if latest is not None else None,
+        best=(
+            line(cat.BEST_BRANCH, f'{label},branch="{escape(branch)}"', 1)
+            if branch is not None
+            else None
+        ),
+        started=started,
+    )
