@@ -40,17 +40,25 @@ _EVENT_VALUE_TEXT = (cat.EVENT_VALUE,)  # both sample lines under one family
 _EVENT_VALUE_OM = (cat.EVENT_VALUE_COUNT, cat.EVENT_VALUE_SUM)
 _EVENT_RAW = (cat.EVENT_SQUARES, cat.EVENT_M2)
 _EVENT_DERIVED = (cat.EVENT_MEAN,)
+# Rows per joined block, so that a block holds a few kB: a changed row re-joins little,
+# and the writer still gets few enough parts. A branch row's histogram alone is ~2 kB.
+_BRANCH_BLOCK, _EVENT_BLOCK = 4, 32
 
 
 class _Rows(Generic[K]):
     """One table's cache: per row, the stamp and key it was rendered from, its label,
     and its text in each family ("" where the family leaves the row out)."""
 
-    def __init__(self, families: Sequence[cat.Declared]) -> None:
+    def __init__(self, families: Sequence[cat.Declared], block: int) -> None:
+        self.block = block
         self.stamps: Ints = np.empty(0, dtype=np.int64)
         self.keys: list[K | None] = []
         self.labels: list[str] = []
         self.texts: dict[str, list[str]] = {f.name: [] for f in families}
+        # each family's rows joined by blocks of `block` rows: a scrape re-joins only the
+        # blocks with a changed row, then hands the blocks to the writer as they are
+        self.blocks: dict[str, list[str]] = {f.name: [] for f in families}
+        self.dirty: set[int] = set()
 
     def changed(
         self, keys: Sequence[K | None], stamps: Ints, label: Callable[[list[K]], list[str]]
@@ -69,28 +77,54 @@ class _Rows(Generic[K]):
             for texts in self.texts.values():
                 del texts[size:]
                 texts.extend([""] * pad)
-        rows = np.flatnonzero(stamps[:size] != self.stamps)
-        self.stamps[rows] = stamps[rows]
-        live, freed, renamed, names = [], [], [], []
-        cached = self.keys
-        for row in rows.tolist():
-            key = keys[row]
-            if key is None:
-                freed.append(row)
-            else:
-                live.append(row)
-                if key != cached[row]:
-                    renamed.append(row)
-                    names.append(key)
-            cached[row] = key
+        blocks = -(-size // self.block)
+        for joined in self.blocks.values():
+            del joined[blocks:]
+            joined.extend([""] * (blocks - len(joined)))
+        found = np.flatnonzero(stamps[:size] != self.stamps)
+        self.stamps[found] = stamps[found]
+        self.dirty = set((found // self.block).tolist())
+        rows = found.tolist()
+        if len(rows) == size:  # every row (a cold render, or after a clear)
+            self.keys = list(keys)
+            live = [r for r, key in enumerate(keys) if key is not None]
+            if len(live) == size:
+                self.labels = label(self.keys)  # type: ignore[arg-type]
+                return live, []
+            freed = [r for r, key in enumerate(keys) if key is None]
+            self.labels = [""] * size
+            renamed = [(r, keys[r]) for r in live]
+        else:
+            new = [keys[r] for r in rows]
+            cached = self.keys
+            live = [r for r, key in zip(rows, new, strict=True) if key is not None]
+            freed = [r for r, key in zip(rows, new, strict=True) if key is None]
+            renamed = [
+                (r, key)
+                for r, key, old in zip(rows, new, [cached[r] for r in rows], strict=True)
+                if key is not None and key != old
+            ]
+            for row, key in zip(rows, new, strict=True):
+                cached[row] = key
         if renamed:
-            for row, text in zip(renamed, label(names), strict=True):
-                self.labels[row] = text
+            labels = self.labels
+            for (row, _), text in zip(renamed, label([k for _, k in renamed]), strict=True):  # type: ignore[misc]
+                labels[row] = text
         for row in freed:
             self.labels[row] = ""
-            for texts in self.texts.values():
-                texts[row] = ""
+            for family in self.texts.values():
+                family[row] = ""
         return live, freed
+
+    def join(self) -> None:
+        """Re-join the blocks holding a changed row, in every family."""
+        starts = [block * self.block for block in sorted(self.dirty)]
+        size = self.block
+        for name, texts in self.texts.items():
+            joined = self.blocks[name]
+            for start in starts:
+                joined[start // size] = "".join(texts[start : start + size])
+        self.dirty = set()
 
     def put(self, family: cat.Declared, rows: list[int], lines: list[str]) -> None:
         texts = self.texts[family.name]
@@ -102,27 +136,30 @@ class _Rows(Generic[K]):
 
     def emit(self, out: Writer, family: cat.Declared) -> None:
         out.declare(family)
-        out.parts.append("".join(self.texts[family.name]))
+        out.parts.extend(self.blocks[family.name])
 
 
 def _branch_labels(keys: list[BranchKey]) -> list[str]:
+    labels = [f'experiment="{e}",branch="{b}"' for e, b in keys]
+    if _plain(labels, 4):
+        return labels
     return [f'experiment="{escape(e)}",branch="{escape(b)}"' for e, b in keys]
 
 
 def _event_labels(keys: list[EventKey]) -> list[str]:
-    """Each experiment/branch prefix and event name escaped once, not per series."""
-    prefixes: dict[tuple[str, str], str] = {}
-    names: dict[str, str] = {}
-    out = []
-    for e, b, name in keys:
-        prefix = prefixes.get((e, b))
-        if prefix is None:
-            prefix = prefixes[e, b] = f'experiment="{escape(e)}",branch="{escape(b)}"'
-        event = names.get(name)
-        if event is None:
-            event = names[name] = escape(name)
-        out.append(f'{prefix},event="{event}"')
-    return out
+    labels = [f'experiment="{e}",branch="{b}",event="{n}"' for e, b, n in keys]
+    if _plain(labels, 6):
+        return labels
+    return [
+        f'experiment="{escape(e)}",branch="{escape(b)}",event="{escape(n)}"' for e, b, n in keys
+    ]
+
+
+def _plain(labels: list[str], quotes: int) -> bool:
+    """Whether no name needed escaping (the rule, not the exception): one scan of all
+    the labels instead of three per name."""
+    joined = "".join(labels)
+    return "\\" not in joined and "\n" not in joined and joined.count('"') == quotes * len(labels)
 
 
 def _simple(name: str, labels: list[str], values: list[str]) -> list[str]:
@@ -172,8 +209,8 @@ class SeriesRenderer:
         self._event_families = ((*value, *_EVENT_RAW) if self.raw else ()) + (
             _EVENT_DERIVED if self.derived else ()
         )
-        self._branches: _Rows[BranchKey] = _Rows(self._branch_families)
-        self._events: _Rows[EventKey] = _Rows(self._event_families)
+        self._branches: _Rows[BranchKey] = _Rows(self._branch_families, _BRANCH_BLOCK)
+        self._events: _Rows[EventKey] = _Rows(self._event_families, _EVENT_BLOCK)
         self._experiments: dict[str, _Experiment] = {}
 
     def render(
@@ -210,8 +247,8 @@ class SeriesRenderer:
         live, _ = cache.changed(view.branch_keys, c.stamp, _branch_labels)
         if live:
             self._render_branches(view, live)
-        size = len(view.branch_keys)
-        if size == view.branch_keys.count(None):
+        cache.join()
+        if not _any_live(view.branch_keys):
             return _experiments_of(view.branch_keys, live)
         families = self._branch_families
         seen = bool(np.count_nonzero(c.n))
@@ -308,7 +345,8 @@ class SeriesRenderer:
             }
             for family in self._event_families:
                 cache.put(family, live, lines[family.name]())
-        if len(view.event_keys) == view.event_keys.count(None):
+        cache.join()
+        if not _any_live(view.event_keys):
             return
         for family in self._event_families:
             cache.emit(out, family)
@@ -355,6 +393,11 @@ class SeriesRenderer:
                 out.parts.append("".join(lines))
 
 
+def _any_live(keys: Sequence[Hashable | None]) -> bool:
+    """Whether a row is in use (stops at the first; list.count(None) compares every key)."""
+    return next((True for key in keys if key is not None), False)
+
+
 def _experiments_of(keys: Sequence[BranchKey | None], rows: list[int]) -> set[str]:
     return {key[0] for row in rows if (key := keys[row]) is not None}
 
@@ -388,3 +431,19 @@ def _summary(
         ),
         started=started,
     )
+
+
+class Renderers:
+    """A server's renderers, one per (format, role) asked for, made on first use: each
+    keeps its own cache, so a format never scraped costs no memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: dict[tuple[bool, str], SeriesRenderer] = {}
+
+    def get(self, openmetrics: bool, role: str) -> SeriesRenderer:
+        with self._lock:
+            found = self._made.get((openmetrics, role))
+            if found is None:
+                found = self._made[openmetrics, role] = SeriesRenderer(openmetrics, role)
+            return found
