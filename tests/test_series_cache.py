@@ -10,9 +10,14 @@ import pytest
 
 from exporter import ABMetrics
 from exporter.core.aggregate import BranchParts, EventParts, Records
+from exporter.core.experiment_config import ExperimentConfig
+from exporter.core.families import Family, Sample
+from exporter.core.results import summarise
+from exporter.outputs import catalog as cat
 from exporter.outputs.exposition import render
 from exporter.outputs.series import Renderers, SeriesRenderer
-from exporter.state.abmetrics import Restored
+from exporter.outputs.text import Writer
+from exporter.state.abmetrics import Restored, Snapshot
 
 from .conftest import FakeClock
 
@@ -79,6 +84,36 @@ def _step(metrics: ABMetrics, clock: FakeClock, rng: random.Random) -> str:
     return op
 
 
+def _experiment_families(snapshot: Snapshot, openmetrics: bool, role: str) -> str:
+    """The experiment families as results.summarise has them (the renderer computes the
+    same figures from the columns in one pass)."""
+    families: dict[cat.Declared, list[Sample]] = {
+        f: []
+        for f in (cat.EXPERIMENT_INFO, cat.EXPERIMENT_START, cat.EXPERIMENT_LAST_ACTIVITY,
+                  cat.EXPERIMENT_DURATION, cat.BEST_BRANCH)
+    }  # fmt: skip
+    for experiment in snapshot.view.experiments:
+        config = snapshot.configs.get(experiment, ExperimentConfig())
+        summary = summarise(snapshot.view, experiment, config, snapshot.taken_at)
+        assert summary is not None
+        exp = (("experiment", experiment),)
+        families[cat.EXPERIMENT_INFO].append(Sample((*exp, ("control", summary.control)), 1))
+        if summary.started_at is not None:
+            families[cat.EXPERIMENT_START].append(Sample(exp, summary.started_at))
+            duration = summary.duration_seconds or 0.0
+            families[cat.EXPERIMENT_DURATION].append(Sample(exp, duration))
+        if summary.last_activity is not None:
+            families[cat.EXPERIMENT_LAST_ACTIVITY].append(Sample(exp, summary.last_activity))
+        if summary.best_branch is not None:
+            best = (*exp, ("branch", summary.best_branch))
+            families[cat.BEST_BRANCH].append(Sample(best, 1))
+    out = Writer(openmetrics)
+    for declared, samples in families.items():
+        if role != "ingest" or declared is cat.EXPERIMENT_LAST_ACTIVITY:
+            out.family(Family(declared.name, declared.kind, declared.help, samples))
+    return "".join(out.parts)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_cached_render_equals_a_full_render(seed: int) -> None:
     rng = random.Random(seed)
@@ -94,6 +129,7 @@ def test_cached_render_equals_a_full_render(seed: int) -> None:
             fresh = render(snapshot, openmetrics=om, role=role, analysis="# A\n", tail="# T\n")
             cached = renderer.render(snapshot, analysis="# A\n", tail="# T\n")
             assert cached == fresh, (om, role, done[-8:])
+            assert _experiment_families(snapshot, om, role) in fresh, (om, role, done[-8:])
     assert {"clear", "clear_all", "expire", "restore", "replace", "configure"} <= set(done)
 
 

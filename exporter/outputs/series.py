@@ -14,7 +14,7 @@ Memory: per series, one string per family it appears in (about the text itself p
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -24,7 +24,7 @@ import numpy.typing as npt
 from ..core.aggregate import BranchKey, EventKey, View
 from ..core.experiment_config import ExperimentConfig
 from ..core.families import Family
-from ..core.results import summarise
+from ..core.results import best_branch, control_of
 from ..state.abmetrics import Snapshot
 from . import catalog as cat
 from .text import Writer, escape, format_value
@@ -175,8 +175,6 @@ def _floats(values: npt.NDArray[Any]) -> list[str]:
 class _Experiment:
     """An experiment's lines that change only when its rows, config or last write do."""
 
-    config: ExperimentConfig | None
-    touched: float | None
     label: str
     info: str
     start: str  # "" when no query yet (then `started` is None)
@@ -211,7 +209,7 @@ class SeriesRenderer:
         )
         self._branches: _Rows[BranchKey] = _Rows(self._branch_families, _BRANCH_BLOCK)
         self._events: _Rows[EventKey] = _Rows(self._event_families, _EVENT_BLOCK)
-        self._experiments: dict[str, _Experiment] = {}
+        self._experiment_cache = _Experiments()
 
     def render(
         self,
@@ -354,43 +352,70 @@ class SeriesRenderer:
     # -- experiments -------------------------------------------------------------
 
     def _experiment_families(self, out: Writer, snapshot: Snapshot, changed: set[str]) -> None:
-        view, configs, now = snapshot.view, snapshot.configs, snapshot.taken_at
-        kept, fresh = self._experiments, dict[str, _Experiment]()
-        info, start, last, duration, best = [], [], [], [], []
-        for experiment in view.experiments:
-            config, touched = configs.get(experiment), view.touched.get(experiment)
-            entry = kept.get(experiment)
-            if (
-                entry is None
-                or experiment in changed
-                or entry.config is not config
-                or entry.touched != touched
-            ):
-                entry = _summary(view, experiment, config, touched, now)
-            fresh[experiment] = entry
-            info.append(entry.info)
-            if entry.started is not None:
-                start.append(entry.start)
-                duration.append(
-                    f"{cat.EXPERIMENT_DURATION.name}{{{entry.label}}} "
-                    f"{format_value(max(0.0, now - entry.started))}\n"
-                )
-            if entry.last is not None:
-                last.append(entry.last)
-            if entry.best is not None:
-                best.append(entry.best)
-        self._experiments = fresh  # experiments gone are dropped with their lines
+        view, configs = snapshot.view, snapshot.configs
+        cache = self._experiment_cache
+        dirty = set(changed)
+        if view.touched != cache.touched:  # one C-level comparison when nothing moved
+            before = cache.touched
+            dirty.update(e for e, at in view.touched.items() if before.get(e) != at)
+            cache.touched = dict(view.touched)
+        if configs != cache.configs:
+            before_configs = cache.configs
+            dirty.update(e for e in configs.keys() | before_configs.keys()
+                         if configs.get(e) != before_configs.get(e))  # fmt: skip
+            cache.configs = dict(configs)
+        order = list(view.experiments)
+        entries = cache.entries
+        stale = [e for e in order if e in dirty or e not in entries]
+        made = _summaries(view, stale, configs) if stale else {}
+        fresh = {e: made.get(e) or entries[e] for e in order}
+        if dirty or order != cache.order:
+            cache.rebuild(order, fresh)
         # the latest write merges by max across replicas: an ingest replica keeps it
-        for declared, lines, shown in (
-            (cat.EXPERIMENT_INFO, info, self.derived),
-            (cat.EXPERIMENT_START, start, self.derived),
-            (cat.EXPERIMENT_LAST_ACTIVITY, last, True),
-            (cat.EXPERIMENT_DURATION, duration, self.derived),
-            (cat.BEST_BRANCH, best, self.derived),
+        for declared, text, shown in (
+            (cat.EXPERIMENT_INFO, cache.info, self.derived),
+            (cat.EXPERIMENT_START, cache.start, self.derived),
+            (cat.EXPERIMENT_LAST_ACTIVITY, cache.last, True),
+            (
+                cat.EXPERIMENT_DURATION,
+                cache.durations(snapshot.taken_at) if self.derived else "",
+                self.derived,
+            ),
+            (cat.BEST_BRANCH, cache.best, self.derived),
         ):
-            if shown and lines:
+            if shown and text:
                 out.declare(declared)
-                out.parts.append("".join(lines))
+                out.parts.append(text)
+
+
+class _Experiments:
+    """The experiment families' cache: each experiment's lines (which change only with
+    its rows, its config or its last write) and the families joined; the durations,
+    which move with the clock, are the only lines rendered on every scrape."""
+
+    def __init__(self) -> None:
+        self.touched: dict[str, float] = {}
+        self.configs: dict[str, ExperimentConfig] = {}
+        self.order: list[str] = []
+        self.entries: dict[str, _Experiment] = {}
+        self.info = self.start = self.last = self.best = ""
+        self._prefixes: list[str] = []
+        self._started: npt.NDArray[np.float64] = np.empty(0)
+
+    def rebuild(self, order: list[str], entries: dict[str, _Experiment]) -> None:
+        self.order, self.entries = order, entries  # experiments gone are dropped here
+        listed = [entries[e] for e in order]
+        self.info = "".join([x.info for x in listed])
+        self.start = "".join([x.start for x in listed])
+        self.last = "".join([x.last for x in listed if x.last is not None])
+        self.best = "".join([x.best for x in listed if x.best is not None])
+        name = cat.EXPERIMENT_DURATION.name
+        self._prefixes = [f"{name}{{{x.label}}} " for x in listed if x.started is not None]
+        self._started = np.array([x.started for x in listed if x.started is not None], dtype=float)
+
+    def durations(self, now: float) -> str:
+        values = [format_value(v) for v in np.maximum(0.0, now - self._started).tolist()]
+        return "".join([f"{p}{v}\n" for p, v in zip(self._prefixes, values, strict=True)])
 
 
 def _any_live(keys: Sequence[Hashable | None]) -> bool:
@@ -402,35 +427,44 @@ def _experiments_of(keys: Sequence[BranchKey | None], rows: list[int]) -> set[st
     return {key[0] for row in rows if (key := keys[row]) is not None}
 
 
-def _summary(
-    view: View,
-    experiment: str,
-    config: ExperimentConfig | None,
-    touched: float | None,
-    now: float,
-) -> _Experiment:
-    summary = summarise(view, experiment, config or ExperimentConfig(), now)
-    assert summary is not None  # the experiment is in the view
-    label = f'experiment="{escape(experiment)}"'
+def _summaries(
+    view: View, experiments: Iterable[str], configs: Mapping[str, ExperimentConfig]
+) -> dict[str, _Experiment]:
+    """The lines of `experiments`: results.summarise's figures, from the columns taken
+    as lists once (a numpy call per experiment would cost more than the lines)."""
+    c = view.branch
+    n, ok, first, last = c.n.tolist(), c.ok.tolist(), c.first.tolist(), c.last.tolist()
+    default = ExperimentConfig()
+    out = {}
+    for experiment in experiments:
+        rows = view.experiments[experiment]
+        label = f'experiment="{escape(experiment)}"'
+        control = control_of(rows, configs.get(experiment) or default)
+        seen = [r for r in rows.values() if n[r]]
+        latest = view.touched.get(experiment)
+        started = None
+        if seen:
+            started = min([first[r] for r in seen])
+            last_query = max([last[r] for r in seen])
+            latest = max(last_query, latest) if latest is not None else last_query
+        best = best_branch((name, n[r], ok[r]) for name, r in rows.items())
+        out[experiment] = _Experiment(
+            label=label,
+            info=f'{cat.EXPERIMENT_INFO.name}{{{label},control="{escape(control)}"}} 1\n',
+            start=_line(cat.EXPERIMENT_START, label, started) if started is not None else "",
+            last=_line(cat.EXPERIMENT_LAST_ACTIVITY, label, latest) if latest is not None else None,
+            best=(
+                f'{cat.BEST_BRANCH.name}{{{label},branch="{escape(best[0])}"}} 1\n'
+                if best is not None
+                else None
+            ),
+            started=started,
+        )
+    return out
 
-    def line(family: cat.Declared, labels: str, value: float) -> str:
-        return f"{family.name}{{{labels}}} {format_value(value)}\n"
 
-    started, latest, branch = summary.started_at, summary.last_activity, summary.best_branch
-    return _Experiment(
-        config=config,
-        touched=touched,
-        label=label,
-        info=line(cat.EXPERIMENT_INFO, f'{label},control="{escape(summary.control)}"', 1),
-        start=line(cat.EXPERIMENT_START, label, started) if started is not None else "",
-        last=line(cat.EXPERIMENT_LAST_ACTIVITY, label, latest) if latest is not None else None,
-        best=(
-            line(cat.BEST_BRANCH, f'{label},branch="{escape(branch)}"', 1)
-            if branch is not None
-            else None
-        ),
-        started=started,
-    )
+def _line(family: cat.Declared, label: str, value: float) -> str:
+    return f"{family.name}{{{label}}} {format_value(value)}\n"
 
 
 class Renderers:
