@@ -162,13 +162,13 @@ def _plain(labels: list[str], quotes: int) -> bool:
     return "\\" not in joined and "\n" not in joined and joined.count('"') == quotes * len(labels)
 
 
-def _simple(name: str, labels: list[str], values: list[str]) -> list[str]:
-    return [f"{name}{{{label}}} {value}\n" for label, value in zip(labels, values, strict=True)]
-
-
-def _floats(values: npt.NDArray[Any]) -> list[str]:
-    """Values known to be finite (inf only ever appears as a bucket bound)."""
-    return list(map(repr, values.tolist()))
+def _lines(name: str, labels: list[str], values: npt.NDArray[Any] | list[Any]) -> list[str]:
+    """One sample line per row. Values are ints or floats known to be finite (inf only
+    ever appears as a bucket bound), and repr is exact for both."""
+    head = name + "{"
+    if not isinstance(values, list):
+        values = values.tolist()
+    return [f"{head}{label}}} {v!r}\n" for label, v in zip(labels, values, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,16 +261,15 @@ class SeriesRenderer:
         n = c.n[rows]
         n_list = n.tolist()
         if self.raw:
-            counts = list(map(str, n_list))
-            cache.put(cat.QUERIES, rows, _simple(cat.QUERIES.name, labels, counts))
-            failures = list(map(str, (n - c.ok[rows]).tolist()))
-            cache.put(cat.FAILURES, rows, _simple(cat.FAILURES.name, labels, failures))
-            cache.put(cat.DURATION, rows, self._histograms(c.buckets[rows], labels, counts,
-                                                          _floats(c.total[rows])))  # fmt: skip
-            squares = _simple(cat.DURATION_SQUARES.name, labels, _floats(c.sq[rows]))
-            cache.put(cat.DURATION_SQUARES, rows, squares)
-            cache.put(cat.DURATION_M2, rows, _simple(cat.DURATION_M2.name, labels,
-                                                     _floats(c.m2[rows])))  # fmt: skip
+            cache.put(cat.QUERIES, rows, _lines(cat.QUERIES.name, labels, n_list))
+            failures = n - c.ok[rows]
+            cache.put(cat.FAILURES, rows, _lines(cat.FAILURES.name, labels, failures))
+            histograms = self._histograms(c.buckets[rows], labels, n_list, c.total[rows].tolist())
+            cache.put(cat.DURATION, rows, histograms)
+            cache.put(
+                cat.DURATION_SQUARES, rows, _lines(cat.DURATION_SQUARES.name, labels, c.sq[rows])
+            )
+            cache.put(cat.DURATION_M2, rows, _lines(cat.DURATION_M2.name, labels, c.m2[rows]))
         unseen = [r for r, count in zip(rows, n_list, strict=True) if not count]
         seen_families = (_BRANCH_DERIVED if self.derived else ()) + (
             _BRANCH_SEEN_RAW if self.raw else ()
@@ -293,11 +292,10 @@ class SeriesRenderer:
             cat.LAST_QUERY.name: lambda: c.last[seen],
         }
         for family in seen_families:
-            values = _floats(columns[family.name]())
-            cache.put(family, seen, _simple(family.name, seen_labels, values))
+            cache.put(family, seen, _lines(family.name, seen_labels, columns[family.name]()))
 
     def _histograms(
-        self, buckets: Ints, labels: list[str], counts: list[str], sums: list[str]
+        self, buckets: Ints, labels: list[str], counts: list[int], sums: list[float]
     ) -> list[str]:
         name = cat.DURATION.name
         le = self._le
@@ -308,7 +306,7 @@ class SeriesRenderer:
             head = f"{name}_bucket{{{label}"
             out.append(
                 "".join([f"{head}{bound}{v}\n" for bound, v in zip(le, cumulative, strict=True)])
-                + f"{name}_count{{{label}}} {count}\n{name}_sum{{{label}}} {total}\n"
+                + f"{name}_count{{{label}}} {count}\n{name}_sum{{{label}}} {total!r}\n"
             )
         return out
 
@@ -320,26 +318,22 @@ class SeriesRenderer:
         if live:
             labels = [cache.labels[r] for r in live]
             lines: dict[str, Callable[[], list[str]]] = {
-                cat.EVENT_VALUE_COUNT.name: lambda: _simple(
-                    cat.EVENT_VALUE_COUNT.name, labels, list(map(str, c.count[live].tolist()))
+                cat.EVENT_VALUE_COUNT.name: lambda: _lines(
+                    cat.EVENT_VALUE_COUNT.name, labels, c.count[live]
                 ),
-                cat.EVENT_VALUE_SUM.name: lambda: _simple(
-                    cat.EVENT_VALUE_SUM.name, labels, _floats(c.total[live])
+                cat.EVENT_VALUE_SUM.name: lambda: _lines(
+                    cat.EVENT_VALUE_SUM.name, labels, c.total[live]
                 ),
                 cat.EVENT_VALUE.name: lambda: [
                     f"abtest_event_value_count{{{label}}} {n}\n"
-                    f"abtest_event_value_sum{{{label}}} {t}\n"
+                    f"abtest_event_value_sum{{{label}}} {t!r}\n"
                     for label, n, t in zip(
-                        labels, c.count[live].tolist(), _floats(c.total[live]), strict=True
+                        labels, c.count[live].tolist(), c.total[live].tolist(), strict=True
                     )
                 ],
-                cat.EVENT_SQUARES.name: lambda: _simple(
-                    cat.EVENT_SQUARES.name, labels, _floats(c.sq[live])
-                ),
-                cat.EVENT_M2.name: lambda: _simple(cat.EVENT_M2.name, labels, _floats(c.m2[live])),
-                cat.EVENT_MEAN.name: lambda: _simple(
-                    cat.EVENT_MEAN.name, labels, _floats(c.mean[live])
-                ),
+                cat.EVENT_SQUARES.name: lambda: _lines(cat.EVENT_SQUARES.name, labels, c.sq[live]),
+                cat.EVENT_M2.name: lambda: _lines(cat.EVENT_M2.name, labels, c.m2[live]),
+                cat.EVENT_MEAN.name: lambda: _lines(cat.EVENT_MEAN.name, labels, c.mean[live]),
             }
             for family in self._event_families:
                 cache.put(family, live, lines[family.name]())
