@@ -6,9 +6,11 @@ family together with the aggregate's change stamp it was rendered from; a render
 re-renders only the rows whose stamp moved (vectorised over those rows) and joins. A
 fresh renderer renders every row: it *is* the full render, so the two cannot drift.
 
-Memory: per series, one string per family it appears in (about the text itself plus
-50 bytes), its label and key: roughly 2.5 kB per branch series (the histogram) and
-0.5 kB per event series, per format.
+Memory, per format scraped (text and OpenMetrics keep separate caches): each row's text
+per family plus the same text joined in blocks, its label and key. Measured with the
+default 16 buckets: about 6.8 kB per branch series (mostly its histogram) and 1.3 kB per
+event series, about 2.7 times the size of the /metrics text. It shrinks with the series:
+freed rows hold empty strings and are reused, a clear drops everything.
 """
 
 from __future__ import annotations
@@ -408,8 +410,8 @@ class _Experiments:
         self._started = np.array([x.started for x in listed if x.started is not None], dtype=float)
 
     def durations(self, now: float) -> str:
-        values = [format_value(v) for v in np.maximum(0.0, now - self._started).tolist()]
-        return "".join([f"{p}{v}\n" for p, v in zip(self._prefixes, values, strict=True)])
+        values = np.maximum(0.0, now - self._started).tolist()  # finite: repr is exact
+        return "".join([f"{p}{v!r}\n" for p, v in zip(self._prefixes, values, strict=True)])
 
 
 def _any_live(keys: Sequence[Hashable | None]) -> bool:
