@@ -201,3 +201,15 @@ def test_renders_while_ingest_continues_are_snapshots() -> None:
         stop.set()
         worker.join()
     assert renderers.get(True, "single") is renderers.get(True, "single")
+
+
+def test_a_format_not_scraped_for_a_while_drops_its_cache() -> None:
+    clock = FakeClock(0.0)
+    renderers = Renderers(idle=600.0, clock=clock)
+    om, text = renderers.get(True, "single"), renderers.get(False, "single")
+    assert om is not text
+    clock.now = 500.0
+    assert renderers.get(True, "single") is om  # Prometheus keeps scraping
+    clock.now = 700.0
+    assert renderers.get(True, "single") is om
+    assert renderers.get(False, "single") is not text  # idle 700 s: made afresh

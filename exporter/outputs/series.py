@@ -16,6 +16,7 @@ freed rows hold empty strings and are reused, a clear drops everything.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -465,15 +466,21 @@ def _line(family: cat.Declared, label: str, value: float) -> str:
 
 class Renderers:
     """A server's renderers, one per (format, role) asked for, made on first use: each
-    keeps its own cache, so a format never scraped costs no memory."""
+    keeps its own cache, so a format never scraped costs no memory, and one not scraped
+    for `idle` seconds (a person's curl, say) is dropped with its cache."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
-        self._made: dict[tuple[bool, str], SeriesRenderer] = {}
+        self._made: dict[tuple[bool, str], tuple[SeriesRenderer, float]] = {}
+        self._idle, self._clock = idle, clock
 
     def get(self, openmetrics: bool, role: str) -> SeriesRenderer:
+        now = self._clock()
         with self._lock:
+            for key, (_, used) in list(self._made.items()):
+                if now - used > self._idle:
+                    del self._made[key]
             found = self._made.get((openmetrics, role))
-            if found is None:
-                found = self._made[openmetrics, role] = SeriesRenderer(openmetrics, role)
-            return found
+            renderer = found[0] if found is not None else SeriesRenderer(openmetrics, role)
+            self._made[openmetrics, role] = (renderer, now)
+            return renderer
