@@ -125,6 +125,11 @@ def test_cached_render_equals_a_full_render(seed: int) -> None:
         for _ in range(rng.randint(1, 4)):
             done.append(_step(metrics, clock, rng))
         snapshot = metrics.snapshot()
+        live = metrics._aggregate.live_view()  # snapshots share the names until they change
+        assert snapshot.view.experiments == live.experiments, done[-8:]
+        assert snapshot.view.experiment_events == live.experiment_events, done[-8:]
+        assert snapshot.view.branch_keys == live.branch_keys, done[-8:]
+        assert snapshot.view.event_keys == live.event_keys, done[-8:]
         for (om, role), renderer in renderers.items():
             fresh = render(snapshot, openmetrics=om, role=role, analysis="# A\n", tail="# T\n")
             cached = renderer.render(snapshot, analysis="# A\n", tail="# T\n")

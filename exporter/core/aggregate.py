@@ -350,6 +350,17 @@ class View:
 
 
 @dataclass(frozen=True, slots=True)
+class _Names:
+    """A copy of the series' names as of `shape` (see Aggregate._names_copy)."""
+
+    shape: int
+    branch_keys: list[BranchKey | None]
+    event_keys: list[EventKey | None]
+    experiments: dict[str, dict[str, int]]
+    experiment_events: dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
 class ChangedRows:
     """The aggregate's changes since the store last looked, as rows it can write."""
 
@@ -375,6 +386,10 @@ class Aggregate:
         # so persisting writes per-series state, never per-record history.
         self.changes = Changes()
         self.version = 0  # bumped on every change; lets caches and stats skip idle work
+        # The series' names (keys and the experiment maps) change only when a series is
+        # added or removed: snapshots share one copy of them until then (_names_copy).
+        self._shape = 0
+        self._names: _Names | None = None
 
     # -- writing ----------------------------------------------------------
 
@@ -565,6 +580,7 @@ class Aggregate:
         self.touched.pop(experiment, None)
         self.changes.removed.add(experiment)
         self.version += 1
+        self._shape += 1
         return True
 
     def clear(self) -> None:
@@ -576,6 +592,7 @@ class Aggregate:
         self.touched.clear()
         self.changes = Changes(cleared=True)
         self.version += 1
+        self._shape += 1
 
     def touch(self, experiments: Iterable[str], now: float) -> None:
         touched = self.touched
@@ -673,16 +690,32 @@ class Aggregate:
     def snapshot(self) -> View:
         """A consistent copy, safe to read after the lock is released."""
         size, event_size = self.branches.size, self.events.size
+        names = self._names_copy()
         return View(
             self.bounds,
-            list(self.branches.keys),
+            names.branch_keys,
             BranchColumns.of(self.branches.columns, size, copy=True),
-            list(self.events.keys),
+            names.event_keys,
             EventColumns.of(self.events.columns, event_size, copy=True),
-            {e: dict(b) for e, b in self.experiments.items()},
-            {e: list(rows) for e, rows in self.experiment_events.items()},
+            names.experiments,
+            names.experiment_events,
             dict(self.touched),
         )
+
+    def _names_copy(self) -> _Names:
+        """The names' copy, made again only after a series was added or removed (copying
+        a thousand experiments' maps on every scrape cost more than the scrape's render,
+        under the lock). Views are read-only, so snapshots may share it."""
+        names = self._names
+        if names is None or names.shape != self._shape:
+            names = self._names = _Names(
+                self._shape,
+                list(self.branches.keys),
+                list(self.events.keys),
+                {e: dict(b) for e, b in self.experiments.items()},
+                {e: list(rows) for e, rows in self.experiment_events.items()},
+            )
+        return names
 
     # -- internals --------------------------------------------------------
 
@@ -700,6 +733,7 @@ class Aggregate:
     def branch_row(self, key: BranchKey) -> int:
         row = self.branches.ids.get(key)
         if row is None:
+            self._shape += 1
             row = self.branches.row(key)
             self.branches.columns["stamp"][row] = next_stamp()  # a new series, or a reused row
             self.experiments.setdefault(key[0], {})[key[1]] = row
@@ -712,6 +746,7 @@ class Aggregate:
         row = self.events.ids.get(key)
         if row is None:
             self.branch_row((key[0], key[1]))
+            self._shape += 1
             row = self.events.row(key)
             self.events.columns["stamp"][row] = next_stamp()
             self.experiment_events.setdefault(key[0], []).append(row)
