@@ -261,18 +261,19 @@ class SeriesRenderer:
     def _render_branches(self, view: View, rows: list[int]) -> None:
         cache, c = self._branches, view.branch
         labels = [cache.labels[r] for r in rows]
-        n = c.n[rows]
+        at = np.asarray(rows)  # indexing with a list converts it on every column
+        n = c.n[at]
         n_list = n.tolist()
         if self.raw:
             cache.put(cat.QUERIES, rows, _lines(cat.QUERIES.name, labels, n_list))
-            failures = n - c.ok[rows]
+            failures = n - c.ok[at]
             cache.put(cat.FAILURES, rows, _lines(cat.FAILURES.name, labels, failures))
-            histograms = self._histograms(c.buckets[rows], labels, n_list, c.total[rows].tolist())
+            histograms = self._histograms(c.buckets[at], labels, n_list, c.total[at].tolist())
             cache.put(cat.DURATION, rows, histograms)
             cache.put(
-                cat.DURATION_SQUARES, rows, _lines(cat.DURATION_SQUARES.name, labels, c.sq[rows])
+                cat.DURATION_SQUARES, rows, _lines(cat.DURATION_SQUARES.name, labels, c.sq[at])
             )
-            cache.put(cat.DURATION_M2, rows, _lines(cat.DURATION_M2.name, labels, c.m2[rows]))
+            cache.put(cat.DURATION_M2, rows, _lines(cat.DURATION_M2.name, labels, c.m2[at]))
         unseen = [r for r, count in zip(rows, n_list, strict=True) if not count]
         seen_families = (_BRANCH_DERIVED if self.derived else ()) + (
             _BRANCH_SEEN_RAW if self.raw else ()
@@ -285,14 +286,15 @@ class SeriesRenderer:
         if not seen:
             return
         seen_labels = [cache.labels[r] for r in seen] if unseen else labels
-        count = c.n[seen]
+        seen_at = np.asarray(seen)
+        count = c.n[seen_at]
         columns = {
-            cat.SUCCESS_RATIO.name: lambda: c.ok[seen] / count,
-            cat.LATENCY_MEAN.name: lambda: c.total[seen] / count,
-            cat.LATENCY_MIN.name: lambda: c.lo[seen],
-            cat.LATENCY_MAX.name: lambda: c.hi[seen],
-            cat.FIRST_QUERY.name: lambda: c.first[seen],
-            cat.LAST_QUERY.name: lambda: c.last[seen],
+            cat.SUCCESS_RATIO.name: lambda: c.ok[seen_at] / count,
+            cat.LATENCY_MEAN.name: lambda: c.total[seen_at] / count,
+            cat.LATENCY_MIN.name: lambda: c.lo[seen_at],
+            cat.LATENCY_MAX.name: lambda: c.hi[seen_at],
+            cat.FIRST_QUERY.name: lambda: c.first[seen_at],
+            cat.LAST_QUERY.name: lambda: c.last[seen_at],
         }
         for family in seen_families:
             cache.put(family, seen, _lines(family.name, seen_labels, columns[family.name]()))
@@ -320,23 +322,24 @@ class SeriesRenderer:
         live, _ = cache.changed(view.event_keys, c.stamp, _event_labels)
         if live:
             labels = [cache.labels[r] for r in live]
+            at = np.asarray(live)  # indexing with a list converts it on every column
             lines: dict[str, Callable[[], list[str]]] = {
                 cat.EVENT_VALUE_COUNT.name: lambda: _lines(
-                    cat.EVENT_VALUE_COUNT.name, labels, c.count[live]
+                    cat.EVENT_VALUE_COUNT.name, labels, c.count[at]
                 ),
                 cat.EVENT_VALUE_SUM.name: lambda: _lines(
-                    cat.EVENT_VALUE_SUM.name, labels, c.total[live]
+                    cat.EVENT_VALUE_SUM.name, labels, c.total[at]
                 ),
                 cat.EVENT_VALUE.name: lambda: [
                     f"abtest_event_value_count{{{label}}} {n}\n"
                     f"abtest_event_value_sum{{{label}}} {t!r}\n"
                     for label, n, t in zip(
-                        labels, c.count[live].tolist(), c.total[live].tolist(), strict=True
+                        labels, c.count[at].tolist(), c.total[at].tolist(), strict=True
                     )
                 ],
-                cat.EVENT_SQUARES.name: lambda: _lines(cat.EVENT_SQUARES.name, labels, c.sq[live]),
-                cat.EVENT_M2.name: lambda: _lines(cat.EVENT_M2.name, labels, c.m2[live]),
-                cat.EVENT_MEAN.name: lambda: _lines(cat.EVENT_MEAN.name, labels, c.mean[live]),
+                cat.EVENT_SQUARES.name: lambda: _lines(cat.EVENT_SQUARES.name, labels, c.sq[at]),
+                cat.EVENT_M2.name: lambda: _lines(cat.EVENT_M2.name, labels, c.m2[at]),
+                cat.EVENT_MEAN.name: lambda: _lines(cat.EVENT_MEAN.name, labels, c.mean[at]),
             }
             for family in self._event_families:
                 cache.put(family, live, lines[family.name]())
