@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import count as _count
 from itertools import pairwise
 from operator import itemgetter
 from typing import Any, Self, TypeVar
@@ -47,6 +48,15 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 Columns = dict[str, npt.NDArray[Any]]
 Rows = Sequence[int] | npt.NDArray[np.intp]  # an array as it comes from a fold: no copy
 K = TypeVar("K", bound=Hashable)
+
+# Change stamps: every write gives the rows it touches the next number, unique in the
+# process (across aggregates too, so a replaced aggregate never repeats a renderer's
+# cached stamp). A renderer re-renders exactly the rows whose stamp it has not seen.
+_stamps = _count(1)
+
+
+def next_stamp() -> int:
+    return next(_stamps)  # itertools.count is atomic under the GIL
 
 
 @dataclass(slots=True)
@@ -95,6 +105,8 @@ def branch_spec(bucket_count: int) -> ColumnSpec:
         "last": (np.float64, -inf, ()),
         # non-cumulative counts; the last slot is the +Inf bucket
         "buckets": (np.int64, 0, (bucket_count + 1,)),
+        # the write that last changed the row (0 once freed): see next_stamp
+        "stamp": (np.int64, 0, ()),
     }
 
 
@@ -104,6 +116,7 @@ EVENT_SPEC: ColumnSpec = {
     "mean": (np.float64, 0.0, ()),
     "m2": (np.float64, 0.0, ()),
     "sq": (np.float64, 0.0, ()),
+    "stamp": (np.int64, 0, ()),
 }
 
 
@@ -282,6 +295,7 @@ class BranchColumns:
     first: Floats  # unix seconds of the first and latest query
     last: Floats
     buckets: Ints  # (rows, bounds + 1), non-cumulative, the +Inf bucket last
+    stamp: Ints  # the write that last changed the row (see next_stamp)
 
     @classmethod
     def of(cls, columns: Columns, size: int, copy: bool) -> BranchColumns:
@@ -294,6 +308,7 @@ class BranchColumns:
             columns["m2"][:size] / (_MS * _MS), columns["sq"][:size] / (_MS * _MS),
             columns["lo"][:size] / _MS,
             columns["hi"][:size] / _MS, take("first"), take("last"), take("buckets"),
+            take("stamp"),
         )  # fmt: skip
 
 
@@ -306,6 +321,7 @@ class EventColumns:
     mean: Floats
     m2: Floats
     sq: Floats  # the plain sum of squared values
+    stamp: Ints
 
     @classmethod
     def of(cls, columns: Columns, size: int, copy: bool) -> EventColumns:
@@ -313,7 +329,9 @@ class EventColumns:
             column = columns[name][:size]
             return column.copy() if copy else column
 
-        return cls(take("count"), take("total"), take("mean"), take("m2"), take("sq"))
+        return cls(
+            take("count"), take("total"), take("mean"), take("m2"), take("sq"), take("stamp")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +360,17 @@ class View:
 
 
 @dataclass(frozen=True, slots=True)
+class _Names:
+    """A copy of the series' names as of `shape` (see Aggregate._names_copy)."""
+
+    shape: int
+    branch_keys: list[BranchKey | None]
+    event_keys: list[EventKey | None]
+    experiments: dict[str, dict[str, int]]
+    experiment_events: dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
 class ChangedRows:
     """The aggregate's changes since the store last looked, as rows it can write."""
 
@@ -367,6 +396,10 @@ class Aggregate:
         # so persisting writes per-series state, never per-record history.
         self.changes = Changes()
         self.version = 0  # bumped on every change; lets caches and stats skip idle work
+        # The series' names (keys and the experiment maps) change only when a series is
+        # added or removed: snapshots share one copy of them until then (_names_copy).
+        self._shape = 0
+        self._names: _Names | None = None
 
     # -- writing ----------------------------------------------------------
 
@@ -454,6 +487,7 @@ class Aggregate:
         c["first"][rows] = np.minimum(c["first"][rows], first)
         c["last"][rows] = np.maximum(c["last"][rows], last)
         c["buckets"][rows] += buckets
+        c["stamp"][rows] = next_stamp()
         _mark(self.changes.branches, self.branches, rows)
         self.version += 1
 
@@ -511,6 +545,7 @@ class Aggregate:
         )
         c["total"][rows] += total
         c["sq"][rows] += sq
+        c["stamp"][rows] = next_stamp()
         _mark(self.changes.events, self.events, rows)
         self.version += 1
 
@@ -558,6 +593,7 @@ class Aggregate:
         self.touched.pop(experiment, None)
         self.changes.removed.add(experiment)
         self.version += 1
+        self._shape += 1
         return True
 
     def clear(self) -> None:
@@ -569,6 +605,7 @@ class Aggregate:
         self.touched.clear()
         self.changes = Changes(cleared=True)
         self.version += 1
+        self._shape += 1
 
     def touch(self, experiments: Iterable[str], now: float) -> None:
         touched = self.touched
@@ -666,16 +703,32 @@ class Aggregate:
     def snapshot(self) -> View:
         """A consistent copy, safe to read after the lock is released."""
         size, event_size = self.branches.size, self.events.size
+        names = self._names_copy()
         return View(
             self.bounds,
-            list(self.branches.keys),
+            names.branch_keys,
             BranchColumns.of(self.branches.columns, size, copy=True),
-            list(self.events.keys),
+            names.event_keys,
             EventColumns.of(self.events.columns, event_size, copy=True),
-            {e: dict(b) for e, b in self.experiments.items()},
-            {e: list(rows) for e, rows in self.experiment_events.items()},
+            names.experiments,
+            names.experiment_events,
             dict(self.touched),
         )
+
+    def _names_copy(self) -> _Names:
+        """The names' copy, made again only after a series was added or removed (copying
+        a thousand experiments' maps on every scrape cost more than the scrape's render,
+        under the lock). Views are read-only, so snapshots may share it."""
+        names = self._names
+        if names is None or names.shape != self._shape:
+            names = self._names = _Names(
+                self._shape,
+                list(self.branches.keys),
+                list(self.events.keys),
+                {e: dict(b) for e, b in self.experiments.items()},
+                {e: list(rows) for e, rows in self.experiment_events.items()},
+            )
+        return names
 
     # -- internals --------------------------------------------------------
 
@@ -693,7 +746,9 @@ class Aggregate:
     def branch_row(self, key: BranchKey) -> int:
         row = self.branches.ids.get(key)
         if row is None:
+            self._shape += 1
             row = self.branches.row(key)
+            self.branches.columns["stamp"][row] = next_stamp()  # a new series, or a reused row
             self.experiments.setdefault(key[0], {})[key[1]] = row
         return row
 
@@ -704,7 +759,9 @@ class Aggregate:
         row = self.events.ids.get(key)
         if row is None:
             self.branch_row((key[0], key[1]))
+            self._shape += 1
             row = self.events.row(key)
+            self.events.columns["stamp"][row] = next_stamp()
             self.experiment_events.setdefault(key[0], []).append(row)
             names = self.event_names.setdefault(key[0], {})
             names[key[2]] = names.get(key[2], 0) + 1

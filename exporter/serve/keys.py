@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..outputs.comparisons import ComparisonEngine
+from ..outputs.series import Renderers
 from ..state.abmetrics import ABMetrics
 from ..state.store import Store
 from .analyzer import Analyzer
@@ -52,3 +53,4 @@ INFLIGHT = web.AppKey("inflight", InFlight)
 STORE = web.AppKey("store", Store)
 READINESS = web.AppKey("readiness", Readiness)
 ANALYZER = web.AppKey("analyzer", Analyzer)
+RENDERERS = web.AppKey("renderers", Renderers)  # /metrics' per-series text, kept between scrapes

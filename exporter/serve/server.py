@@ -32,8 +32,8 @@ from ..outputs.exposition import (
     TEXT_CONTENT_TYPE,
     accepts_gzip,
     negotiate,
-    render,
 )
+from ..outputs.series import Renderers
 from ..state.abmetrics import ABMetrics, Written
 from ..state.store import Durability, Store
 from ..version import __version__
@@ -45,6 +45,7 @@ from .keys import (
     INFLIGHT,
     METRICS,
     READINESS,
+    RENDERERS,
     SELF,
     SETTINGS,
     STORE,
@@ -454,7 +455,8 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
         families += analyzer.families()
     process = self_metrics.process.render(openmetrics)
     role = app[SETTINGS].role
-    payload = render(snapshot, families, openmetrics, latest.parts, process, role).encode()
+    renderer = app[RENDERERS].get(openmetrics, role)  # re-renders only what changed
+    payload = renderer.render(snapshot, families, latest.parts, process).encode()
     if compress:
         payload = gzip.compress(payload, compresslevel=1)
     self_metrics.scraped(time.perf_counter() - started)
@@ -526,6 +528,7 @@ def create_app(
     if settings.role == "ingest":
         metrics.receiver.warn_started_before = time.time_ns()
     app[ENGINE] = ComparisonEngine(app[METRICS])
+    app[RENDERERS] = Renderers()
     if settings.role == "analyzer":
         if not settings.prometheus_url:
             raise ValueError("--role analyzer needs --prometheus-url")
