@@ -40,16 +40,18 @@ import base64
 import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
+import operator
 import time
 from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +65,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     DataPointFlags,
+    Histogram,
     HistogramDataPoint,
     Metric,
 )
@@ -75,6 +78,7 @@ from ..core.validation import (
     MAX_NAME_LENGTH,
     name_problem,
 )
+from .otlp_view import view
 
 QUERY_METRIC: Final = "abtest.query.duration"
 EVENT_METRIC: Final = "abtest.event.value"
@@ -266,14 +270,91 @@ def _metric(
             )
             return
         factor = _UNIT_TO_MS[metric.unit]
-    for point in metric.histogram.data_points:
-        if point.flags & _NO_RECORDED_VALUE:
+    delta = temporality == _DELTA
+    checked = _columns(prefix, metric.name, delta, factor, metric.histogram, limits, now_ns)
+    for point, answer in zip(metric.histogram.data_points, checked, strict=True):
+        if answer is None:  # no recorded value
             continue
-        checked = _point(prefix, metric.name, temporality == _DELTA, factor, point, limits, now_ns)
-        if isinstance(checked, Point):
-            out.points.append(checked)
+        # doubted by the columnar checks: the point on its own decides, and says why
+        good = answer or _point(prefix, metric.name, delta, factor, point, limits, now_ns)
+        if isinstance(good, Point):
+            out.points.append(good)
         else:
-            refused.refuse(*checked, records=_records(point))
+            refused.refuse(*good, records=_records(point))
+
+
+def _columns(
+    prefix: tuple[Any, ...],
+    name: str,
+    delta: bool,
+    factor: float,
+    histogram: Histogram,
+    limits: OtlpLimits,
+    now_ns: int,
+) -> list[Point | Literal[False] | None]:
+    """Every point of a histogram checked column by column: a Point when it passes, False
+    when it may not (`_point` decides and says why), None when it has no recorded value.
+    Each check here is `_point`'s, or stricter; nothing passes that `_point` refuses."""
+    points = view(histogram)
+    size = len(points)
+    query = name == QUERY_METRIC
+    identities, shapes = _IDENTITIES.answers, _SHAPES.answers
+    identity_scope = _IDENTITIES.scope((prefix, name, limits.max_name_length))
+    shape_scope = _SHAPES.scope((name, limits.max_bounds))
+    found: list[_Identity | None] = [None] * size
+    bounds: list[tuple[float, ...] | None] = [None] * size
+    raw: list[bytes] = [b""] * size
+    count = [0] * size
+    start = [0] * size
+    end = [0] * size
+    total = [0.0] * size
+    low = [0.0] * size
+    high = [0.0] * size
+    doubt: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
+    skip: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
+    for i, p in enumerate(points):
+        if p.flags & _NO_RECORDED_VALUE:
+            skip[i] = True
+            continue
+        attributes = (identity_scope, *p.attributes)
+        identity = identities.get(attributes)
+        if identity is None:
+            parsed = _identity(prefix, name, map(KeyValue.FromString, attributes[1:]), limits)
+            identity = identities.put(attributes, parsed)
+        packed_bounds = (shape_scope, p.explicit_bounds)
+        shape = shapes.get(packed_bounds)
+        if shape is None:
+            packed = p.explicit_bounds
+            whole = len(packed) - len(packed) % 8  # always whole once re-serialized
+            values = tuple(np.frombuffer(packed[:whole], dtype="<f8").tolist())
+            problem = _bounds_problem(name, query, values, limits)
+            if whole != len(packed):
+                problem = ("invalid_point", "")  # not expected: let `_point` decide
+            shape = shapes.put(packed_bounds, (values, problem))
+        if not isinstance(identity, _Identity) or shape[1] is not None:
+            doubt[i] = True
+            continue
+        found[i], bounds[i] = identity, shape[0]
+        raw[i] = p.bucket_counts
+        count[i], start[i], end[i] = p.count, p.start_time_unix_nano, p.time_unix_nano
+        total[i], low[i], high[i] = v = p.sum, p.min, p.max
+        if v[0] != v[0] or v[1] != v[1] or v[2] != v[2]:  # not sent, or a sent NaN
+            doubt[i] = any(p.HasField(f) for f, x in zip(_VALUES, v, strict=True) if x != x)
+    buckets = _bucket_rows(raw, bounds, count, doubt | skip)
+    doubt |= _doubtful(query, delta, factor, count, start, end, total, low, high, now_ns)
+    result: list[Point | Literal[False] | None] = []
+    for i in range(size):
+        identity, row, edges = found[i], buckets[i], bounds[i]
+        if skip[i]:
+            result.append(None)
+        elif doubt[i] or identity is None or row is None or edges is None:
+            result.append(False)
+        else:
+            result.append(Point(
+                identity.stream, query, identity.names, identity.success, delta, start[i],
+                end[i], count[i], total[i], low[i], high[i], row, edges, factor,
+            ))  # fmt: skip
+    return result
 
 
 def _point(
@@ -285,47 +366,16 @@ def _point(
     limits: OtlpLimits,
     now_ns: int,
 ) -> Point | tuple[str, str]:
-    # one pass over the attributes: ours must be strings, the rest only identify the stream
-    ours: dict[str, str | None] = {}
-    others: list[tuple[str, bytes]] = []
-    for kv in point.attributes:
-        key, value = kv.key, kv.value
-        if key in _CONVENTION_KEYS:
-            is_text = value.WhichOneof("value") == "string_value"
-            ours[key] = value.string_value if is_text else None
-        else:
-            others.append((key, value.SerializeToString(deterministic=True)))
+    """One point checked on its own: the reference the columnar path answers to, and
+    the path that names what is wrong with a point the columnar checks doubt."""
+    identity = _identity(prefix, name, point.attributes, limits)
+    if not isinstance(identity, _Identity):
+        return identity
     query = name == QUERY_METRIC
-    wanted = _QUERY_KEYS if query else _EVENT_KEYS
-    names = tuple(ours.get(key) for key in wanted)
-    for key, text in zip(wanted, names, strict=True):
-        if text is None:
-            return "missing_attribute", f"{name}: attribute {key} (a string) is required"
-        problem = name_problem(text, limits.max_name_length)
-        if problem:
-            return "invalid_name", f"{name}: attribute {key} {problem}"
-    success = True
-    if query:
-        outcome = ours.get(OUTCOME)
-        if outcome not in ("success", "failure"):
-            return "missing_attribute", f"{name}: attribute {OUTCOME} must be success or failure"
-        success = outcome == "success"
     bounds = tuple(point.explicit_bounds)
-    if len(bounds) > limits.max_bounds:
-        return (
-            "limit_otlp_bounds",
-            f"{name}: at most {limits.max_bounds} explicit_bounds per point (got {len(bounds)})",
-        )
-    if any(a >= b for a, b in pairwise(bounds)) or not all(
-        abs(b) <= _MAX_ABS_BOUND
-        for b in bounds  # False for NaN too
-    ):
-        return (
-            "invalid_point",
-            f"{name}: explicit_bounds must be increasing and within ±{_MAX_ABS_BOUND:g}",
-        )
-    if query and bounds and bounds[0] < 0:
-        return "invalid_point", f"{name}: durations have no negative bucket bounds"
+    problem = _bounds_problem(name, query, bounds, limits)
+    if problem:
+        return problem
     count = point.count
     if count > MAX_COUNT:
         return "invalid_value", f"{name}: count must be at most {MAX_COUNT}"
@@ -354,15 +404,189 @@ def _point(
     total = point.sum if point.HasField("sum") else nan
     low = point.min if point.HasField("min") else nan
     high = point.max if point.HasField("max") else nan
-    problem = _value_problem(query, factor, count, total, low, high)
-    if problem:
-        return "invalid_value", f"{name}: {problem}"
+    value_problem = _value_problem(query, factor, count, total, low, high)
+    if value_problem:
+        return "invalid_value", f"{name}: {value_problem}"
+    return Point(
+        identity.stream, query, identity.names, identity.success, delta, start, end, count,
+        total, low, high, buckets, bounds, factor,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """A point's stream and names, from its attributes (checked)."""
+
+    stream: StreamKey
+    names: tuple[str, ...]
+    success: bool
+
+
+def _identity(
+    prefix: tuple[Any, ...], name: str, attributes: Iterable[KeyValue], limits: OtlpLimits
+) -> _Identity | tuple[str, str]:
+    # one pass over the attributes: ours must be strings, the rest only identify the stream
+    ours: dict[str, str | None] = {}
+    others: list[tuple[str, bytes]] = []
+    for kv in attributes:
+        key, value = kv.key, kv.value
+        if key in _CONVENTION_KEYS:
+            is_text = value.WhichOneof("value") == "string_value"
+            ours[key] = value.string_value if is_text else None
+        else:
+            others.append((key, value.SerializeToString(deterministic=True)))
+    query = name == QUERY_METRIC
+    wanted = _QUERY_KEYS if query else _EVENT_KEYS
+    names = tuple(ours.get(key) for key in wanted)
+    for key, text in zip(wanted, names, strict=True):
+        if text is None:
+            return "missing_attribute", f"{name}: attribute {key} (a string) is required"
+        problem = name_problem(text, limits.max_name_length)
+        if problem:
+            return "invalid_name", f"{name}: attribute {key} {problem}"
+    success = True
+    if query:
+        outcome = ours.get(OUTCOME)
+        if outcome not in ("success", "failure"):
+            return "missing_attribute", f"{name}: attribute {OUTCOME} must be success or failure"
+        success = outcome == "success"
     stream = stream_key(repr((*prefix, *names, ours.get(OUTCOME), tuple(sorted(others)))))
     checked = tuple(n for n in names if n is not None)  # all present: checked above
-    return Point(
-        stream, query, checked, success, delta, start, end, count, total, low, high, buckets,
-        bounds, factor,
-    )  # fmt: skip
+    return _Identity(stream, checked, success)
+
+
+def _bounds_problem(
+    name: str, query: bool, bounds: tuple[float, ...], limits: OtlpLimits
+) -> tuple[str, str] | None:
+    if len(bounds) > limits.max_bounds:
+        return (
+            "limit_otlp_bounds",
+            f"{name}: at most {limits.max_bounds} explicit_bounds per point (got {len(bounds)})",
+        )
+    if any(a >= b for a, b in pairwise(bounds)) or not all(
+        abs(b) <= _MAX_ABS_BOUND
+        for b in bounds  # False for NaN too
+    ):
+        return (
+            "invalid_point",
+            f"{name}: explicit_bounds must be increasing and within ±{_MAX_ABS_BOUND:g}",
+        )
+    if query and bounds and bounds[0] < 0:
+        return "invalid_point", f"{name}: durations have no negative bucket bounds"
+    return None
+
+
+_VALUES: Final = ("sum", "min", "max")
+_MAX_WIDTH: Final = 2048  # buckets per point summed in uint64 (each <= MAX_COUNT < 2**53)
+
+
+def _bucket_rows(
+    raw: list[bytes],
+    bounds: list[tuple[float, ...] | None],
+    count: list[int],
+    doubt: npt.NDArray[np.bool_],
+) -> list[list[int] | None]:
+    """Each point's bucket counts (packed little-endian uint64), None where they do not
+    match its bounds or add up to its count; points of one width are read as one array."""
+    rows: list[list[int] | None] = [None] * len(raw)
+    widths: dict[int, list[int]] = {}
+    for i, (packed, edges) in enumerate(zip(raw, bounds, strict=True)):
+        if doubt[i] or edges is None:
+            continue
+        if not packed:
+            if not edges:
+                rows[i] = [count[i]]
+            continue
+        width = len(packed) // 8
+        if width * 8 == len(packed) and width == len(edges) + 1 and width < _MAX_WIDTH:
+            widths.setdefault(width, []).append(i)
+    for width, chosen in widths.items():
+        table = np.frombuffer(b"".join([raw[i] for i in chosen]), dtype="<u8")
+        table = table.reshape(len(chosen), width)
+        believable = np.asarray((table <= MAX_COUNT).all(axis=1))
+        sums = np.where(believable[:, None], table, 0).sum(axis=1, dtype=np.uint64)
+        ok = believable & (sums == np.array([count[i] for i in chosen], dtype=np.uint64))
+        for i, row, good in zip(chosen, table.tolist(), ok.tolist(), strict=True):
+            if good:
+                rows[i] = row
+    return rows
+
+
+def _doubtful(
+    query: bool,
+    delta: bool,
+    factor: float,
+    count: list[int],
+    start: list[int],
+    end: list[int],
+    total: list[float],
+    low: list[float],
+    high: list[float],
+    now_ns: int,
+) -> npt.NDArray[np.bool_]:
+    """`_point`'s checks of counts, times and values for all points at once (NaN: not
+    sent), in the same float arithmetic: True where a point may fail one of them."""
+    counts = np.array(count, dtype=np.uint64)
+    starts, ends = np.array(start, dtype=np.uint64), np.array(end, dtype=np.uint64)
+    t, lo, hi = np.array(total), np.array(low), np.array(high)
+    doubt = (counts > MAX_COUNT) | (ends < starts)
+    doubt |= ends > np.uint64(now_ns + _MAX_CLOCK_AHEAD_NS)
+    if delta:
+        doubt |= starts == 0
+    doubt |= np.isinf(t) | np.isinf(lo) | np.isinf(hi)
+    n = np.where(counts > MAX_COUNT, 0, counts).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if query:
+            limit = MAX_LATENCY_MS / factor
+            doubt |= (t < 0) | (lo < 0) | (hi < 0) | (t > n * limit) | (lo > limit) | (hi > limit)
+        else:
+            doubt |= np.abs(t) > n * MAX_ABS_EVENT_VALUE
+            doubt |= (np.abs(lo) > MAX_ABS_EVENT_VALUE) | (np.abs(hi) > MAX_ABS_EVENT_VALUE)
+        doubt |= lo > hi
+        mean = t / n
+        slack = 1e-9 * np.maximum(np.abs(mean), 1.0)
+        doubt |= (n > 0) & ((mean < lo - slack) | (mean > hi + slack))
+    return doubt
+
+
+class _Table(dict[Any, Any]):
+    """Answers that depend only on their key, at most `size` of them (cleared when full)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self) >= self.size:
+            self.clear()
+        self[key] = value
+        return value
+
+
+class _Memo:
+    """Per-point work that depends only on a point's attributes or bounds and on its
+    scope (resource, scope, metric, limits), remembered across requests: an app sends
+    the same streams and bounds at every export. Bounded: `answers` holds at most `size`
+    (about 600 bytes each for identities); a scope's number is never reused, so clearing
+    the scopes only leaves some answers unreachable until `answers` is cleared."""
+
+    def __init__(self, size: int, scopes: int = 4096) -> None:
+        self.answers = _Table(size)
+        self._scopes: dict[Any, int] = {}
+        self._max_scopes = scopes
+        self._numbers = itertools.count()
+
+    def scope(self, key: Any) -> int:
+        found = self._scopes.get(key)
+        if found is None:
+            if len(self._scopes) >= self._max_scopes:
+                self._scopes.clear()
+            found = self._scopes[key] = next(self._numbers)
+        return found
+
+
+_IDENTITIES: Final = _Memo(size=32_768)
+_SHAPES: Final = _Memo(size=256)
 
 
 def _value_problem(
@@ -689,8 +913,12 @@ class Receiver:
                 )
             bounds = self._bounds_pool[point.bounds] = point.bounds
         key = point.stream
-        state = out.updates.get(key) or self.streams.get(key)
-        if state is None and not self.streams.room(out.new_streams + 1):
+        state = out.updates.get(key)
+        fresh = False  # new to us: neither in this request nor held
+        if state is None:
+            state = self.streams.get(key)
+            fresh = state is None
+        if fresh and not self.streams.room(out.new_streams + 1):
             return (
                 "limit_otlp_streams",
                 f"the limit of {self.limits.max_streams} OTLP streams is reached; "
@@ -736,17 +964,17 @@ class Receiver:
                 start != state.start
                 or point.count < state.count
                 or point.bounds != state.bounds
-                or any(a < b for a, b in zip(point.buckets, state.buckets, strict=True))
+                or any(map(operator.lt, point.buckets, state.buckets))  # same lengths here
             )
             if not restarted:
                 count = point.count - state.count
                 total = total - state.total
-                increments = [a - b for a, b in zip(point.buckets, state.buckets, strict=True)]
+                increments = list(map(operator.sub, point.buckets, state.buckets))
         limit = count * MAX_LATENCY_MS / point.factor
         if point.query and count > 0 and not math.isnan(total) and not 0 <= total <= limit:
             return "invalid_value", "cumulative duration sum went down or grew too fast"
         latest = max(end, state.time) if state is not None else end
-        if key not in out.updates and self.streams.get(key) is None:
+        if fresh:
             out.new_streams += 1
             out.created.add(key)
         out.updates[key] = _Stream(
