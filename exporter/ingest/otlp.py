@@ -875,6 +875,7 @@ class Receiver:
         self._rebin: dict[tuple[tuple[float, ...], float], list[int]] = {}
         # distinct bounds in use, shared by every stream that sends them (bounded)
         self._bounds_pool: dict[tuple[float, ...], tuple[float, ...]] = {}
+        self._last_bounds: tuple[tuple[float, ...] | None, tuple[float, ...]] = (None, ())
         # an ingest replica sets this (unix ns of its start): a cumulative stream that
         # began before the replica and is new to it means streams are split across
         # replicas (README "Scaling out"), and its first point would count twice
@@ -883,7 +884,7 @@ class Receiver:
     def increments(self, parsed: Parsed) -> Received:
         """The parts the points add; no stream changes until `commit`."""
         out = Received(refused=parsed.refused)
-        pending: dict[tuple[str, tuple[float, ...], float], _Pending] = {}
+        pending: dict[tuple[str, int, float], _Pending] = {}
         self.streams.expire()
         for point in parsed.points:
             refusal = self._increment(out, pending, point)
@@ -901,17 +902,23 @@ class Receiver:
     def _increment(
         self,
         out: Received,
-        pending: dict[tuple[str, tuple[float, ...], float], _Pending],
+        pending: dict[tuple[str, int, float], _Pending],
         point: Point,
     ) -> tuple[str, str] | None:
-        bounds = self._bounds_pool.get(point.bounds)
-        if bounds is None:
-            if len(self._bounds_pool) >= self.limits.max_bounds_sets:
-                return (
-                    "limit_otlp_bounds",
-                    f"more than {self.limits.max_bounds_sets} distinct explicit_bounds in use",
-                )
-            bounds = self._bounds_pool[point.bounds] = point.bounds
+        # most points of a request share one bounds tuple (parse remembers them): a
+        # tuple's hash is not cached, so the last one found is tried by identity first
+        last_in, bounds = self._last_bounds
+        if point.bounds is not last_in:
+            pooled = self._bounds_pool.get(point.bounds)
+            if pooled is None:
+                if len(self._bounds_pool) >= self.limits.max_bounds_sets:
+                    return (
+                        "limit_otlp_bounds",
+                        f"more than {self.limits.max_bounds_sets} distinct explicit_bounds in use",
+                    )
+                pooled = self._bounds_pool[point.bounds] = point.bounds
+            bounds = pooled
+            self._last_bounds = (point.bounds, bounds)
         key = point.stream
         state = out.updates.get(key)
         fresh = False  # new to us: neither in this request nor held
@@ -983,17 +990,17 @@ class Receiver:
         if count <= 0:
             return None
         name = QUERY_METRIC if point.query else EVENT_METRIC
-        group = pending.get((name, bounds, point.factor))
+        shape = (name, id(bounds), point.factor)  # pooled bounds: one object each, kept
+        group = pending.get(shape)
         if group is None:
-            group = pending[name, bounds, point.factor] = _Pending(_shape(bounds))
+            group = pending[shape] = _Pending(bounds, point.factor)
         group.append(point, count, total, increments)
         return None
 
-    def _finish(
-        self, out: Received, pending: dict[tuple[str, tuple[float, ...], float], _Pending]
-    ) -> None:
+    def _finish(self, out: Received, pending: dict[tuple[str, int, float], _Pending]) -> None:
         """Spread, re-binning and parts for every pending point, vectorised per shape."""
-        for (name, bounds, factor), group in pending.items():
+        for (name, _, factor), group in pending.items():
+            bounds = group.bounds
             low, high, m2, total = group.spread()
             counts = group.count
             # an OTLP point carries no sum of squares: each part adds M2 + total²/n
@@ -1056,8 +1063,9 @@ class _Shape:
 class _Pending:
     """Points of one shape waiting for their arithmetic, as parallel lists."""
 
-    def __init__(self, shape: _Shape) -> None:
-        self.shape = shape
+    def __init__(self, bounds: tuple[float, ...], factor: float) -> None:
+        self.bounds, self.factor = bounds, factor
+        self.shape = _shape(bounds)
         self.streams: list[StreamKey] = []
         self.names: list[tuple[str, ...]] = []
         self.success: list[bool] = []
@@ -1067,6 +1075,7 @@ class _Pending:
         self.high: list[float] = []
         self.buckets: list[list[int]] = []
         self.when: list[float] = []
+        self._increments: npt.NDArray[np.int64] | None = None
 
     def append(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
         self.streams.append(point.stream)
@@ -1080,7 +1089,10 @@ class _Pending:
         self.when.append(point.end / 1e9)
 
     def increments(self) -> npt.NDArray[np.int64]:
-        return np.array(self.buckets, dtype=np.int64)
+        """The bucket increments as one array (built once: spread and re-binning both use it)."""
+        if self._increments is None or len(self._increments) != len(self.buckets):
+            self._increments = np.array(self.buckets, dtype=np.int64)
+        return self._increments
 
     def spread(
         self,
