@@ -8,6 +8,7 @@ import math
 import struct
 from dataclasses import astuple
 from typing import Any
+from unittest.mock import patch
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -186,8 +187,9 @@ def refusals(refused: Refusals) -> tuple[int, dict[str, int], list[str]]:
 @given(requests())
 def test_columns_answer_as_the_point_by_point_checks(request: ExportMetricsServiceRequest) -> None:
     expected = reference(request)
-    for _ in range(2):  # the second time from the remembered identities and bounds
-        got = parse(request, LIMITS, now=NOW)
+    for chunk in (4096, 4096, 3):  # again from the remembered identities; in small chunks
+        with patch.object(otlp, "_CHUNK", chunk):
+            got = parse(request, LIMITS, now=NOW)
         assert [same(p) for p in got.points] == [same(p) for p in expected.points]
         assert refusals(got.refused) == refusals(expected.refused)
 

@@ -271,16 +271,29 @@ def _metric(
             return
         factor = _UNIT_TO_MS[metric.unit]
     delta = temporality == _DELTA
-    checked = _columns(prefix, metric.name, delta, factor, metric.histogram, limits, now_ns)
-    for point, answer in zip(metric.histogram.data_points, checked, strict=True):
-        if answer is None:  # no recorded value
-            continue
-        # doubted by the columnar checks: the point on its own decides, and says why
-        good = answer or _point(prefix, metric.name, delta, factor, point, limits, now_ns)
-        if isinstance(good, Point):
-            out.points.append(good)
-        else:
-            refused.refuse(*good, records=_records(point))
+    for chunk in _chunks(metric.histogram):
+        checked = _columns(prefix, metric.name, delta, factor, chunk, limits, now_ns)
+        for point, answer in zip(chunk.data_points, checked, strict=True):
+            if answer is None:  # no recorded value
+                continue
+            # doubted by the columnar checks: the point on its own decides, and says why
+            good = answer or _point(prefix, metric.name, delta, factor, point, limits, now_ns)
+            if isinstance(good, Point):
+                out.points.append(good)
+            else:
+                refused.refuse(*good, records=_records(point))
+
+
+_CHUNK: Final = 4096  # points viewed at once: a body of millions of tiny points stays small
+
+
+def _chunks(histogram: Histogram) -> Iterable[Histogram]:
+    points = histogram.data_points
+    if len(points) <= _CHUNK:
+        yield histogram
+        return
+    for low in range(0, len(points), _CHUNK):
+        yield Histogram(data_points=points[low : low + _CHUNK])
 
 
 def _columns(
