@@ -273,11 +273,15 @@ def _metric(
     delta = temporality == _DELTA
     for chunk in _chunks(metric.histogram):
         checked = _columns(prefix, metric.name, delta, factor, chunk, limits, now_ns)
-        for point, answer in zip(chunk.data_points, checked, strict=True):
+        for index, answer in enumerate(checked):
+            if answer:
+                out.points.append(answer)
+                continue
             if answer is None:  # no recorded value
                 continue
             # doubted by the columnar checks: the point on its own decides, and says why
-            good = answer or _point(prefix, metric.name, delta, factor, point, limits, now_ns)
+            point = chunk.data_points[index]
+            good = _point(prefix, metric.name, delta, factor, point, limits, now_ns)
             if isinstance(good, Point):
                 out.points.append(good)
             else:
