@@ -362,12 +362,13 @@ def _columns(
     doubt |= doubtful(
         query, delta, factor, count, start, end, total, low, high, now_ns, _MAX_CLOCK_AHEAD_NS
     )
+    skipped, doubted = skip.tolist(), doubt.tolist()  # numpy's items are slow one by one
     result: list[Point | Literal[False] | None] = []
     for i in range(size):
         identity, row, edges = found[i], buckets[i], bounds[i]
-        if skip[i]:
+        if skipped[i]:
             result.append(None)
-        elif doubt[i] or identity is None or row is None or edges is None:
+        elif doubted[i] or identity is None or row is None or edges is None:
             result.append(False)
         else:
             result.append(Point(

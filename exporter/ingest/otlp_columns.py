@@ -29,8 +29,8 @@ def bucket_rows(
     match its bounds or add up to its count; points of one width are read as one array."""
     rows: list[list[int] | None] = [None] * len(raw)
     widths: dict[int, list[int]] = {}
-    for i, (packed, edges) in enumerate(zip(raw, bounds, strict=True)):
-        if doubt[i] or edges is None:
+    for i, (packed, edges, doubted) in enumerate(zip(raw, bounds, doubt.tolist(), strict=True)):
+        if doubted or edges is None:
             continue
         if not packed:
             if not edges:
