@@ -258,3 +258,22 @@ def test_the_sum_of_squares_is_a_running_column_that_adds_up() -> None:
                   [0] * (len(halves.bounds) + 1), sum(x * x for x in chunk))  # fmt: skip
     halves.add_parts(parts, EventParts(), None)
     assert halves.branches.columns["sq"][0] == sum(x * x for x in latencies)
+
+
+def test_selecting_parts_keeps_the_chosen_entries_in_order_and_copies_all() -> None:
+    from exporter.core.aggregate import EventParts
+
+    parts = EventParts(
+        keys=[("e", "a", "x"), ("e", "b", "x"), ("e", "c", "x")],
+        count=[1, 2, 3], total=[1.0, 2.0, 3.0], m2=[0.0, 0.5, 1.0], sq=[1.0, 4.0, 9.0],
+    )  # fmt: skip
+    some = parts.select([0, 2])
+    assert (some.keys, some.count, some.total) == (
+        [("e", "a", "x"), ("e", "c", "x")],
+        [1, 3],
+        [1.0, 3.0],
+    )
+    every = parts.select([0, 1, 2])
+    assert every == parts and every.count is not parts.count  # a copy, not the same lists
+    assert parts.select([2, 1, 0]).count == [3, 2, 1]  # same length, other order
+    assert parts.select([]).count == []

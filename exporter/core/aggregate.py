@@ -124,8 +124,12 @@ class _Selectable:
     """Parallel-list dataclasses: keep only some entries, in order."""
 
     def select(self, indices: Sequence[int]) -> Self:
+        columns = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        size = len(next(iter(columns.values()), ()))
+        if len(indices) == size and list(indices) == list(range(size)):  # all: the usual case
+            return type(self)(**{name: list(column) for name, column in columns.items()})
         return type(self)(
-            **{f.name: [getattr(self, f.name)[i] for i in indices] for f in fields(self)}  # type: ignore[arg-type]
+            **{name: [column[i] for i in indices] for name, column in columns.items()}
         )
 
 

@@ -43,13 +43,14 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import time
 from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +64,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     DataPointFlags,
+    Histogram,
     HistogramDataPoint,
     Metric,
 )
@@ -75,6 +77,8 @@ from ..core.validation import (
     MAX_NAME_LENGTH,
     name_problem,
 )
+from .otlp_columns import Memo, bucket_rows, doubtful
+from .otlp_view import view
 
 QUERY_METRIC: Final = "abtest.query.duration"
 EVENT_METRIC: Final = "abtest.event.value"
@@ -266,14 +270,112 @@ def _metric(
             )
             return
         factor = _UNIT_TO_MS[metric.unit]
-    for point in metric.histogram.data_points:
-        if point.flags & _NO_RECORDED_VALUE:
+    delta = temporality == _DELTA
+    for chunk in _chunks(metric.histogram):
+        checked = _columns(prefix, metric.name, delta, factor, chunk, limits, now_ns)
+        for index, answer in enumerate(checked):
+            if answer:
+                out.points.append(answer)
+                continue
+            if answer is None:  # no recorded value
+                continue
+            # doubted by the columnar checks: the point on its own decides, and says why
+            point = chunk.data_points[index]
+            good = _point(prefix, metric.name, delta, factor, point, limits, now_ns)
+            if isinstance(good, Point):
+                out.points.append(good)
+            else:
+                refused.refuse(*good, records=_records(point))
+
+
+_VALUES: Final = ("sum", "min", "max")
+_CHUNK: Final = 4096  # points viewed at once: a body of millions of tiny points stays small
+
+
+def _chunks(histogram: Histogram) -> Iterable[Histogram]:
+    points = histogram.data_points
+    if len(points) <= _CHUNK:
+        yield histogram
+        return
+    for low in range(0, len(points), _CHUNK):
+        yield Histogram(data_points=points[low : low + _CHUNK])
+
+
+def _columns(
+    prefix: tuple[Any, ...],
+    name: str,
+    delta: bool,
+    factor: float,
+    histogram: Histogram,
+    limits: OtlpLimits,
+    now_ns: int,
+) -> list[Point | Literal[False] | None]:
+    """Every point of a histogram checked column by column: a Point when it passes, False
+    when it may not (`_point` decides and says why), None when it has no recorded value.
+    Each check here is `_point`'s, or stricter; nothing passes that `_point` refuses."""
+    points = view(histogram)
+    size = len(points)
+    query = name == QUERY_METRIC
+    identities, shapes = _IDENTITIES.answers, _SHAPES.answers
+    identity_scope = _IDENTITIES.scope((prefix, name, limits.max_name_length))
+    shape_scope = _SHAPES.scope((name, limits.max_bounds))
+    found: list[_Identity | None] = [None] * size
+    bounds: list[tuple[float, ...] | None] = [None] * size
+    raw: list[bytes] = [b""] * size
+    count = [0] * size
+    start = [0] * size
+    end = [0] * size
+    total = [0.0] * size
+    low = [0.0] * size
+    high = [0.0] * size
+    doubt: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
+    skip: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
+    for i, p in enumerate(points):
+        if p.flags & _NO_RECORDED_VALUE:
+            skip[i] = True
             continue
-        checked = _point(prefix, metric.name, temporality == _DELTA, factor, point, limits, now_ns)
-        if isinstance(checked, Point):
-            out.points.append(checked)
+        attributes = (identity_scope, *p.attributes)
+        identity = identities.get(attributes)
+        if identity is None:
+            parsed = _identity(prefix, name, map(KeyValue.FromString, attributes[1:]), limits)
+            identity = identities.put(attributes, parsed)
+        packed_bounds = (shape_scope, p.explicit_bounds)
+        shape = shapes.get(packed_bounds)
+        if shape is None:
+            packed = p.explicit_bounds
+            whole = len(packed) - len(packed) % 8  # always whole once re-serialized
+            values = tuple(np.frombuffer(packed[:whole], dtype="<f8").tolist())
+            problem = _bounds_problem(name, query, values, limits)
+            if whole != len(packed):
+                problem = ("invalid_point", "")  # not expected: let `_point` decide
+            shape = shapes.put(packed_bounds, (values, problem))
+        if not isinstance(identity, _Identity) or shape[1] is not None:
+            doubt[i] = True
+            continue
+        found[i], bounds[i] = identity, shape[0]
+        raw[i] = p.bucket_counts
+        count[i], start[i], end[i] = p.count, p.start_time_unix_nano, p.time_unix_nano
+        total[i], low[i], high[i] = v = p.sum, p.min, p.max
+        if v[0] != v[0] or v[1] != v[1] or v[2] != v[2]:  # not sent, or a sent NaN
+            doubt[i] = any(p.HasField(f) for f, x in zip(_VALUES, v, strict=True) if x != x)
+    buckets = bucket_rows(raw, bounds, count, doubt | skip)
+    doubt |= doubtful(
+        query, delta, factor, count, start, end, total, low, high, now_ns, _MAX_CLOCK_AHEAD_NS
+    )
+    skipped, doubted = skip.tolist(), doubt.tolist()  # numpy's items are slow one by one
+    result: list[Point | Literal[False] | None] = []
+    for i in range(size):
+        identity, row, edges = found[i], buckets[i], bounds[i]
+        if skipped[i]:
+            result.append(None)
+        elif doubted[i] or identity is None or row is None or edges is None:
+            result.append(False)
         else:
-            refused.refuse(*checked, records=_records(point))
+            result.append(Point(
+                identity.stream, query, identity.names, identity.success, delta, start[i],
+                end[i], count[i], total[i], low[i], high[i], row, edges, factor,
+            ))  # fmt: skip
+    return result
 
 
 def _point(
@@ -285,47 +387,16 @@ def _point(
     limits: OtlpLimits,
     now_ns: int,
 ) -> Point | tuple[str, str]:
-    # one pass over the attributes: ours must be strings, the rest only identify the stream
-    ours: dict[str, str | None] = {}
-    others: list[tuple[str, bytes]] = []
-    for kv in point.attributes:
-        key, value = kv.key, kv.value
-        if key in _CONVENTION_KEYS:
-            is_text = value.WhichOneof("value") == "string_value"
-            ours[key] = value.string_value if is_text else None
-        else:
-            others.append((key, value.SerializeToString(deterministic=True)))
+    """One point checked on its own: the reference the columnar path answers to, and
+    the path that names what is wrong with a point the columnar checks doubt."""
+    identity = _identity(prefix, name, point.attributes, limits)
+    if not isinstance(identity, _Identity):
+        return identity
     query = name == QUERY_METRIC
-    wanted = _QUERY_KEYS if query else _EVENT_KEYS
-    names = tuple(ours.get(key) for key in wanted)
-    for key, text in zip(wanted, names, strict=True):
-        if text is None:
-            return "missing_attribute", f"{name}: attribute {key} (a string) is required"
-        problem = name_problem(text, limits.max_name_length)
-        if problem:
-            return "invalid_name", f"{name}: attribute {key} {problem}"
-    success = True
-    if query:
-        outcome = ours.get(OUTCOME)
-        if outcome not in ("success", "failure"):
-            return "missing_attribute", f"{name}: attribute {OUTCOME} must be success or failure"
-        success = outcome == "success"
     bounds = tuple(point.explicit_bounds)
-    if len(bounds) > limits.max_bounds:
-        return (
-            "limit_otlp_bounds",
-            f"{name}: at most {limits.max_bounds} explicit_bounds per point (got {len(bounds)})",
-        )
-    if any(a >= b for a, b in pairwise(bounds)) or not all(
-        abs(b) <= _MAX_ABS_BOUND
-        for b in bounds  # False for NaN too
-    ):
-        return (
-            "invalid_point",
-            f"{name}: explicit_bounds must be increasing and within ±{_MAX_ABS_BOUND:g}",
-        )
-    if query and bounds and bounds[0] < 0:
-        return "invalid_point", f"{name}: durations have no negative bucket bounds"
+    problem = _bounds_problem(name, query, bounds, limits)
+    if problem:
+        return problem
     count = point.count
     if count > MAX_COUNT:
         return "invalid_value", f"{name}: count must be at most {MAX_COUNT}"
@@ -354,15 +425,80 @@ def _point(
     total = point.sum if point.HasField("sum") else nan
     low = point.min if point.HasField("min") else nan
     high = point.max if point.HasField("max") else nan
-    problem = _value_problem(query, factor, count, total, low, high)
-    if problem:
-        return "invalid_value", f"{name}: {problem}"
+    value_problem = _value_problem(query, factor, count, total, low, high)
+    if value_problem:
+        return "invalid_value", f"{name}: {value_problem}"
+    return Point(
+        identity.stream, query, identity.names, identity.success, delta, start, end, count,
+        total, low, high, buckets, bounds, factor,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """A point's stream and names, from its attributes (checked)."""
+
+    stream: StreamKey
+    names: tuple[str, ...]
+    success: bool
+
+
+def _identity(
+    prefix: tuple[Any, ...], name: str, attributes: Iterable[KeyValue], limits: OtlpLimits
+) -> _Identity | tuple[str, str]:
+    # one pass over the attributes: ours must be strings, the rest only identify the stream
+    ours: dict[str, str | None] = {}
+    others: list[tuple[str, bytes]] = []
+    for kv in attributes:
+        key, value = kv.key, kv.value
+        if key in _CONVENTION_KEYS:
+            is_text = value.WhichOneof("value") == "string_value"
+            ours[key] = value.string_value if is_text else None
+        else:
+            others.append((key, value.SerializeToString(deterministic=True)))
+    query = name == QUERY_METRIC
+    wanted = _QUERY_KEYS if query else _EVENT_KEYS
+    names = tuple(ours.get(key) for key in wanted)
+    for key, text in zip(wanted, names, strict=True):
+        if text is None:
+            return "missing_attribute", f"{name}: attribute {key} (a string) is required"
+        problem = name_problem(text, limits.max_name_length)
+        if problem:
+            return "invalid_name", f"{name}: attribute {key} {problem}"
+    success = True
+    if query:
+        outcome = ours.get(OUTCOME)
+        if outcome not in ("success", "failure"):
+            return "missing_attribute", f"{name}: attribute {OUTCOME} must be success or failure"
+        success = outcome == "success"
     stream = stream_key(repr((*prefix, *names, ours.get(OUTCOME), tuple(sorted(others)))))
     checked = tuple(n for n in names if n is not None)  # all present: checked above
-    return Point(
-        stream, query, checked, success, delta, start, end, count, total, low, high, buckets,
-        bounds, factor,
-    )  # fmt: skip
+    return _Identity(stream, checked, success)
+
+
+def _bounds_problem(
+    name: str, query: bool, bounds: tuple[float, ...], limits: OtlpLimits
+) -> tuple[str, str] | None:
+    if len(bounds) > limits.max_bounds:
+        return (
+            "limit_otlp_bounds",
+            f"{name}: at most {limits.max_bounds} explicit_bounds per point (got {len(bounds)})",
+        )
+    if any(a >= b for a, b in pairwise(bounds)) or not all(
+        abs(b) <= _MAX_ABS_BOUND
+        for b in bounds  # False for NaN too
+    ):
+        return (
+            "invalid_point",
+            f"{name}: explicit_bounds must be increasing and within ±{_MAX_ABS_BOUND:g}",
+        )
+    if query and bounds and bounds[0] < 0:
+        return "invalid_point", f"{name}: durations have no negative bucket bounds"
+    return None
+
+
+_IDENTITIES: Final = Memo(size=32_768)
+_SHAPES: Final = Memo(size=256)
 
 
 def _value_problem(
@@ -651,6 +787,7 @@ class Receiver:
         self._rebin: dict[tuple[tuple[float, ...], float], list[int]] = {}
         # distinct bounds in use, shared by every stream that sends them (bounded)
         self._bounds_pool: dict[tuple[float, ...], tuple[float, ...]] = {}
+        self._last_bounds: tuple[tuple[float, ...] | None, tuple[float, ...]] = (None, ())
         # an ingest replica sets this (unix ns of its start): a cumulative stream that
         # began before the replica and is new to it means streams are split across
         # replicas (README "Scaling out"), and its first point would count twice
@@ -659,7 +796,7 @@ class Receiver:
     def increments(self, parsed: Parsed) -> Received:
         """The parts the points add; no stream changes until `commit`."""
         out = Received(refused=parsed.refused)
-        pending: dict[tuple[str, tuple[float, ...], float], _Pending] = {}
+        pending: dict[tuple[str, int, float], _Pending] = {}
         self.streams.expire()
         for point in parsed.points:
             refusal = self._increment(out, pending, point)
@@ -677,20 +814,30 @@ class Receiver:
     def _increment(
         self,
         out: Received,
-        pending: dict[tuple[str, tuple[float, ...], float], _Pending],
+        pending: dict[tuple[str, int, float], _Pending],
         point: Point,
     ) -> tuple[str, str] | None:
-        bounds = self._bounds_pool.get(point.bounds)
-        if bounds is None:
-            if len(self._bounds_pool) >= self.limits.max_bounds_sets:
-                return (
-                    "limit_otlp_bounds",
-                    f"more than {self.limits.max_bounds_sets} distinct explicit_bounds in use",
-                )
-            bounds = self._bounds_pool[point.bounds] = point.bounds
+        # most points of a request share one bounds tuple (parse remembers them): a
+        # tuple's hash is not cached, so the last one found is tried by identity first
+        last_in, bounds = self._last_bounds
+        if point.bounds is not last_in:
+            pooled = self._bounds_pool.get(point.bounds)
+            if pooled is None:
+                if len(self._bounds_pool) >= self.limits.max_bounds_sets:
+                    return (
+                        "limit_otlp_bounds",
+                        f"more than {self.limits.max_bounds_sets} distinct explicit_bounds in use",
+                    )
+                pooled = self._bounds_pool[point.bounds] = point.bounds
+            bounds = pooled
+            self._last_bounds = (point.bounds, bounds)
         key = point.stream
-        state = out.updates.get(key) or self.streams.get(key)
-        if state is None and not self.streams.room(out.new_streams + 1):
+        state = out.updates.get(key)
+        fresh = False  # new to us: neither in this request nor held
+        if state is None:
+            state = self.streams.get(key)
+            fresh = state is None
+        if fresh and not self.streams.room(out.new_streams + 1):
             return (
                 "limit_otlp_streams",
                 f"the limit of {self.limits.max_streams} OTLP streams is reached; "
@@ -736,17 +883,17 @@ class Receiver:
                 start != state.start
                 or point.count < state.count
                 or point.bounds != state.bounds
-                or any(a < b for a, b in zip(point.buckets, state.buckets, strict=True))
+                or any(map(operator.lt, point.buckets, state.buckets))  # same lengths here
             )
             if not restarted:
                 count = point.count - state.count
                 total = total - state.total
-                increments = [a - b for a, b in zip(point.buckets, state.buckets, strict=True)]
+                increments = list(map(operator.sub, point.buckets, state.buckets))
         limit = count * MAX_LATENCY_MS / point.factor
         if point.query and count > 0 and not math.isnan(total) and not 0 <= total <= limit:
             return "invalid_value", "cumulative duration sum went down or grew too fast"
         latest = max(end, state.time) if state is not None else end
-        if key not in out.updates and self.streams.get(key) is None:
+        if fresh:
             out.new_streams += 1
             out.created.add(key)
         out.updates[key] = _Stream(
@@ -755,17 +902,17 @@ class Receiver:
         if count <= 0:
             return None
         name = QUERY_METRIC if point.query else EVENT_METRIC
-        group = pending.get((name, bounds, point.factor))
+        shape = (name, id(bounds), point.factor)  # pooled bounds: one object each, kept
+        group = pending.get(shape)
         if group is None:
-            group = pending[name, bounds, point.factor] = _Pending(_shape(bounds))
+            group = pending[shape] = _Pending(bounds, point.factor)
         group.append(point, count, total, increments)
         return None
 
-    def _finish(
-        self, out: Received, pending: dict[tuple[str, tuple[float, ...], float], _Pending]
-    ) -> None:
+    def _finish(self, out: Received, pending: dict[tuple[str, int, float], _Pending]) -> None:
         """Spread, re-binning and parts for every pending point, vectorised per shape."""
-        for (name, bounds, factor), group in pending.items():
+        for (name, _, factor), group in pending.items():
+            bounds = group.bounds
             low, high, m2, total = group.spread()
             counts = group.count
             # an OTLP point carries no sum of squares: each part adds M2 + total²/n
@@ -828,8 +975,9 @@ class _Shape:
 class _Pending:
     """Points of one shape waiting for their arithmetic, as parallel lists."""
 
-    def __init__(self, shape: _Shape) -> None:
-        self.shape = shape
+    def __init__(self, bounds: tuple[float, ...], factor: float) -> None:
+        self.bounds, self.factor = bounds, factor
+        self.shape = _shape(bounds)
         self.streams: list[StreamKey] = []
         self.names: list[tuple[str, ...]] = []
         self.success: list[bool] = []
@@ -839,6 +987,7 @@ class _Pending:
         self.high: list[float] = []
         self.buckets: list[list[int]] = []
         self.when: list[float] = []
+        self._increments: npt.NDArray[np.int64] | None = None
 
     def append(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
         self.streams.append(point.stream)
@@ -852,7 +1001,10 @@ class _Pending:
         self.when.append(point.end / 1e9)
 
     def increments(self) -> npt.NDArray[np.int64]:
-        return np.array(self.buckets, dtype=np.int64)
+        """The bucket increments as one array (built once: spread and re-binning both use it)."""
+        if self._increments is None or len(self._increments) != len(self.buckets):
+            self._increments = np.array(self.buckets, dtype=np.int64)
+        return self._increments
 
     def spread(
         self,
