@@ -30,6 +30,7 @@ from ..core.families import Family
 from ..core.results import best_branch, control_of
 from ..state.abmetrics import Snapshot
 from . import catalog as cat
+from .gzipped import GzipCache
 from .text import Writer, escape, format_value
 
 K = TypeVar("K", bound=Hashable)
@@ -196,6 +197,7 @@ class SeriesRenderer:
         # what it derives (its raw sums would be counted twice by Prometheus)
         self.raw, self.derived = role != "analyzer", role != "ingest"
         self._lock = threading.Lock()
+        self.gzip = GzipCache()  # the deflated runs of the previous answer
         self._reset(())
 
     def _reset(self, bounds: tuple[float, ...]) -> None:
@@ -224,6 +226,27 @@ class SeriesRenderer:
         """Every family of the design, from one consistent snapshot; `analysis` is the
         pre-rendered comparison block (one string or its pieces), `tail` families already
         rendered in this format (the process metrics)."""
+        return "".join(self.render_pieces(snapshot, extra, analysis, tail))
+
+    def render_gzip(
+        self,
+        snapshot: Snapshot,
+        extra: Sequence[Family] = (),
+        analysis: str | Sequence[str] = "",
+        tail: str = "",
+    ) -> bytes:
+        """The same, gzipped: only the runs of pieces that changed are deflated again."""
+        return self.gzip.compress(self.render_pieces(snapshot, extra, analysis, tail))
+
+    def render_pieces(
+        self,
+        snapshot: Snapshot,
+        extra: Sequence[Family] = (),
+        analysis: str | Sequence[str] = "",
+        tail: str = "",
+    ) -> list[str]:
+        """The response as the pieces it is made of (unchanged ones the same objects as
+        in the previous render)."""
         out = Writer(self.openmetrics)
         with self._lock:
             view = snapshot.view
@@ -237,7 +260,7 @@ class SeriesRenderer:
         for family in extra:
             out.family(family)
         out.parts.append(tail)
-        return out.finish()
+        return out.pieces()
 
     # -- branches ----------------------------------------------------------------
 

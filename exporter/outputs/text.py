@@ -3,6 +3,7 @@ joins families (Prometheus text 0.0.4 and OpenMetrics 1.0 differ only in details
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -47,9 +48,7 @@ class Writer:
         self.header(family.name, family.kind, family.help)
 
     def header(self, name: str, kind: str, help_text: str) -> None:
-        if self.openmetrics and kind == "counter":
-            name = name.removesuffix("_total")
-        self.parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        self.parts.append(_header(name, kind, help_text, self.openmetrics))
 
     def lines(self, name: str, labels: Iterable[str], values: Iterable[str]) -> None:
         """`labels` are pre-rendered `k="v",...` strings (may be empty)."""
@@ -70,7 +69,19 @@ class Writer:
             (format_value(s.value) for s in family.samples),
         )
 
-    def finish(self) -> str:
+    def pieces(self) -> list[str]:
+        """The response in pieces, as made: a gzip cache reuses the unchanged ones."""
         if self.openmetrics:
             self.parts.append("# EOF\n")
-        return "".join(self.parts)
+        return self.parts
+
+    def finish(self) -> str:
+        return "".join(self.pieces())
+
+
+@functools.lru_cache(maxsize=1024)
+def _header(name: str, kind: str, help_text: str, openmetrics: bool) -> str:
+    """The same string object every scrape, so a gzip cache sees the family unchanged."""
+    if openmetrics and kind == "counter":
+        name = name.removesuffix("_total")
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"

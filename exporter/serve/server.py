@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import logging
 import time
@@ -456,9 +455,11 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> b
     process = self_metrics.process.render(openmetrics)
     role = app[SETTINGS].role
     renderer = app[RENDERERS].get(openmetrics, role)  # re-renders only what changed
-    payload = renderer.render(snapshot, families, latest.parts, process).encode()
-    if compress:
-        payload = gzip.compress(payload, compresslevel=1)
+    payload = (
+        renderer.render_gzip(snapshot, families, latest.parts, process)
+        if compress
+        else renderer.render(snapshot, families, latest.parts, process).encode()
+    )
     self_metrics.scraped(time.perf_counter() - started)
     return payload
 

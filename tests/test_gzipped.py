@@ -1,0 +1,102 @@
+"""The gzip cache: every answer one valid gzip member equal to the joined pieces, however
+the pieces change between answers; unchanged runs are not deflated again."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import pytest
+
+from exporter.outputs import gzipped
+from exporter.outputs.gzipped import GzipCache, crc32_combine
+
+
+def _one_member(payload: bytes) -> bytes:
+    """Inflates `payload`, insisting it is exactly one complete gzip member."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    data = inflater.decompress(payload) + inflater.flush()
+    assert inflater.eof and inflater.unused_data == b""
+    return data
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crc32_combine_matches_zlib(seed: int) -> None:
+    rng = random.Random(seed)
+    a = rng.randbytes(rng.randrange(0, 5000))
+    b = rng.randbytes(rng.choice([0, 1, 7, 4096, rng.randrange(1, 200_000)]))
+    assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def _piece(rng: random.Random) -> str:
+    size = rng.choice([1, 10, 300, 5000, 40_000])
+    text = "".join(rng.choice('abc{}="\n é€0123456789') for _ in range(min(size, 50)))
+    return text * max(1, size // 50)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_answer_inflates_to_the_joined_pieces(seed: int) -> None:
+    rng = random.Random(seed)
+    cache = GzipCache(run_bytes=rng.choice([1, 1000, 64 * 1024]))
+    pieces = [_piece(rng) for _ in range(rng.randrange(1, 60))]
+    for _ in range(25):
+        payload = cache.compress(pieces)
+        assert _one_member(payload) == "".join(pieces).encode()
+        pieces = list(pieces)
+        for _ in range(rng.randrange(0, 4)):  # change, insert, drop, empty, repeat a piece
+            at = rng.randrange(len(pieces) + 1)
+            action = rng.randrange(5)
+            if action == 0 and at < len(pieces):
+                pieces[at] = _piece(rng)
+            elif action == 1:
+                pieces.insert(at, _piece(rng))
+            elif action == 2 and len(pieces) > 1 and at < len(pieces):
+                del pieces[at]
+            elif action == 3:
+                pieces.insert(at, "")
+            elif pieces:
+                pieces.insert(at, pieces[rng.randrange(len(pieces))])  # the same object twice
+    assert _one_member(cache.compress([])) == b""
+
+
+def test_unchanged_runs_are_not_deflated_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    pieces = [f"series_{i} {i}\n" * 500 for i in range(200)]  # ~3 MB in ~10 kB pieces
+    cache = GzipCache(run_bytes=64 * 1024)
+    deflated: list[int] = []
+    real = GzipCache._deflate
+
+    def counting(self: GzipCache, run: list[str]) -> gzipped._Run:
+        deflated.append(sum(map(len, run)))
+        return real(self, run)
+
+    monkeypatch.setattr(GzipCache, "_deflate", counting)
+    cache.compress(pieces)
+    total = sum(deflated)
+    assert total == sum(map(len, pieces))
+    deflated.clear()
+    changed = list(pieces)
+    changed[100] = "series_100 101\n" * 500
+    assert _one_member(cache.compress(changed)) == "".join(changed).encode()
+    # only the run holding the changed piece: at most ~64 kB plus one piece, not 3 MB
+    assert 0 < sum(deflated) <= 64 * 1024 + len(changed[100])
+    deflated.clear()
+    assert _one_member(cache.compress(changed)) == "".join(changed).encode()
+    assert deflated == []
+
+
+def test_a_renderers_gzip_answer_is_its_text_after_every_change() -> None:
+    from exporter import ABMetrics
+    from exporter.outputs.series import SeriesRenderer
+
+    metrics, renderer = ABMetrics(), SeriesRenderer(openmetrics=True)
+    rng = random.Random(3)
+    for step in range(30):
+        for _ in range(rng.randrange(1, 20)):
+            e, b = f"exp-{rng.randrange(12)}", rng.choice(["control", "treatment"])
+            metrics.record_query(e, b, rng.uniform(1, 900), rng.random() < 0.9)
+            metrics.record_event(e, b, rng.choice(["conversion", "revenue"]), rng.uniform(0, 50))
+        if step % 7 == 6:
+            metrics.clear_experiment(f"exp-{rng.randrange(12)}")
+        snapshot = metrics.snapshot()
+        payload = renderer.render_gzip(snapshot)
+        assert _one_member(payload) == SeriesRenderer(openmetrics=True).render(snapshot).encode()
