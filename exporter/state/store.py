@@ -370,7 +370,8 @@ class Store:
             self._waiters.append((version, loop, future))
         if self._durable >= version:  # a commit finished while we registered
             self._release()
-        self._wake.set()
+        if not self._wake.is_set():  # set already: the writer is on its way (no lock taken)
+            self._wake.set()
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -382,8 +383,12 @@ class Store:
         with self._waiters_lock:
             ready = [w for w in self._waiters if w[0] <= durable]
             self._waiters = [w for w in self._waiters if w[0] > durable]
+        # one wake-up of each loop for all its waiters, not one per request
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, loop, future in ready:
-            loop.call_soon_threadsafe(_resolve, future)
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():
+            loop.call_soon_threadsafe(_resolve, futures)
 
     def families(self) -> list[Family]:
         stats = self.stats
@@ -599,9 +604,10 @@ def _wal_checksum(data: bytes, order: str, s0: int, s1: int) -> tuple[int, int]:
     return s0, s1
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 class _transaction:
