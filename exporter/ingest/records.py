@@ -86,7 +86,6 @@ def parse_batch(
     """Validate a decoded `{"queries", "events", "parts", "event_parts"}` document (each
     list optional); a part counts as one entry towards `max_records`."""
     batch = Batch()
-    query_fields, event_fields = _fields(max_name_length)
     if not isinstance(body, Mapping):
         batch.fail("$", "the body must be a JSON object", "invalid_type")
         return batch
@@ -110,6 +109,8 @@ def parse_batch(
         queries = []  # checked and taken column by column
     if events and _all_good_events(batch.records, events, max_name_length):
         events = []
+    if queries or events:  # some record is wrong: field by field, to name every problem
+        query_fields, event_fields = _fields(max_name_length)
     for index, record in enumerate(queries):
         if _check_record(batch, f"queries[{index}]", record, query_fields):
             batch.records.add_query(
