@@ -252,10 +252,13 @@ class Store:
     def _run(self) -> None:
         while not self._stopping:
             if self.durability == "sync":
-                self._wake.wait()
-                # Group commit: give requests arriving right behind this one a moment to
-                # join, so one fsync serves several of them.
-                time.sleep(self.commit_delay)
+                if not self._wake.is_set():
+                    self._wake.wait()
+                    # Group commit: the writer was idle, so give requests arriving right
+                    # behind this one a moment to join, and one fsync serves several.
+                    time.sleep(self.commit_delay)
+                # else requests came while the last commit ran: they have gathered for as
+                # long as it took, and waiting more would only add to their latency
             else:
                 self._wake.wait(self._interval)
             self._wake.clear()
