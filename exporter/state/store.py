@@ -123,7 +123,7 @@ class Store:
         self._pruned_at = 0.0
         self._failure_logged = -30.0
         self._durable = -1
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
         self._waiters_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -368,18 +368,19 @@ class Store:
         if self._durable >= version:
             return True
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[bool] = loop.create_future()
         with self._waiters_lock:
             self._waiters.append((version, loop, future))
         if self._durable >= version:  # a commit finished while we registered
             self._release()
         if not self._wake.is_set():  # set already: the writer is on its way (no lock taken)
             self._wake.set()
+        # a timer, not wait_for: wait_for wraps the future in a task on every request
+        timer = loop.call_later(timeout, _settle, future, False)
         try:
-            await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            return False
-        return True
+            return await future
+        finally:
+            timer.cancel()
 
     def _release(self) -> None:
         durable = self._durable
@@ -387,7 +388,7 @@ class Store:
             ready = [w for w in self._waiters if w[0] <= durable]
             self._waiters = [w for w in self._waiters if w[0] > durable]
         # one wake-up of each loop for all its waiters, not one per request
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
         for _, loop, future in ready:
             by_loop.setdefault(loop, []).append(future)
         for loop, futures in by_loop.items():
@@ -607,10 +608,15 @@ def _wal_checksum(data: bytes, order: str, s0: int, s1: int) -> tuple[int, int]:
     return s0, s1
 
 
-def _resolve(futures: list[asyncio.Future[None]]) -> None:
+def _settle(future: asyncio.Future[bool], durable: bool) -> None:
+    """A waiter's answer: True once on disk, False when its timeout came first."""
+    if not future.done():
+        future.set_result(durable)
+
+
+def _resolve(futures: list[asyncio.Future[bool]]) -> None:
     for future in futures:
-        if not future.done():
-            future.set_result(None)
+        _settle(future, True)
 
 
 class _transaction:
