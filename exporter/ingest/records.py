@@ -158,30 +158,49 @@ def parse_batch(
 
 
 _NUMBER = (int, float)  # exact types: JSON gives no subclasses, and bool is left out
+_NUMBER_TYPES = frozenset(_NUMBER)
+_BOOL = frozenset({bool})
 
 
 def _good_names(names: set[Any], max_name_length: int) -> bool:
     return all(name_problem(name, max_name_length) is None for name in names)
 
 
+def _in_range(values: Sequence[Any], low: float, high: float) -> bool:
+    """Every value an int or a float (not a bool) within [low, high], in C-level passes
+    (min, max, sum) rather than a comparison per value in Python. min and max pass over a
+    NaN, so the sum checks for one; it cannot overflow once max is within range."""
+    return (
+        set(map(type, values)) <= _NUMBER_TYPES
+        and min(values) >= low
+        and max(values) <= high
+        and not math.isnan(sum(values))
+    )
+
+
+def _columns(items: list[Any], names: tuple[str, str, str, str]) -> list[list[Any]]:
+    """The four fields of each record as four columns; TypeError or KeyError when a record
+    is not an object of exactly those four keys."""
+    if set(map(len, items)) != {4}:
+        raise KeyError("not four fields")
+    return [[r[name] for r in items] for name in names]
+
+
 def _all_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:
     """The common case, column by column: every query is good, so take them all at once
-    (each distinct name is checked once). False, taking nothing, if any is not: the
-    record-by-record pass then names every problem."""
+    (each distinct name is checked once, the values in C-level passes). False, taking
+    nothing, if any is not: the record-by-record pass then names every problem."""
     try:
-        if any(len(r) != 4 for r in items):
-            return False
-        experiments = [r["experiment"] for r in items]
-        branches = [r["branch"] for r in items]
-        latencies = [r["latency_ms"] for r in items]
-        outcomes = [r["success"] for r in items]
+        experiments, branches, latencies, outcomes = _columns(
+            items, ("experiment", "branch", "latency_ms", "success")
+        )
         if not _good_names(set(experiments) | set(branches), max_length):
             return False
     except (TypeError, KeyError):  # not an object, a key missing, an unhashable name
         return False
-    if not all(type(v) in _NUMBER and 0 <= v <= MAX_LATENCY_MS for v in latencies):
+    if not _in_range(latencies, 0.0, MAX_LATENCY_MS):
         return False  # also a NaN, an infinity, a bool, an int beyond float range
-    if not all(type(v) is bool for v in outcomes):
+    if not set(map(type, outcomes)) <= _BOOL:
         return False
     records.query_keys.extend(zip(experiments, branches, strict=True))
     records.latency_ms.extend(map(float, latencies))
@@ -193,18 +212,14 @@ def _all_good_queries(records: Records, items: list[Any], now: float, max_length
 def _all_good_events(records: Records, items: list[Any], max_length: int) -> bool:
     """Like _all_good_queries, for events."""
     try:
-        if any(len(r) != 4 for r in items):
-            return False
-        experiments = [r["experiment"] for r in items]
-        branches = [r["branch"] for r in items]
-        names = [r["event"] for r in items]
-        values = [r["value"] for r in items]
+        experiments, branches, names, values = _columns(
+            items, ("experiment", "branch", "event", "value")
+        )
         if not _good_names(set(experiments) | set(branches) | set(names), max_length):
             return False
     except (TypeError, KeyError):
         return False
-    limit = MAX_ABS_EVENT_VALUE
-    if not all(type(v) in _NUMBER and -limit <= v <= limit for v in values):
+    if not _in_range(values, -MAX_ABS_EVENT_VALUE, MAX_ABS_EVENT_VALUE):
         return False
     records.event_keys.extend(zip(experiments, branches, names, strict=True))
     records.event_values.extend(map(float, values))
