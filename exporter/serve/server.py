@@ -570,9 +570,14 @@ def create_app(
 
 def _middlewares(settings: Settings) -> list[Middleware]:
     """Each middleware is a coroutine layer around every request: the OTLP port's
-    filter is left out when there is no OTLP port."""
-    chain: list[Middleware] = [guard.authenticate, refusals, guard.release_bodies]
-    return [guard.otlp_port_only, *chain] if settings.otlp_port else chain
+    filter is left out when there is no OTLP port, and the token check when no token is
+    set (the settings are frozen: neither can appear later)."""
+    chain: list[Middleware] = [refusals, guard.release_bodies]
+    if settings.token or settings.metrics_token:
+        chain.insert(0, guard.authenticate)
+    if settings.otlp_port:
+        chain.insert(0, guard.otlp_port_only)
+    return chain
 
 
 def _routes(app: web.Application) -> None:
