@@ -38,6 +38,8 @@ def _records(batch: tuple[list[tuple], list[tuple]]) -> Records:  # type: ignore
 
 
 def _bits(table: Table[Any]) -> dict[str, bytes]:
+    """Every column of the table, so a column added later that only the vectorised merge
+    fills shows up here."""
     return {name: column[: table.size].tobytes() for name, column in table.columns.items()}
 
 

@@ -450,7 +450,12 @@ class Aggregate:
         c["first"][rows] = np.minimum(c["first"][rows], first)
         c["last"][rows] = np.maximum(c["last"][rows], last)
         c["buckets"][rows] += buckets
-        self.changes.branches.update(rows.tolist())
+        self._branches_changed(rows.tolist())
+
+    def _branches_changed(self, rows: list[int]) -> None:
+        """What every fold into branch rows records after it (the vectorised merge and
+        the small-batch one both end here, so neither can miss a piece of it)."""
+        self.changes.branches.update(rows)
         self.version += 1
 
     def add_events(
@@ -517,8 +522,7 @@ class Aggregate:
                 d = float(latency_ms[i]) - mean
                 m2 += d * d
             self._merge_branch_row(row, n, ok, total, mean, m2, sq, lo, hi, first, last, slots)
-        self.changes.branches.update(groups)
-        self.version += 1
+        self._branches_changed(sorted(groups))
 
     def _merge_branch_row(
         self, row: int, n: int, ok: int, total: float, mean: float, m2: float, sq: float,
@@ -575,8 +579,7 @@ class Aggregate:
             c["m2"][row] = float(c["m2"][row]) + m2 + delta * delta * n_a * weight
             c["total"][row] = float(c["total"][row]) + total
             c["sq"][row] = float(c["sq"][row]) + sq
-        self.changes.events.update(groups)
-        self.version += 1
+        self._events_changed(sorted(groups))
 
     def held(self, key: BranchKey | EventKey) -> int:
         """How many queries (a branch key) or events (an event key) the series holds."""
@@ -609,7 +612,11 @@ class Aggregate:
         )
         c["total"][rows] += total
         c["sq"][rows] += sq
-        self.changes.events.update(rows.tolist())
+        self._events_changed(rows.tolist())
+
+    def _events_changed(self, rows: list[int]) -> None:
+        """Like _branches_changed, for event rows."""
+        self.changes.events.update(rows)
         self.version += 1
 
     def add(self, records: Records, now: float) -> None:
