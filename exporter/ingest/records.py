@@ -256,9 +256,15 @@ def _m2_problem(value: object) -> str | None:
     return problem
 
 
+_INT = frozenset({int})
+
+
 def _buckets_problem(value: object) -> str | None:
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT for v in value
+    # type, min and max over the list in C (a bool's type is not int): one part's 17
+    # counts were a generator of isinstance checks, per part of every pre-aggregated batch
+    if not isinstance(value, list) or not (
+        set(map(type, value)) <= _INT
+        and (not value or (min(value) >= 0 and max(value) <= MAX_COUNT))
     ):
         return "must be a list of integers >= 0"
     return None
