@@ -271,8 +271,15 @@ def _buckets_problem(value: object) -> str | None:
 
 
 def _part_fields(max_name_length: int) -> tuple[Fields, Fields]:
+    good: set[str] = set()  # names already checked in this batch: parts repeat them
+
     def name(value: object) -> str | None:
-        return name_problem(value, max_name_length)
+        if type(value) is str and value in good:
+            return None
+        problem = name_problem(value, max_name_length)
+        if problem is None:
+            good.add(value)  # type: ignore[arg-type]  # a str: name_problem checked it
+        return problem
 
     parts: Fields = {
         "experiment": (name, "invalid_name"),
@@ -354,6 +361,13 @@ def _check_record(
         batch.fail(path, "must be an object", "invalid_type")
         return False
     good = True
+    if record.keys() == fields.keys():  # the usual case, compared in C: each field, no other
+        for key, (check, reason) in fields.items():
+            problem = check(record[key])
+            if problem is not None:
+                batch.fail(f"{path}.{key}", problem, reason)
+                good = False
+        return good
     for key in record:
         if key not in fields:
             batch.fail(
