@@ -252,13 +252,15 @@ class Store:
     def _run(self) -> None:
         while not self._stopping:
             if self.durability == "sync":
-                if not self._wake.is_set():
-                    self._wake.wait()
-                    # Group commit: the writer was idle, so give requests arriving right
-                    # behind this one a moment to join, and one fsync serves several.
+                # Group commit: give requests arriving right behind this one a moment to
+                # join, so one commit serves several. Not when requests came while a
+                # quick commit (about an fsync) ran: they have gathered while it ran, and
+                # waiting more only adds to their latency. After a slow one (many rows
+                # changed) it pays to wait: the next requests' rows join one write.
+                hurry = self._wake.is_set() and self.stats.last_seconds < self.commit_delay
+                self._wake.wait()
+                if not hurry:
                     time.sleep(self.commit_delay)
-                # else requests came while the last commit ran: they have gathered for as
-                # long as it took, and waiting more would only add to their latency
             else:
                 self._wake.wait(self._interval)
             self._wake.clear()
