@@ -22,6 +22,7 @@ from aiohttp.web_log import AccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from .serve import eventloop
 from .serve.keys import READINESS, SELF
 from .serve.settings import (
     DEFAULT_PORT,
@@ -143,7 +144,7 @@ def serve(args: argparse.Namespace) -> int:
     if demo:
         app.cleanup_ctx.append(demo_context())
     try:
-        return asyncio.run(run(app, settings, ssl_context))
+        return eventloop.run(run(app, settings, ssl_context))
     except ListenError as exc:
         print(f"abtest-exporter: {exc}", file=sys.stderr)
         return 2

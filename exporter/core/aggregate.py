@@ -8,6 +8,7 @@ owns the lock.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import count as _count
@@ -47,6 +48,9 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 
 Columns = dict[str, npt.NDArray[Any]]
 Rows = Sequence[int] | npt.NDArray[np.intp]  # an array as it comes from a fold: no copy
+# Up to this many records a batch is folded in plain Python (see _add_few_queries).
+FEW = 16
+_INF = float("inf")
 K = TypeVar("K", bound=Hashable)
 
 # Change stamps: every write gives the rows it touches the next number, unique in the
@@ -259,6 +263,11 @@ def _group_max(
     return out
 
 
+def _plain_rows(rows: Rows) -> list[int]:
+    """Row numbers as Python ints (the small-batch folds index with them one by one)."""
+    return rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
+
+
 def _mark(changed: set[int], table: Table[Any], rows: npt.NDArray[np.intp]) -> None:
     """Add live rows to a change set, holding the row numbers the table's index holds
     (not a new int per row), added from a dict: a set grown by single adds takes four
@@ -417,6 +426,9 @@ class Aggregate:
         """Fold single queries (as parallel columns) into the branch rows they name."""
         if len(rows) == 0:
             return
+        if len(rows) <= FEW:
+            self._add_few_queries(_plain_rows(rows), latency_ms, success, when)
+            return
         unique, groups, count = self._group(rows)
         lat = np.array(latency_ms, dtype=np.float64)
         ts = np.array(when, dtype=np.float64)
@@ -491,7 +503,12 @@ class Aggregate:
         c["first"][rows] = np.minimum(c["first"][rows], first)
         c["last"][rows] = np.maximum(c["last"][rows], last)
         c["buckets"][rows] += buckets
-        c["stamp"][rows] = next_stamp()
+        self._branches_changed(rows)
+
+    def _branches_changed(self, rows: npt.NDArray[np.intp]) -> None:
+        """What every fold into branch rows records after it (the vectorised merge and
+        the small-batch one both end here, so neither can miss a piece of it)."""
+        self.branches.columns["stamp"][rows] = next_stamp()
         _mark(self.changes.branches, self.branches, rows)
         self.version += 1
 
@@ -502,13 +519,24 @@ class Aggregate:
         `when`, their experiments are marked written at those times."""
         if len(rows) == 0:
             return
+        if len(rows) <= FEW:
+            few = _plain_rows(rows)
+            self._add_few_events(few, values)
+            if when is not None:
+                names, latest = self.events.keys, dict[str, float]()
+                for row, at in zip(few, when, strict=True):
+                    if (key := names[row]) is not None and at > latest.get(key[0], -1.0):
+                        latest[key[0]] = at
+                self.touch_latest(latest)
+            return
         unique, groups, count = self._group(rows)
         v = np.array(values, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
         total = np.bincount(groups, v, count)
         mean = total / n
         m2 = np.bincount(groups, np.square(v - mean[groups]), count)
-        self._merge_events(unique, n, total, mean, m2, np.bincount(groups, np.square(v), count))
+        sq = np.bincount(groups, np.square(v), count)
+        self._merge_events(unique, n, total, mean, m2, sq)
         if when is not None:
             # the latest time per row, then per experiment: rows in time order, so that
             # building the dict keeps each experiment's latest (no Python step per row)
@@ -517,6 +545,104 @@ class Aggregate:
             keys = map(self.events.keys.__getitem__, unique[order].tolist())
             experiments = map(itemgetter(0), keys)  # type: ignore[arg-type]
             self.touch_latest(dict(zip(experiments, at_row[order].tolist(), strict=True)))
+
+    # -- small batches: the same sums in plain Python ---------------------------------
+    # numpy's fixed cost per call (grouping, a dozen small arrays, fancy indexing) is
+    # tens of microseconds; a batch of one record (a single-record POST) pays it all. Up
+    # to FEW records, each figure is computed with the same float operations in the same
+    # order as the vectorised path (sequential sums like bincount's, ties in min/max
+    # taken as numpy takes them), so both paths give the same bits.
+
+    def _add_few_queries(
+        self,
+        rows: Sequence[int],
+        latency_ms: Sequence[float],
+        success: Sequence[bool],
+        when: Sequence[float],
+    ) -> None:
+        bounds, width = self.bounds, len(self.bounds) + 1
+        groups: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            groups.setdefault(row, []).append(index)
+        for row in sorted(groups):
+            members = groups[row]
+            n, ok, total, sq = len(members), 0, 0.0, 0.0
+            lo, hi, first, last = _INF, -_INF, _INF, -_INF
+            slots = [0] * width
+            for i in members:
+                x, at = float(latency_ms[i]), float(when[i])
+                total += x
+                sq += x * x
+                ok += 1 if success[i] else 0
+                lo = lo if lo < x else x  # np.minimum keeps the newer value on a tie
+                hi = hi if hi > x else x
+                first = first if first < at else at
+                last = last if last > at else at
+                slots[bisect.bisect_left(bounds, x / 1000.0)] += 1
+            mean = total / n
+            m2 = 0.0
+            for i in members:
+                d = float(latency_ms[i]) - mean
+                m2 += d * d
+            self._merge_branch_row(row, n, ok, total, mean, m2, sq, lo, hi, first, last, slots)
+        self._branches_changed(np.array(sorted(groups), dtype=np.intp))
+
+    def _merge_branch_row(
+        self, row: int, n: int, ok: int, total: float, mean: float, m2: float, sq: float,
+        lo: float, hi: float, first: float, last: float, slots: list[int],
+    ) -> None:  # fmt: skip
+        """`_merge_branches` for one row, in scalars (see merge_moments)."""
+        c = self.branches.columns
+        n_a, mean_a = int(c["n"][row]), float(c["mean"][row])
+        size = n_a + n
+        delta = mean - mean_a
+        weight = n / size
+        c["n"][row] = size
+        c["mean"][row] = mean_a + delta * weight
+        c["m2"][row] = float(c["m2"][row]) + m2 + delta * delta * n_a * weight
+        c["ok"][row] += ok
+        c["total"][row] = float(c["total"][row]) + total
+        c["sq"][row] = float(c["sq"][row]) + sq
+        old = float(c["lo"][row])
+        c["lo"][row] = old if old < lo else lo
+        old = float(c["hi"][row])
+        c["hi"][row] = old if old > hi else hi
+        old = float(c["first"][row])
+        c["first"][row] = old if old < first else first
+        old = float(c["last"][row])
+        c["last"][row] = old if old > last else last
+        buckets = c["buckets"][row]
+        for slot, count in enumerate(slots):
+            if count:
+                buckets[slot] += count
+
+    def _add_few_events(self, rows: Sequence[int], values: Sequence[float]) -> None:
+        groups: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            groups.setdefault(row, []).append(index)
+        c = self.events.columns
+        for row in sorted(groups):
+            members = groups[row]
+            n, total, sq = len(members), 0.0, 0.0
+            for i in members:
+                x = float(values[i])
+                total += x
+                sq += x * x
+            mean = total / n
+            m2 = 0.0
+            for i in members:
+                d = float(values[i]) - mean
+                m2 += d * d
+            n_a, mean_a = int(c["count"][row]), float(c["mean"][row])
+            size = n_a + n
+            delta = mean - mean_a
+            weight = n / size
+            c["count"][row] = size
+            c["mean"][row] = mean_a + delta * weight
+            c["m2"][row] = float(c["m2"][row]) + m2 + delta * delta * n_a * weight
+            c["total"][row] = float(c["total"][row]) + total
+            c["sq"][row] = float(c["sq"][row]) + sq
+        self._events_changed(np.array(sorted(groups), dtype=np.intp))
 
     def held(self, key: BranchKey | EventKey) -> int:
         """How many queries (a branch key) or events (an event key) the series holds."""
@@ -549,7 +675,11 @@ class Aggregate:
         )
         c["total"][rows] += total
         c["sq"][rows] += sq
-        c["stamp"][rows] = next_stamp()
+        self._events_changed(rows)
+
+    def _events_changed(self, rows: npt.NDArray[np.intp]) -> None:
+        """Like _branches_changed, for event rows."""
+        self.events.columns["stamp"][rows] = next_stamp()
         _mark(self.changes.events, self.events, rows)
         self.version += 1
 

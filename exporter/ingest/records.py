@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -61,12 +60,13 @@ class Batch:
     errors: list[dict[str, str]] = field(default_factory=list)
     error_count: int = 0
     too_large: bool = False  # over the records-per-batch limit: answered with 413
-    # rejected records by reason, for the self-metrics
-    reasons: Counter[str] = field(default_factory=Counter)
+    # rejected records by reason, for the self-metrics (a dict: a Counter costs more to
+    # build, and every good batch builds one)
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def fail(self, path: str, message: str, reason: str) -> None:
         self.error_count += 1
-        self.reasons[reason] += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append({"field": path, "message": message})
 
@@ -86,7 +86,6 @@ def parse_batch(
     """Validate a decoded `{"queries", "events", "parts", "event_parts"}` document (each
     list optional); a part counts as one entry towards `max_records`."""
     batch = Batch()
-    query_fields, event_fields = _fields(max_name_length)
     if not isinstance(body, Mapping):
         batch.fail("$", "the body must be a JSON object", "invalid_type")
         return batch
@@ -110,6 +109,8 @@ def parse_batch(
         queries = []  # checked and taken column by column
     if events and _all_good_events(batch.records, events, max_name_length):
         events = []
+    if queries or events:  # some record is wrong: field by field, to name every problem
+        query_fields, event_fields = _fields(max_name_length)
     for index, record in enumerate(queries):
         if _check_record(batch, f"queries[{index}]", record, query_fields):
             batch.records.add_query(
@@ -157,30 +158,49 @@ def parse_batch(
 
 
 _NUMBER = (int, float)  # exact types: JSON gives no subclasses, and bool is left out
+_NUMBER_TYPES = frozenset(_NUMBER)
+_BOOL = frozenset({bool})
 
 
 def _good_names(names: set[Any], max_name_length: int) -> bool:
     return all(name_problem(name, max_name_length) is None for name in names)
 
 
+def _in_range(values: Sequence[Any], low: float, high: float) -> bool:
+    """Every value an int or a float (not a bool) within [low, high], in C-level passes
+    (min, max, sum) rather than a comparison per value in Python. min and max pass over a
+    NaN, so the sum checks for one; it cannot overflow once max is within range."""
+    return (
+        set(map(type, values)) <= _NUMBER_TYPES
+        and min(values) >= low
+        and max(values) <= high
+        and not math.isnan(sum(values))
+    )
+
+
+def _columns(items: list[Any], names: tuple[str, str, str, str]) -> list[list[Any]]:
+    """The four fields of each record as four columns; TypeError or KeyError when a record
+    is not an object of exactly those four keys."""
+    if set(map(len, items)) != {4}:
+        raise KeyError("not four fields")
+    return [[r[name] for r in items] for name in names]
+
+
 def _all_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:
     """The common case, column by column: every query is good, so take them all at once
-    (each distinct name is checked once). False, taking nothing, if any is not: the
-    record-by-record pass then names every problem."""
+    (each distinct name is checked once, the values in C-level passes). False, taking
+    nothing, if any is not: the record-by-record pass then names every problem."""
     try:
-        if any(len(r) != 4 for r in items):
-            return False
-        experiments = [r["experiment"] for r in items]
-        branches = [r["branch"] for r in items]
-        latencies = [r["latency_ms"] for r in items]
-        outcomes = [r["success"] for r in items]
+        experiments, branches, latencies, outcomes = _columns(
+            items, ("experiment", "branch", "latency_ms", "success")
+        )
         if not _good_names(set(experiments) | set(branches), max_length):
             return False
     except (TypeError, KeyError):  # not an object, a key missing, an unhashable name
         return False
-    if not all(type(v) in _NUMBER and 0 <= v <= MAX_LATENCY_MS for v in latencies):
+    if not _in_range(latencies, 0.0, MAX_LATENCY_MS):
         return False  # also a NaN, an infinity, a bool, an int beyond float range
-    if not all(type(v) is bool for v in outcomes):
+    if not set(map(type, outcomes)) <= _BOOL:
         return False
     records.query_keys.extend(zip(experiments, branches, strict=True))
     records.latency_ms.extend(map(float, latencies))
@@ -192,18 +212,14 @@ def _all_good_queries(records: Records, items: list[Any], now: float, max_length
 def _all_good_events(records: Records, items: list[Any], max_length: int) -> bool:
     """Like _all_good_queries, for events."""
     try:
-        if any(len(r) != 4 for r in items):
-            return False
-        experiments = [r["experiment"] for r in items]
-        branches = [r["branch"] for r in items]
-        names = [r["event"] for r in items]
-        values = [r["value"] for r in items]
+        experiments, branches, names, values = _columns(
+            items, ("experiment", "branch", "event", "value")
+        )
         if not _good_names(set(experiments) | set(branches) | set(names), max_length):
             return False
     except (TypeError, KeyError):
         return False
-    limit = MAX_ABS_EVENT_VALUE
-    if not all(type(v) in _NUMBER and -limit <= v <= limit for v in values):
+    if not _in_range(values, -MAX_ABS_EVENT_VALUE, MAX_ABS_EVENT_VALUE):
         return False
     records.event_keys.extend(zip(experiments, branches, names, strict=True))
     records.event_values.extend(map(float, values))
@@ -240,17 +256,30 @@ def _m2_problem(value: object) -> str | None:
     return problem
 
 
+_INT = frozenset({int})
+
+
 def _buckets_problem(value: object) -> str | None:
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT for v in value
+    # type, min and max over the list in C (a bool's type is not int): one part's 17
+    # counts were a generator of isinstance checks, per part of every pre-aggregated batch
+    if not isinstance(value, list) or not (
+        set(map(type, value)) <= _INT
+        and (not value or (min(value) >= 0 and max(value) <= MAX_COUNT))
     ):
         return "must be a list of integers >= 0"
     return None
 
 
 def _part_fields(max_name_length: int) -> tuple[Fields, Fields]:
+    good: set[str] = set()  # names already checked in this batch: parts repeat them
+
     def name(value: object) -> str | None:
-        return name_problem(value, max_name_length)
+        if type(value) is str and value in good:
+            return None
+        problem = name_problem(value, max_name_length)
+        if problem is None:
+            good.add(value)  # type: ignore[arg-type]  # a str: name_problem checked it
+        return problem
 
     parts: Fields = {
         "experiment": (name, "invalid_name"),
@@ -332,6 +361,13 @@ def _check_record(
         batch.fail(path, "must be an object", "invalid_type")
         return False
     good = True
+    if record.keys() == fields.keys():  # the usual case, compared in C: each field, no other
+        for key, (check, reason) in fields.items():
+            problem = check(record[key])
+            if problem is not None:
+                batch.fail(f"{path}.{key}", problem, reason)
+                good = False
+        return good
     for key in record:
         if key not in fields:
             batch.fail(

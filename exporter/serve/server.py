@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..core import idempotency
@@ -117,15 +118,24 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
+
+    def take(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        if not guard.hold(request, len(chunk)):
+            raise busy
+        chunks.append(chunk)
+
+    content = request.content
     try:
-        async with asyncio.timeout(settings.body_timeout):
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                if not guard.hold(request, len(chunk)):
-                    raise busy
-                chunks.append(chunk)
+        if content.is_eof():  # all of it came with the headers: nothing to wait for
+            take(content.read_nowait())
+        else:
+            async with asyncio.timeout(settings.body_timeout):
+                async for chunk in content.iter_any():
+                    take(chunk)
     except TimeoutError:
         raise Refusal(
             408, f"the body was not received within {settings.body_timeout:g} s", "timeout", source
@@ -172,6 +182,13 @@ def _once(request: web.Request, body: bytes) -> Once | None:
 
 def _answer(data: Any, status: int = 200) -> Answer:
     return Answer(status, json_body(data), JSON)
+
+
+def _accepted(queries: int, events: int) -> Answer:
+    """The ingest answer, the bytes json_body gives for it without walking a dict
+    through to_json and the encoder on every request."""
+    body = b'{"accepted": {"queries": %d, "events": %d}}' % (queries, events)
+    return Answer(200, body, JSON)
 
 
 def _send(answer: Answer, status: int | None = None) -> web.Response:
@@ -265,7 +282,7 @@ async def post_records(request: web.Request) -> web.Response:
     # a part counts as the records it stands for, in the answer and the self-metrics
     part_queries, part_events = batch.part_records
     queries, events = records.queries + part_queries, records.events + part_events
-    answer = _answer({"accepted": {"queries": queries, "events": events}})
+    answer = _accepted(queries, events)
     parts = (batch.parts, batch.event_parts) if batch.parts.keys or batch.event_parts.keys else None
     size = records.queries + records.events + len(batch.parts.keys) + len(batch.event_parts.keys)
     try:
@@ -513,7 +530,7 @@ def create_app(
     app = web.Application(
         # bodies are read as they stream in, under the per-route limits (see _read_body)
         client_max_size=max(settings.max_body_bytes, settings.otlp_max_body_bytes),
-        middlewares=[guard.otlp_port_only, guard.authenticate, refusals, guard.release_bodies],
+        middlewares=_middlewares(settings),
     )
     app[SETTINGS] = settings
     if metrics is None:
@@ -554,6 +571,18 @@ def create_app(
         app.cleanup_ctx.append(background.otlp_push)
     _routes(app)
     return app
+
+
+def _middlewares(settings: Settings) -> list[Middleware]:
+    """Each middleware is a coroutine layer around every request: the OTLP port's
+    filter is left out when there is no OTLP port, and the token check when no token is
+    set (the settings are frozen: neither can appear later)."""
+    chain: list[Middleware] = [refusals, guard.release_bodies]
+    if settings.token or settings.metrics_token:
+        chain.insert(0, guard.authenticate)
+    if settings.otlp_port:
+        chain.insert(0, guard.otlp_port_only)
+    return chain
 
 
 def _routes(app: web.Application) -> None:

@@ -123,7 +123,7 @@ class Store:
         self._pruned_at = 0.0
         self._failure_logged = -30.0
         self._durable = -1
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
         self._waiters_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -252,10 +252,15 @@ class Store:
     def _run(self) -> None:
         while not self._stopping:
             if self.durability == "sync":
-                self._wake.wait()
                 # Group commit: give requests arriving right behind this one a moment to
-                # join, so one fsync serves several of them.
-                time.sleep(self.commit_delay)
+                # join, so one commit serves several. Not when requests came while a
+                # quick commit (about an fsync) ran: they have gathered while it ran, and
+                # waiting more only adds to their latency. After a slow one (many rows
+                # changed) it pays to wait: the next requests' rows join one write.
+                hurry = self._wake.is_set() and self.stats.last_seconds < self.commit_delay
+                self._wake.wait()
+                if not hurry:
+                    time.sleep(self.commit_delay)
             else:
                 self._wake.wait(self._interval)
             self._wake.clear()
@@ -365,25 +370,31 @@ class Store:
         if self._durable >= version:
             return True
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[bool] = loop.create_future()
         with self._waiters_lock:
             self._waiters.append((version, loop, future))
         if self._durable >= version:  # a commit finished while we registered
             self._release()
-        self._wake.set()
+        if not self._wake.is_set():  # set already: the writer is on its way (no lock taken)
+            self._wake.set()
+        # a timer, not wait_for: wait_for wraps the future in a task on every request
+        timer = loop.call_later(timeout, _settle, future, False)
         try:
-            await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            return False
-        return True
+            return await future
+        finally:
+            timer.cancel()
 
     def _release(self) -> None:
         durable = self._durable
         with self._waiters_lock:
             ready = [w for w in self._waiters if w[0] <= durable]
             self._waiters = [w for w in self._waiters if w[0] > durable]
+        # one wake-up of each loop for all its waiters, not one per request
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
         for _, loop, future in ready:
-            loop.call_soon_threadsafe(_resolve, future)
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():
+            loop.call_soon_threadsafe(_resolve, futures)
 
     def families(self) -> list[Family]:
         stats = self.stats
@@ -599,9 +610,15 @@ def _wal_checksum(data: bytes, order: str, s0: int, s1: int) -> tuple[int, int]:
     return s0, s1
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _settle(future: asyncio.Future[bool], durable: bool) -> None:
+    """A waiter's answer: True once on disk, False when its timeout came first."""
     if not future.done():
-        future.set_result(None)
+        future.set_result(durable)
+
+
+def _resolve(futures: list[asyncio.Future[bool]]) -> None:
+    for future in futures:
+        _settle(future, True)
 
 
 class _transaction:
