@@ -18,7 +18,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-RUN /opt/venv/bin/pip install . \
+RUN /opt/venv/bin/pip install ".[fast]" \
     && /opt/venv/bin/pip uninstall --yes pip \
     && /opt/venv/bin/abtest-exporter --version
 

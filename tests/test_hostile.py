@@ -77,7 +77,10 @@ def test_schemathesis_finds_no_server_error_on_any_endpoint(tmp_path: Path) -> N
         assert result.returncode == 0, summary
         assert " passed" in summary
         assert server.process.poll() is None  # still running
-        assert not re.search(r'HTTP/1\.1" 5\d\d ', server.output())  # no 5xx in the access log
+        # no 5xx in the access log, but for the test's own readiness poll: /-/ready answers
+        # 503 while the data file is restored, which a loaded machine makes last a while
+        served = [line for line in server.output().splitlines() if "/-/ready " not in line]
+        assert not [line for line in served if re.search(r'HTTP/1\.1" 5\d\d ', line)]
     finally:
         server.stop()
 
