@@ -160,22 +160,28 @@ def test_a_reused_row_gets_its_new_name() -> None:
     assert text == render(snapshot)
 
 
-def test_only_changed_rows_are_re_rendered() -> None:
-    """An unchanged series keeps its cached text (the point of the cache); a changed one
-    shows its new value."""
+def test_only_changed_blocks_are_re_rendered() -> None:
+    """A block of unchanged series keeps its cached text (the point of the cache); the
+    block of a changed one shows its new value, and no row's own text is held."""
     metrics = ABMetrics()
     renderer = SeriesRenderer()
-    metrics.record_event("a", "control", "buy", 1.0)
-    metrics.record_event("b", "control", "buy", 1.0)
+    size = renderer._events.block  # the cache is what is under test
+    for i in range(2 * size):
+        metrics.record_event(f"e{i}", "control", "buy", 1.0)
     renderer.render(metrics.snapshot())
-    cache = renderer._events  # the cache is what is under test
-    a, b = (metrics.snapshot().view.event_keys.index((e, "control", "buy")) for e in "ab")
-    kept = cache.texts["abtest_event_mean"][a]
-    metrics.record_event("b", "control", "buy", 3.0)
+    cache = renderer._events
+    blocks = cache.blocks["abtest_event_mean"]
+    kept, before = blocks[0], blocks[1]
+    metrics.record_event(f"e{size}", "control", "buy", 3.0)  # the first row of block 1
     text = renderer.render(metrics.snapshot())
-    assert cache.texts["abtest_event_mean"][a] is kept
-    assert cache.texts["abtest_event_mean"][b].endswith(" 2.0\n")
-    assert 'abtest_event_mean{experiment="b",branch="control",event="buy"} 2.0\n' in text
+    assert blocks[0] is kept
+    assert blocks[1] is not before
+    assert (
+        f'abtest_event_mean{{experiment="e{size}",branch="control",event="buy"}} 2.0\n'
+        in (blocks[1])
+    )
+    assert f'abtest_event_mean{{experiment="e{size}",branch="control",event="buy"}} 2.0\n' in text
+    assert all(t == "" for texts in cache.texts.values() for t in texts)
 
 
 def test_renders_while_ingest_continues_are_snapshots() -> None:

@@ -1,16 +1,17 @@
 """The branch, event and experiment families, rendered row by row and kept between scrapes.
 
 Between two scrapes most series do not change, so re-rendering all of them (hundreds of
-thousands of lines) is mostly repeated work. A `SeriesRenderer` keeps each row's text per
-family together with the aggregate's change stamp it was rendered from; a render
-re-renders only the rows whose stamp moved (vectorised over those rows) and joins. A
-fresh renderer renders every row: it *is* the full render, so the two cannot drift.
+thousands of lines) is mostly repeated work. A `SeriesRenderer` keeps each family's text
+in blocks of a few rows, with the aggregate's change stamp each row was rendered from; a
+render re-renders only the blocks holding a row whose stamp moved (vectorised over their
+rows) and joins. A fresh renderer renders every row: it *is* the full render, so the two
+cannot drift.
 
-Memory, per format scraped (text and OpenMetrics keep separate caches): each row's text
-per family plus the same text joined in blocks, its label and key. Measured with the
-default 16 buckets: about 6.8 kB per branch series (mostly its histogram) and 1.3 kB per
-event series, about 2.7 times the size of the /metrics text. It shrinks with the series:
-freed rows hold empty strings and are reused, a clear drops everything.
+Memory, per format scraped (text and OpenMetrics keep separate caches): the blocks' text,
+each row's label and key. Measured at 1000 experiments x 4 branches x 10 events with the
+default 16 buckets: about 43 MB, 1.3 times the size of those families' /metrics text (a
+row's own text is let go of once its block is joined). It shrinks with the series: freed
+rows are reused, a clear drops everything.
 """
 
 from __future__ import annotations
@@ -44,14 +45,16 @@ _EVENT_VALUE_TEXT = (cat.EVENT_VALUE,)  # both sample lines under one family
 _EVENT_VALUE_OM = (cat.EVENT_VALUE_COUNT, cat.EVENT_VALUE_SUM)
 _EVENT_RAW = (cat.EVENT_SQUARES, cat.EVENT_M2)
 _EVENT_DERIVED = (cat.EVENT_MEAN,)
-# Rows per joined block, so that a block holds a few kB: a changed row re-joins little,
-# and the writer still gets few enough parts. A branch row's histogram alone is ~2 kB.
-_BRANCH_BLOCK, _EVENT_BLOCK = 4, 32
+# Rows per joined block: a changed row re-renders its block, so blocks stay small (a
+# branch row's histogram alone is ~2 kB), yet few enough for the writer and the gzip cache.
+_BRANCH_BLOCK, _EVENT_BLOCK = 4, 8
 
 
 class _Rows(Generic[K]):
-    """One table's cache: per row, the stamp and key it was rendered from, its label,
-    and its text in each family ("" where the family leaves the row out)."""
+    """One table's cache: per row, the stamp and key it was rendered from and its label;
+    per family, the rows' text joined by blocks. A row's own text lives only during a
+    render ("" between renders, and where the family leaves the row out): a changed row
+    re-renders its whole block, which halves what the cache holds."""
 
     def __init__(self, families: Sequence[cat.Declared], block: int) -> None:
         self.block = block
@@ -67,8 +70,23 @@ class _Rows(Generic[K]):
     def changed(
         self, keys: Sequence[K | None], stamps: Ints, label: Callable[[list[K]], list[str]]
     ) -> tuple[list[int], list[int]]:
-        """(live rows, freed rows) whose stamp differs from the one last rendered; their
-        stamps, keys and labels (a reused row's new key gets a new label) are taken."""
+        """(live rows to render: every live row of a block with a changed row, the live
+        rows that changed); the changed rows' stamps, keys and labels (a reused row's
+        new key gets a new label) are taken."""
+        changed = self._take(keys, stamps, label)
+        if len(changed) == len(keys) or not self.dirty:
+            return changed, changed
+        size, block, held = len(keys), self.block, self.keys
+        return [
+            r
+            for b in sorted(self.dirty)
+            for r in range(b * block, min(b * block + block, size))
+            if held[r] is not None
+        ], changed
+
+    def _take(
+        self, keys: Sequence[K | None], stamps: Ints, label: Callable[[list[K]], list[str]]
+    ) -> list[int]:
         size, held = len(keys), len(self.keys)
         if size != held:  # the table grew, or was cleared and started over
             grown = np.full(size, -1, dtype=np.int64)
@@ -94,7 +112,7 @@ class _Rows(Generic[K]):
             live = [r for r, key in enumerate(keys) if key is not None]
             if len(live) == size:
                 self.labels = label(self.keys)  # type: ignore[arg-type]
-                return live, []
+                return live
             freed = [r for r, key in enumerate(keys) if key is None]
             self.labels = [""] * size
             renamed = [(r, keys[r]) for r in live]
@@ -116,18 +134,23 @@ class _Rows(Generic[K]):
                 labels[row] = text
         for row in freed:
             self.labels[row] = ""
-            for family in self.texts.values():
-                family[row] = ""
-        return live, freed
+        return live
 
     def join(self) -> None:
-        """Re-join the blocks holding a changed row, in every family."""
+        """Re-join the blocks holding a changed row, in every family, and let go of the
+        rows' own text."""
         starts = [block * self.block for block in sorted(self.dirty)]
         size = self.block
         for name, texts in self.texts.items():
             joined = self.blocks[name]
+            if len(starts) * size >= len(texts):  # every block (a cold render)
+                for start in starts:
+                    joined[start // size] = "".join(texts[start : start + size])
+                texts[:] = [""] * len(texts)
+                continue
             for start in starts:
                 joined[start // size] = "".join(texts[start : start + size])
+                texts[start : start + size] = [""] * len(texts[start : start + size])
         self.dirty = set()
 
     def put(self, family: cat.Declared, rows: list[int], lines: list[str]) -> None:
@@ -268,18 +291,18 @@ class SeriesRenderer:
         """Brings the branch rows up to date and writes their families; returns the
         experiments with a changed row."""
         cache, c = self._branches, view.branch
-        live, _ = cache.changed(view.branch_keys, c.stamp, _branch_labels)
+        live, moved = cache.changed(view.branch_keys, c.stamp, _branch_labels)
         if live:
             self._render_branches(view, live)
         cache.join()
         if not _any_live(view.branch_keys):
-            return _experiments_of(view.branch_keys, live)
+            return _experiments_of(view.branch_keys, moved)
         families = self._branch_families
         seen = bool(np.count_nonzero(c.n))
         for family in families:
             if seen or family in _BRANCH_RAW:
                 cache.emit(out, family)
-        return _experiments_of(view.branch_keys, live)
+        return _experiments_of(view.branch_keys, moved)
 
     def _render_branches(self, view: View, rows: list[int]) -> None:
         cache, c = self._branches, view.branch
