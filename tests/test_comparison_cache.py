@@ -1,0 +1,127 @@
+"""The incremental comparison recompute (ComparisonEngine with its AnalysisCache) equals
+a fresh engine's full recompute, text, bytes and read API alike, after any sequence of
+writes, deletes, clears, expiries, restores, the analyzer's replace and config changes."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from exporter import ABMetrics
+from exporter.outputs.comparisons import ComparisonEngine
+from exporter.outputs.exposition import render_analysis
+from exporter.stats.analysis import analyse
+
+from .conftest import FakeClock
+from .test_series_cache import BRANCHES, EVENTS, EXPERIMENTS, _step
+
+CONFIGS: tuple[dict[str, Any], ...] = (
+    {"min_sample_size": 2},
+    {"min_sample_size": 1, "correction": "bh"},
+    {"correction": "none", "alpha": 0.2, "min_sample_size": 1},
+    {"allocation": {"control": 1.0, "treatment": 3.0}},
+    {"primary_metric": "latency_mean", "min_sample_size": 1},
+    {"sequential_tuning": 50.0, "min_sample_size": 1},
+)
+
+
+def _change(metrics: ABMetrics, clock: FakeClock, rng: random.Random) -> str:
+    """A step of the series cache's test, or a config the statistics read."""
+    if rng.random() < 0.15:
+        metrics.configure(rng.choice(EXPERIMENTS), rng.choice(CONFIGS))
+        return "config"
+    if rng.random() < 0.4:  # enough of one experiment for verdicts and winners
+        experiment = rng.choice(EXPERIMENTS)
+        for i in range(rng.randint(30, 150)):
+            branch = BRANCHES[i % len(BRANCHES)]  # no sample-ratio mismatch
+            better = branch == "treatment"  # succeeds more: a winner, once significant
+            success = rng.random() < (0.99 if better else 0.3)
+            metrics.record_query(experiment, branch, rng.uniform(0, 40.0), success)
+            metrics.record_event(experiment, branch, rng.choice(EVENTS), rng.uniform(0, 3))
+        return "burst"
+    return _step(metrics, clock, rng)
+
+
+def _same_as_a_full_recompute(engine: ComparisonEngine, metrics: ABMetrics, many: bool) -> None:
+    fresh = ComparisonEngine(metrics)
+    fresh.refresh()
+    ours, full = engine.latest, fresh.latest
+    assert ours.version == full.version
+    assert ours.text == full.text
+    assert ours.parts == full.parts
+    assert ours.encoded == full.encoded and b"".join(ours.encoded) == ours.text.encode()
+    assert ours.comparisons == full.comparisons
+    snapshot = metrics.snapshot()
+    assert ours.text == render_analysis(analyse(snapshot.view, snapshot.configs))
+    assert list(ours.analyses) == list(full.analyses) == list(snapshot.view.experiments)
+    # repr: NaN-safe, and every field of every nested object
+    if many:  # all at once (the OTLP push's path), else one by one
+        assert repr(list(ours.analyses.items())) == repr(list(full.analyses.items()))
+    else:
+        for name in full.analyses:
+            assert repr(ours.analyses[name]) == repr(full.analyses[name]), name
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_incremental_recompute_equals_a_full_one(seed: int) -> None:
+    rng = random.Random(seed)
+    clock = FakeClock(1_700_000_000.0)
+    metrics = ABMetrics(clock=clock)
+    engine = ComparisonEngine(metrics)
+    done: list[str] = []
+    partial = winners = 0
+    for _ in range(60):
+        for _ in range(rng.randint(1, 3)):
+            done.append(_change(metrics, clock, rng))
+        if engine.refresh():
+            partial += 0 < engine.latest.changed < len(engine.latest.analyses)
+        _same_as_a_full_recompute(engine, metrics, rng.random() < 0.5)
+        winners += "abtest_experiment_winner{" in engine.latest.text
+    assert {"replace", "config", "burst"} <= set(done) and {"clear", "clear_all"} & set(done)
+    assert partial > 5  # the incremental path was taken, not only full recomputes
+    assert winners  # verdicts were given: the figures compared are not all void
+
+
+def test_only_the_changed_experiments_are_analysed_again() -> None:
+    metrics = ABMetrics()
+    for e in range(6):
+        for branch in ("control", "treatment"):
+            metrics.record_query(f"e{e}", branch, 10.0 + e, True)
+            metrics.record_event(f"e{e}", branch, "buy", 1.0)
+    engine = ComparisonEngine(metrics)
+    assert engine.refresh() and engine.latest.changed == 6
+    before = engine.latest.analyses["e0"]
+    metrics.record_event("e4", "treatment", "buy", 5.0)  # an event row only
+    assert engine.refresh() and engine.latest.changed == 1
+    assert engine.latest.analyses["e0"] is before  # unchanged: the same objects, kept
+    metrics.configure("e2", {"min_sample_size": 1})
+    assert engine.refresh() and engine.latest.changed == 1
+    metrics.clear_experiment("e1")
+    assert engine.refresh() and engine.latest.changed == 0
+    assert "e1" not in engine.latest.analyses and 'experiment="e1"' not in engine.latest.text
+    metrics.record_query("new", "control", 3.0, True)
+    metrics.record_query("new", "b", 4.0, True)
+    assert engine.refresh() and engine.latest.changed == 1
+    assert list(engine.latest.analyses) == ["e0", "e2", "e3", "e4", "e5", "new"]
+    _same_as_a_full_recompute(engine, metrics, False)
+    assert engine.latest.analyses["e4"].comparisons["treatment"]
+
+
+def test_analyses_left_mostly_stale_are_redone_so_memory_stays_bounded() -> None:
+    metrics = ABMetrics()
+    names = [f"e{e}" for e in range(40)]
+    for name in names:
+        metrics.record_query(name, "control", 10.0, True)
+        metrics.record_query(name, "b", 12.0, True)
+    engine = ComparisonEngine(metrics)
+    engine.refresh()
+    for round_ in range(60):
+        for name in names[round_ % 40 : round_ % 40 + 3]:  # three at a time, sliding
+            metrics.record_query(name, "b", 11.0 + round_, True)
+        engine.refresh()
+        held = {id(engine.latest.analyses._held[n].analysis): engine.latest.analyses._held[n]
+                for n in names}  # fmt: skip
+        assert sum(len(h.analysis.experiments) for h in held.values()) <= 2 * 40 + 40
+    _same_as_a_full_recompute(engine, metrics, True)
