@@ -12,7 +12,7 @@ import pytest
 from exporter import ABMetrics
 from exporter.outputs.comparisons import ComparisonEngine
 from exporter.outputs.exposition import render_analysis
-from exporter.stats.analysis import analyse
+from exporter.stats.analysis import StitchedAnalyses, analyse
 
 from .conftest import FakeClock
 from .test_series_cache import BRANCHES, EVENTS, EXPERIMENTS, _step
@@ -121,7 +121,8 @@ def test_analyses_left_mostly_stale_are_redone_so_memory_stays_bounded() -> None
         for name in names[round_ % 40 : round_ % 40 + 3]:  # three at a time, sliding
             metrics.record_query(name, "b", 11.0 + round_, True)
         engine.refresh()
-        held = {id(engine.latest.analyses._held[n].analysis): engine.latest.analyses._held[n]
-                for n in names}  # fmt: skip
+        analyses = engine.latest.analyses
+        assert isinstance(analyses, StitchedAnalyses)
+        held = {id(analyses._held[n].analysis): analyses._held[n] for n in names}
         assert sum(len(h.analysis.experiments) for h in held.values()) <= 2 * 40 + 40
     _same_as_a_full_recompute(engine, metrics, True)
