@@ -132,16 +132,16 @@ def join_sections(
     sections: Sequence[Sequence[AnyText]], headers: Sequence[tuple[AnyText, tuple[int, ...]]]
 ) -> tuple[AnyText, ...]:
     """The families of these experiments' sections (SLOTS pieces each, in order), each
-    family's header then its non-empty pieces; a family no experiment has is left out."""
+    family's header then its pieces (some empty); a family no experiment has is left out."""
     if not sections:
         return ()
     out: list[AnyText] = []
     columns = list(zip(*sections, strict=True))  # per slot, every experiment's piece
     for header, slots in headers:
-        pieces = [piece for slot in slots for piece in filter(None, columns[slot])]
-        if pieces:
+        if any(any(columns[slot]) for slot in slots):
             out.append(header)
-            out.extend(pieces)
+            for slot in slots:
+                out.extend(columns[slot])  # empty pieces too: no pass over them all
     return tuple(out)
 
 
