@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from exporter import ABMetrics
+from exporter.core.aggregate import BranchParts, EventParts
 from exporter.outputs.comparisons import ComparisonEngine
 from exporter.outputs.exposition import render_analysis
 from exporter.stats.analysis import StitchedAnalyses, analyse
@@ -125,4 +126,47 @@ def test_analyses_left_mostly_stale_are_redone_so_memory_stays_bounded() -> None
         assert isinstance(analyses, StitchedAnalyses)
         held = {id(analyses._held[n].analysis): analyses._held[n] for n in names}
         assert sum(len(h.analysis.experiments) for h in held.values()) <= 2 * 40 + 40
+    _same_as_a_full_recompute(engine, metrics, True)
+
+
+def test_the_analyzers_replace_with_the_same_figures_redoes_nothing() -> None:
+    """The analyzer swaps the whole aggregate every round (new rows, new stamps): the
+    experiments whose names and figures are those of last round are not analysed again."""
+
+    def parts(
+        slower: float = 2.0, span: float = 60.0, treatment: str = "treatment"
+    ) -> tuple[BranchParts, EventParts]:
+        """Experiment b's treatment `slower`, c's queries over `span` seconds, a's
+        treatment named `treatment`; the rest as ever."""
+        branches, events = BranchParts(), EventParts()
+        for e in ("a", "b", "c"):
+            for i, branch in enumerate(("control", treatment if e == "a" else "treatment")):
+                buckets = [0] * 17
+                buckets[3 + i] = 50
+                total = 50 * (10.0 + i * (slower if e == "b" else 1.0))
+                last = 1e9 + (span if e == "c" else 60.0)
+                branches.append((e, branch), 50, 40 + 5 * i, total, 3.0, 5.0, 90.0,
+                                1e9, last, buckets)  # fmt: skip
+                events.append((e, branch, "buy"), 20, 30.0 + i, 4.0)
+        return branches, events
+
+    metrics = ABMetrics()
+    engine = ComparisonEngine(metrics)
+    metrics.replace(*parts(), {"a": 1e9 + 60})
+    assert engine.refresh() and engine.latest.changed == 3
+    metrics.replace(*parts(), {"a": 1e9 + 61})
+    assert engine.refresh() and engine.latest.changed == 0
+    _same_as_a_full_recompute(engine, metrics, False)
+    metrics.replace(*parts(slower=3.0), {"a": 1e9 + 62})  # b's treatment is slower
+    assert engine.refresh() and engine.latest.changed == 1
+    _same_as_a_full_recompute(engine, metrics, True)
+    assert engine.latest.analyses["b"].comparisons["treatment"][1].difference > 0
+    eta = engine.latest.analyses["c"].comparisons["treatment"][0].eta_seconds
+    metrics.replace(*parts(slower=3.0, span=600.0), {"a": 1e9 + 63})  # c's span only
+    assert engine.refresh() and engine.latest.changed == 1
+    assert engine.latest.analyses["c"].comparisons["treatment"][0].eta_seconds != eta
+    _same_as_a_full_recompute(engine, metrics, False)
+    metrics.replace(*parts(3.0, 600.0, "t2"), {"a": 1e9 + 64})  # a's treatment renamed
+    assert engine.refresh() and engine.latest.changed == 1
+    assert list(engine.latest.analyses["a"].comparisons) == ["t2"]
     _same_as_a_full_recompute(engine, metrics, True)

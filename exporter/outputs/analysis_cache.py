@@ -11,13 +11,16 @@ the full render, so the two cannot drift).
 
 The signature's stamp is the largest change stamp of the experiment's rows: stamps only
 grow (next_stamp), so any write to a row it holds raises it, and a row added or freed
-changes the row lists it also holds.
+changes the row lists it also holds. A moved signature is then checked against what the
+experiment was analysed from (its branch names, event keys and row figures, exactly):
+the analyzer rebuilds its whole aggregate every round, with new rows and stamps, and
+an experiment whose figures did not change is not analysed again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import numpy as np
@@ -36,6 +39,7 @@ _SPREAD: Final = 2
 @dataclass(frozen=True, slots=True)
 class Entry:
     signature: Signature
+    content: tuple[Any, ...]  # the names and figures analysed (see _contents)
     held: Held
     texts: tuple[str, ...]  # per family slot (exposition.SLOTS)
     encoded: tuple[bytes, ...]
@@ -73,14 +77,25 @@ class AnalysisCache:
             )
         }
         old = self._entries
-        changed = [
+        moved = [
             name
             for name, signature in signatures.items()
             if (entry := old.get(name)) is None or entry.signature != signature
         ]
-        redo = set(changed)
-        redo.update(_stale(old, signatures, redo))
         entries = {name: old[name] for name in signatures if name in old}
+        # rows rewritten with what they held (the analyzer's replace, every round): the
+        # same names and figures analyse the same, so the entry stays
+        redo: set[str] = set()
+        same = [
+            name for name in moved if name in old and old[name].signature[0] == configs.get(name)
+        ]
+        for name, found in zip(same, _contents(view, [signatures[n] for n in same]), strict=True):
+            entry = entries[name]
+            if entry.content == found:
+                entries[name] = replace(entry, signature=signatures[name])
+        redo.update(name for name in moved if entries.get(name) is None
+                    or entries[name].signature != signatures[name])  # fmt: skip
+        redo.update(_stale(old, signatures, redo))
         if redo:
             order = [name for name in signatures if name in redo]
             analysis = analyse_columns(view, configs, order)
@@ -88,10 +103,12 @@ class AnalysisCache:
             counts = np.bincount(
                 analysis.comparisons.table.experiment, minlength=len(order)
             ).tolist()
+            contents = _contents(view, [signatures[name] for name in order])
             for i, name in enumerate(analysis.experiments):
                 texts = sections[i]
                 entries[name] = Entry(
                     signatures[name],
+                    contents[i],
                     Held(analysis, i),
                     texts,
                     tuple(text.encode() for text in texts),
@@ -144,6 +161,34 @@ class _Layout:
         every = np.concatenate([view.branch.stamp, view.event.stamp, np.zeros(1, np.int64)])
         found: list[int] = np.maximum.reduceat(every[self.flat], self.starts).tolist()
         return found
+
+
+def _contents(view: View, signatures: Sequence[Signature]) -> list[tuple[Any, ...]]:
+    """What the analysis of each experiment (by its signature) reads, by name rather than
+    row: branch names, event keys, every figure of their rows as bytes (exact: NaN and
+    all), gathered in one pass per table."""
+    b, e = view.branch, view.event
+    branch_rows = [row for _, rows, _, _ in signatures for _, row in rows]
+    event_rows = [row for _, _, events, _ in signatures for row in events]
+    scalars = (b.n, b.ok, b.total, b.mean, b.m2, b.sq, b.lo, b.hi, b.first, b.last)
+    branch = np.column_stack([*(c[branch_rows] for c in scalars), b.buckets[branch_rows]])
+    event = np.column_stack([c[event_rows] for c in (e.count, e.total, e.mean, e.m2, e.sq)])
+    wide, narrow = branch.shape[1] * 8, event.shape[1] * 8
+    branch_bytes, event_bytes = (
+        branch.astype(np.float64).tobytes(),
+        event.astype(np.float64).tobytes(),
+    )
+    keys = view.event_keys
+    out = []
+    i = j = 0
+    for _, rows, events, _ in signatures:
+        i_, j_ = i + len(rows), j + len(events)
+        out.append((
+            tuple(name for name, _ in rows), tuple(keys[row] for row in events),
+            branch_bytes[i * wide : i_ * wide], event_bytes[j * narrow : j_ * narrow],
+        ))  # fmt: skip
+        i, j = i_, j_
+    return out
 
 
 def _stale(old: Mapping[str, Entry], live: Mapping[str, Signature], changed: set[str]) -> list[str]:
