@@ -86,12 +86,11 @@ class AnalysisCache:
         # rows rewritten with what they held (the analyzer's replace, every round): the
         # same names and figures analyse the same, so the entry stays
         redo: set[str] = set()
-        same = [
-            name for name in moved if name in old and old[name].signature[0] == configs.get(name)
-        ]
-        for name, found in zip(same, _contents(view, [signatures[n] for n in same]), strict=True):
-            entry = entries[name]
-            if entry.content == found:
+        found = dict(zip(moved, _contents(view, [signatures[n] for n in moved]), strict=True))
+        for name in moved:
+            entry = entries.get(name)
+            same = entry is not None and entry.signature[0] == configs.get(name)
+            if same and entry is not None and entry.content == found[name]:
                 entries[name] = replace(entry, signature=signatures[name])
         redo.update(name for name in moved if entries.get(name) is None
                     or entries[name].signature != signatures[name])  # fmt: skip
@@ -103,12 +102,13 @@ class AnalysisCache:
             counts = np.bincount(
                 analysis.comparisons.table.experiment, minlength=len(order)
             ).tolist()
-            contents = _contents(view, [signatures[name] for name in order])
+            more = [name for name in order if name not in found]  # the stale ones
+            found.update(zip(more, _contents(view, [signatures[n] for n in more]), strict=True))
             for i, name in enumerate(analysis.experiments):
                 texts = sections[i]
                 entries[name] = Entry(
                     signatures[name],
-                    contents[i],
+                    found[name],
                     Held(analysis, i),
                     texts,
                     tuple(text.encode() for text in texts),
@@ -168,8 +168,8 @@ def _contents(view: View, signatures: Sequence[Signature]) -> list[tuple[Any, ..
     row: branch names, event keys, every figure of their rows as bytes (exact: NaN and
     all), gathered in one pass per table."""
     b, e = view.branch, view.event
-    branch_rows = [row for _, rows, _, _ in signatures for _, row in rows]
-    event_rows = [row for _, _, events, _ in signatures for row in events]
+    branch_rows = np.array([row for _, rows, _, _ in signatures for _, row in rows], np.intp)
+    event_rows = np.array([row for _, _, events, _ in signatures for row in events], np.intp)
     scalars = (b.n, b.ok, b.total, b.mean, b.m2, b.sq, b.lo, b.hi, b.first, b.last)
     branch = np.column_stack([*(c[branch_rows] for c in scalars), b.buckets[branch_rows]])
     event = np.column_stack([c[event_rows] for c in (e.count, e.total, e.mean, e.m2, e.sq)])
@@ -184,7 +184,7 @@ def _contents(view: View, signatures: Sequence[Signature]) -> list[tuple[Any, ..
     for _, rows, events, _ in signatures:
         i_, j_ = i + len(rows), j + len(events)
         out.append((
-            tuple(name for name, _ in rows), tuple(keys[row] for row in events),
+            tuple(name for name, _ in rows), tuple(map(keys.__getitem__, events)),
             branch_bytes[i * wide : i_ * wide], event_bytes[j * narrow : j_ * narrow],
         ))  # fmt: skip
         i, j = i_, j_
