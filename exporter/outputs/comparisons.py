@@ -1,8 +1,9 @@
 """Comparisons kept fresh off the scrape path.
 
 Recomputed in the background when the aggregate has changed, at most once per
-interval; every scrape in between reuses the last result and its rendered
-text, so a scrape of a thousand experiments costs no statistics at all.
+interval, and then only for the experiments that changed (analysis_cache.py); every
+scrape in between reuses the last result and its rendered text, so a scrape of a
+thousand experiments costs no statistics at all.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 
 from ..core.families import Family, Sample
 from ..state.abmetrics import ABMetrics
-from ..stats.analysis import ExperimentAnalysis, analyse
-from .exposition import render_analysis_parts
+from ..stats.analysis import ExperimentAnalysis
+from .analysis_cache import AnalysisCache
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,10 @@ class Computed:
     computed_at: float = 0.0
     seconds: float = 0.0
     comparisons: int = 0  # treatment x metric pairs published
+    # `parts` encoded (UTF-8), piece for piece: made once per recomputation, and only
+    # for the experiments that changed, so a scrape writing bytes encodes none of it
+    encoded: tuple[bytes, ...] = ()
+    changed: int = 0  # experiments analysed again by the latest recomputation
 
     @property
     def text(self) -> str:
@@ -40,6 +45,7 @@ class ComparisonEngine:
     def __init__(self, metrics: ABMetrics) -> None:
         self._metrics = metrics
         self.latest = Computed(version=-1)  # replaced whole, so readers never see a mix
+        self._cache = AnalysisCache()  # used by one refresh at a time (the one refresher)
 
     def refresh(self) -> bool:
         """Recompute if the aggregate or a config changed; True if it did."""
@@ -47,15 +53,16 @@ class ComparisonEngine:
             return False  # idle: not even a snapshot
         snapshot = self._metrics.snapshot()
         started = time.perf_counter()
-        analyses = analyse(snapshot.view, snapshot.configs)
-        parts = render_analysis_parts(analyses)
+        done = self._cache.update(snapshot.view, snapshot.configs)
         self.latest = Computed(
             snapshot.version,
-            analyses,
-            parts,
+            done.analyses,
+            done.parts,
             snapshot.taken_at,
             time.perf_counter() - started,
-            len(analyses.columns.comparisons),
+            done.comparisons,
+            done.encoded,
+            done.changed,
         )
         return True
 

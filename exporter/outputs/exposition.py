@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import compress
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
@@ -94,57 +94,92 @@ def render_analysis(analyses: Analyses) -> str:
 
 def render_analysis_parts(analyses: Analyses) -> tuple[str, ...]:
     """The comparison, SRM and percentile families, straight from the columns, in pieces
-    of at most CHUNK lines. Rendered once per recomputation and reused by every scrape
-    (whose own join copies them into its answer); a label is built once per comparison
-    and shared by all the gauges. No piece takes long to make, so the thread doing it
-    never holds the GIL (and the event loop) for long."""
-    analysis = analyses.columns
-    names = [escape(name) for name in analysis.experiments]
+    of one experiment's lines of one family (see analysis_sections). Rendered once per
+    recomputation and reused by every scrape (whose own join copies them into its
+    answer); a label is built once per comparison and shared by all the gauges."""
+    return join_sections(analysis_sections(analyses.columns), HEADERS)
+
+
+# Each experiment's text is kept in SLOTS pieces, one per family it appears in (two for
+# the gauges that also carry the latency test's line, which the full render writes after
+# every experiment's comparisons): an incremental recompute re-renders only the changed
+# experiments' pieces, and `join_sections` lays out any set of them, each family whole.
+_LATENCY_EXTRA: Final = ("probability_better", "fixed_horizon_p_value")
+SLOTS: Final[tuple[cat.Declared, ...]] = (
+    cat.PROGRESS, cat.WINNER, cat.SRM_P_VALUE, cat.SRM_DETECTED, cat.PERCENTILE,
+    *(d for (gauge, _), declared in zip(cat.COMPARISON_GAUGES, cat.COMPARISONS, strict=True)
+      for d in ((declared, declared) if gauge in _LATENCY_EXTRA else (declared,))),
+)  # fmt: skip
+
+
+def _header(family: cat.Declared) -> str:
     out = Writer(openmetrics=False)
-    if names:
-        out.declare(cat.PROGRESS)
-        out.parts.append("".join(
-            f'abtest_experiment_progress_ratio{{experiment="{exp}"}} {progress!r}\n'
-            for exp, progress in zip(names, analysis.progress, strict=True)
-        ))  # fmt: skip
-    winners = [
-        f'abtest_experiment_winner{{experiment="{exp}",branch="{escape(winner)}"}} 1\n'
-        for exp, winner in zip(names, analysis.winners, strict=True)
-        if winner is not None
-    ]
-    if winners:
-        out.declare(cat.WINNER)
-        out.parts.append("".join(winners))
-    srm = [(f'experiment="{e}"', r) for e, r in zip(names, analysis.srm, strict=True) if r]
-    if srm:
-        out.declare(cat.SRM_P_VALUE)
-        out.lines("abtest_srm_p_value", (s for s, _ in srm), (repr(r.p_value) for _, r in srm))
-        out.declare(cat.SRM_DETECTED)
-        out.lines(
-            "abtest_srm_detected", (s for s, _ in srm), ("1" if r.detected else "0" for _, r in srm)
-        )
-    _percentile_family(out, analysis, names)
-    _comparison_families(out, analysis, names)
-    return tuple(out.parts)
+    out.declare(family)
+    return out.parts[0]
 
 
-def _percentile_family(out: Writer, analysis: Analysis, names: list[str]) -> None:
+# (header, the family's slots), in output order
+HEADERS: Final[tuple[tuple[str, tuple[int, ...]], ...]] = tuple(
+    (_header(family), tuple(i for i, f in enumerate(SLOTS) if f is family))
+    for family in dict.fromkeys(SLOTS)
+)
+HEADERS_ENCODED: Final = tuple((text.encode(), slots) for text, slots in HEADERS)
+
+AnyText = TypeVar("AnyText", str, bytes)
+
+
+def join_sections(
+    sections: Sequence[Sequence[AnyText]], headers: Sequence[tuple[AnyText, tuple[int, ...]]]
+) -> tuple[AnyText, ...]:
+    """The families of these experiments' sections (SLOTS pieces each, in order), each
+    family's header then its pieces (some empty); a family no experiment has is left out."""
+    if not sections:
+        return ()
+    out: list[AnyText] = []
+    columns = list(zip(*sections, strict=True))  # per slot, every experiment's piece
+    for header, slots in headers:
+        if any(any(columns[slot]) for slot in slots):
+            out.append(header)
+            for slot in slots:
+                out.extend(columns[slot])  # empty pieces too: no pass over them all
+    return tuple(out)
+
+
+def analysis_sections(analysis: Analysis) -> list[tuple[str, ...]]:
+    """Each experiment's lines in every family of SLOTS ("" where it has none): what the
+    full render writes, cut at the experiments' boundaries."""
+    size = len(analysis.experiments)
+    names = [escape(name) for name in analysis.experiments]
+    slots: list[list[str]] = [
+        [f'abtest_experiment_progress_ratio{{experiment="{exp}"}} {progress!r}\n'
+         for exp, progress in zip(names, analysis.progress, strict=True)],
+        [f'abtest_experiment_winner{{experiment="{exp}",branch="{escape(winner)}"}} 1\n'
+         if winner is not None else ""
+         for exp, winner in zip(names, analysis.winners, strict=True)],
+        [f'abtest_srm_p_value{{experiment="{exp}"}} {r.p_value!r}\n' if r else ""
+         for exp, r in zip(names, analysis.srm, strict=True)],
+        [f'abtest_srm_detected{{experiment="{exp}"}} {"1" if r.detected else "0"}\n' if r else ""
+         for exp, r in zip(names, analysis.srm, strict=True)],
+        _percentile_slot(analysis, names),
+        *_comparison_slots(analysis, names),
+    ]  # fmt: skip
+    assert len(slots) == len(SLOTS)
+    return list(zip(*slots, strict=True)) if size else []
+
+
+def _percentile_slot(analysis: Analysis, names: list[str]) -> list[str]:
     columns = analysis.percentiles
-    if not columns.branch:
-        return
-    out.declare(cat.PERCENTILE)
     bases = [
         f'experiment="{names[e]}",branch="{escape(branch)}",percentile="'
         for e, branch in zip(columns.experiment.tolist(), columns.branch, strict=True)
     ]
     keys = [f'{name[1:]}"}} ' for name, _ in PERCENTILES]
     labels = [base + key for base in bases for key in keys]
-    out.parts.extend(
-        _lines("abtest_branch_latency_percentile_seconds", labels, columns.values.ravel())
-    )
+    of = np.repeat(columns.experiment, len(keys))
+    return _lines(cat.PERCENTILE.name, labels, columns.values.ravel(), of, len(names))
 
 
-def _comparison_families(out: Writer, analysis: Analysis, names: list[str]) -> None:
+def _comparison_slots(analysis: Analysis, names: list[str]) -> list[list[str]]:
     results = analysis.comparisons
     table = results.table
     pairs = table.pairs
@@ -165,44 +200,52 @@ def _comparison_families(out: Writer, analysis: Analysis, names: list[str]) -> N
     labels = (bases[table.pair] + suffixes[table.metric * width + table.event + 1]).tolist()
     latency = analysis.latency
     latency_labels = (bases[latency.pair] + ',metric="latency_distribution",event=""} ').tolist()
+    latency_of = pairs.experiment[latency.pair]
     extra = {
         "probability_better": latency.probability_faster,
         "fixed_horizon_p_value": latency.fixed_horizon_p_value,
     }
+    size = len(names)
+    out = []
     for (gauge, _), declared in zip(cat.COMPARISON_GAUGES, cat.COMPARISONS, strict=True):
         column = getattr(results, gauge)
         if gauge == "significant":
             column = column.astype(int)
-        lines = _lines(declared.name, *_present(labels, column, gauge))
+        out.append(_lines(declared.name, *_present(labels, column, table.experiment, gauge), size))
         if gauge in extra:
-            lines.extend(_lines(declared.name, *_present(latency_labels, extra[gauge], gauge)))
-        if lines:
-            out.declare(declared)
-            out.parts.extend(lines)
+            found = _present(latency_labels, extra[gauge], latency_of, gauge)
+            out.append(_lines(declared.name, *found, size))
+    return out
 
 
-def _present(labels: list[str], column: Any, gauge: str) -> tuple[list[str], Any]:
+def _present(
+    labels: list[str], column: Any, experiment: Any, gauge: str
+) -> tuple[list[str], Any, Any]:
     """The rows that have a value: an optional field's NaN is None, left out."""
     if gauge in OPTIONAL:
         kept = np.isfinite(column)
         if not kept.all():
-            return list(compress(labels, kept.tolist())), column[kept]
-    return labels, column
+            return list(compress(labels, kept.tolist())), column[kept], experiment[kept]
+    return labels, column, experiment
 
 
 CHUNK = 4096  # lines per piece: a join of some 600 kB, well under a millisecond
 
 
-def _lines(name: str, labels: list[str], values: Any) -> list[str]:
-    """`name{label} value` lines (each label already ends with `} `) in pieces of CHUNK
-    lines: each piece is one join of the lines' parts, no string made per line but the
-    value's (written in bulk by `reprs`)."""
-    pieces = []
-    pattern: list[str] = [f"{name}{{", "", "", "\n"]
+def _lines(name: str, labels: list[str], values: Any, experiment: Any, size: int) -> list[str]:
+    """`name{label} value` lines (each label already ends with `} `) joined per experiment
+    (`experiment`: each line's, ascending; `size` experiments, "" for one without lines).
+    The values are written in bulk by `reprs`, CHUNK lines at a time so that no step
+    holds the GIL long; no string is made per line but the value's."""
+    out = [""] * size
+    if not len(labels):
+        return out
+    items: list[str] = [f"{name}{{", "", "", "\n"] * len(labels)
+    items[1::4] = labels
     for start in range(0, len(labels), CHUNK):
-        chunk = labels[start : start + CHUNK]
-        items = pattern * len(chunk)
-        items[1::4] = chunk
-        items[2::4] = reprs(values[start : start + CHUNK])
-        pieces.append("".join(items))
-    return pieces
+        items[4 * start + 2 : 4 * (start + CHUNK) : 4] = reprs(values[start : start + CHUNK])
+    bounds = np.searchsorted(experiment, np.arange(size + 1))
+    edges = bounds.tolist()
+    for e in np.flatnonzero(np.diff(bounds)).tolist():
+        out[e] = "".join(items[4 * edges[e] : 4 * edges[e + 1]])
+    return out

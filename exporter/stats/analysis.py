@@ -196,6 +196,61 @@ class Analyses(Mapping[str, ExperimentAnalysis]):
                 self._made[name] = columns.experiment(i, made.get(i, {}))
 
 
+@dataclass(slots=True)
+class Held:
+    """One experiment's place in the Analysis it was last computed in, and its objects
+    once made (kept across recomputations for as long as the experiment is unchanged)."""
+
+    analysis: Analysis
+    index: int
+    made: ExperimentAnalysis | None = None
+
+
+class StitchedAnalyses(Mapping[str, ExperimentAnalysis]):
+    """Experiment name -> its analysis, each from the Analysis it was last computed in
+    (an incremental recompute analyses only the changed experiments); made on first
+    access like `Analyses`, so the two answer the same for the same data."""
+
+    def __init__(self, held: Mapping[str, Held]) -> None:
+        self._held = held
+
+    def __getitem__(self, name: str) -> ExperimentAnalysis:
+        held = self._held[name]
+        if held.made is None:
+            held.made = held.analysis.experiment(held.index)
+        return held.made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def items(self) -> ItemsView[str, ExperimentAnalysis]:
+        self._make_all()
+        return super().items()
+
+    def values(self) -> ValuesView[ExperimentAnalysis]:
+        self._make_all()
+        return super().values()
+
+    def _make_all(self) -> None:
+        """The missing ones, one pass over the rows they span in each Analysis."""
+        missing: dict[int, list[Held]] = {}
+        for held in self._held.values():
+            if held.made is None:
+                missing.setdefault(id(held.analysis), []).append(held)
+        for group in missing.values():
+            columns = group[0].analysis
+            indices = [h.index for h in group]
+            lo, hi = np.searchsorted(
+                columns.comparisons.table.experiment, [min(indices), max(indices) + 1]
+            ).tolist()
+            made = _comparisons(columns.comparisons, lo, hi)
+            for held in group:
+                held.made = columns.experiment(held.index, made.get(held.index, {}))
+
+
 def analyse(
     view: View,
     configs: Mapping[str, ExperimentConfig],
