@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,37 @@ def test_a_renderers_gzip_answer_is_its_text_after_every_change() -> None:
         snapshot = metrics.snapshot()
         payload = renderer.render_gzip(snapshot)
         assert _one_member(payload) == SeriesRenderer(openmetrics=True).render(snapshot).encode()
+
+
+async def test_a_large_plain_scrape_comes_in_chunks_equal_to_the_gzipped_one(
+    client: Any, metrics: Any
+) -> None:
+    """Past a megabyte the plain body is written in chunks (the comparison block from its
+    encoded pieces); it carries its length and reads the same as the gzipped answer."""
+    from exporter.serve.keys import ENGINE
+
+    rng = random.Random(5)
+    for e in range(40):
+        for b in ("control", "t1", "t2", "t3"):
+            for _ in range(30):
+                metrics.record_query(f"exp-{e}", b, rng.uniform(1, 500), rng.random() < 0.9)
+            for v in range(10):
+                metrics.record_event(f"exp-{e}", b, f"event-{v}", float(rng.randrange(3)))
+    client.server.app[ENGINE].refresh()
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    body = await plain.read()
+    assert plain.status == 200 and plain.headers["Content-Type"].startswith("text/plain")
+    assert "Content-Encoding" not in plain.headers
+    assert len(body) > 2 * (1 << 20) and int(plain.headers["Content-Length"]) == len(body)
+    zipped = await client.get(
+        "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    unzipped = _one_member(await zipped.read())
+
+    def steady(text: bytes) -> list[bytes]:  # what does not move between two scrapes
+        moving = (b"abtest_exporter_", b"process_", b"python_", b"abtest_experiment_duration")
+        return [line for line in text.splitlines() if not line.startswith(moving)]
+
+    assert steady(body) == steady(unzipped)
+    assert body.count(b"\nabtest_comparison_p_value{") == 40 * 3 * 12  # treatments x metrics

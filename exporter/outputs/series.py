@@ -31,6 +31,7 @@ from ..core.families import Family
 from ..core.results import best_branch, control_of
 from ..state.abmetrics import Snapshot
 from . import catalog as cat
+from .body import chunks
 from .gzipped import GzipCache
 from .text import Writer, escape, format_value
 
@@ -260,6 +261,19 @@ class SeriesRenderer:
     ) -> bytes:
         """The same, gzipped: only the runs of pieces that changed are deflated again."""
         return self.gzip.compress(self.render_pieces(snapshot, extra, analysis, tail))
+
+    def render_chunks(
+        self,
+        snapshot: Snapshot,
+        extra: Sequence[Family] = (),
+        analysis: Sequence[str] = (),
+        tail: str = "",
+        analysis_encoded: Sequence[bytes] = (),
+    ) -> list[bytes]:
+        """The same, encoded in chunks (see body.py); `analysis_encoded` is `analysis`
+        already encoded, piece for piece."""
+        pieces = self.render_pieces(snapshot, extra, analysis, tail)
+        return chunks(pieces, (analysis, analysis_encoded))
 
     def render_pieces(
         self,
