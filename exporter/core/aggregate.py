@@ -263,6 +263,23 @@ def _group_max(
     return out
 
 
+def _merge_moments_at(
+    c: Columns, count: str, row: int, n: int, total: float, mean: float, m2: float, sq: float
+) -> None:
+    """One row's count, mean, M2, sum and sum of squares merged with a group's, in
+    scalars with merge_moments' float operations (the small-batch folds' bits must equal
+    the vectorised ones)."""
+    n_a, mean_a = int(c[count][row]), float(c["mean"][row])
+    size = n_a + n
+    delta = mean - mean_a
+    weight = n / size
+    c[count][row] = size
+    c["mean"][row] = mean_a + delta * weight
+    c["m2"][row] = float(c["m2"][row]) + m2 + delta * delta * n_a * weight
+    c["total"][row] = float(c["total"][row]) + total
+    c["sq"][row] = float(c["sq"][row]) + sq
+
+
 def _plain_rows(rows: Rows) -> list[int]:
     """Row numbers as Python ints (the small-batch folds index with them one by one)."""
     return rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
@@ -593,16 +610,8 @@ class Aggregate:
     ) -> None:  # fmt: skip
         """`_merge_branches` for one row, in scalars (see merge_moments)."""
         c = self.branches.columns
-        n_a, mean_a = int(c["n"][row]), float(c["mean"][row])
-        size = n_a + n
-        delta = mean - mean_a
-        weight = n / size
-        c["n"][row] = size
-        c["mean"][row] = mean_a + delta * weight
-        c["m2"][row] = float(c["m2"][row]) + m2 + delta * delta * n_a * weight
+        _merge_moments_at(c, "n", row, n, total, mean, m2, sq)
         c["ok"][row] += ok
-        c["total"][row] = float(c["total"][row]) + total
-        c["sq"][row] = float(c["sq"][row]) + sq
         old = float(c["lo"][row])
         c["lo"][row] = old if old < lo else lo
         old = float(c["hi"][row])
@@ -633,15 +642,7 @@ class Aggregate:
             for i in members:
                 d = float(values[i]) - mean
                 m2 += d * d
-            n_a, mean_a = int(c["count"][row]), float(c["mean"][row])
-            size = n_a + n
-            delta = mean - mean_a
-            weight = n / size
-            c["count"][row] = size
-            c["mean"][row] = mean_a + delta * weight
-            c["m2"][row] = float(c["m2"][row]) + m2 + delta * delta * n_a * weight
-            c["total"][row] = float(c["total"][row]) + total
-            c["sq"][row] = float(c["sq"][row]) + sq
+            _merge_moments_at(c, "count", row, n, total, mean, m2, sq)
         self._events_changed(np.array(sorted(groups), dtype=np.intp))
 
     def held(self, key: BranchKey | EventKey) -> int:

@@ -156,10 +156,25 @@ class Analysis:
         )
 
 
-class Analyses(Mapping[str, ExperimentAnalysis]):
+class _MadeOnDemand(Mapping[str, ExperimentAnalysis]):
+    """A mapping whose values are made on first access; going through them all (items,
+    values: the OTLP push) makes the missing ones in one pass first."""
+
+    def items(self) -> ItemsView[str, ExperimentAnalysis]:
+        self._make_all()
+        return super().items()
+
+    def values(self) -> ValuesView[ExperimentAnalysis]:
+        self._make_all()
+        return super().values()
+
+    def _make_all(self) -> None:
+        raise NotImplementedError
+
+
+class Analyses(_MadeOnDemand):
     """Experiment name -> its analysis, made on first access (the columns are what the
-    exposition uses; most experiments are never asked for one by one). Going through
-    them all (items, values: the OTLP push) makes the missing ones in one pass."""
+    exposition uses; most experiments are never asked for one by one)."""
 
     def __init__(self, columns: Analysis) -> None:
         self.columns = columns
@@ -177,14 +192,6 @@ class Analyses(Mapping[str, ExperimentAnalysis]):
 
     def __len__(self) -> int:
         return len(self.columns.experiments)
-
-    def items(self) -> ItemsView[str, ExperimentAnalysis]:
-        self._make_all()
-        return super().items()
-
-    def values(self) -> ValuesView[ExperimentAnalysis]:
-        self._make_all()
-        return super().values()
 
     def _make_all(self) -> None:
         if len(self._made) == len(self):
@@ -206,7 +213,7 @@ class Held:
     made: ExperimentAnalysis | None = None
 
 
-class StitchedAnalyses(Mapping[str, ExperimentAnalysis]):
+class StitchedAnalyses(_MadeOnDemand):
     """Experiment name -> its analysis, each from the Analysis it was last computed in
     (an incremental recompute analyses only the changed experiments); made on first
     access like `Analyses`, so the two answer the same for the same data."""
@@ -225,14 +232,6 @@ class StitchedAnalyses(Mapping[str, ExperimentAnalysis]):
 
     def __len__(self) -> int:
         return len(self._held)
-
-    def items(self) -> ItemsView[str, ExperimentAnalysis]:
-        self._make_all()
-        return super().items()
-
-    def values(self) -> ValuesView[ExperimentAnalysis]:
-        self._make_all()
-        return super().values()
 
     def _make_all(self) -> None:
         """The missing ones, one pass over the rows they span in each Analysis."""
