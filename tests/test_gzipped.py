@@ -134,4 +134,10 @@ async def test_a_large_plain_scrape_comes_in_chunks_equal_to_the_gzipped_one(
         return [line for line in text.splitlines() if not line.startswith(moving)]
 
     assert steady(body) == steady(unzipped)
+    # HEAD: the length, no body, and the connection stays in step for the next request
+    head = await client.head("/metrics", headers={"Accept-Encoding": "identity"})
+    assert head.status == 200 and int(head.headers["Content-Length"]) > 2 * (1 << 20)
+    assert await head.read() == b""
+    after = await client.get("/-/healthy")
+    assert after.status == 200 and await after.text() == "OK\n"
     assert body.count(b"\nabtest_comparison_p_value{") == 40 * 3 * 12  # treatments x metrics

@@ -91,7 +91,8 @@ class _Rows(Generic[K]):
         size, held = len(keys), len(self.keys)
         if size != held:  # the table grew, or was cleared and started over
             grown = np.full(size, -1, dtype=np.int64)
-            grown[: min(size, held)] = self.stamps[:size]
+            if size > held:  # a smaller table (an older snapshot, a clear) renders afresh:
+                grown[:held] = self.stamps  # a partly kept last block would keep old rows
             self.stamps = grown
             pad = max(0, size - held)
             del self.keys[size:], self.labels[size:]
@@ -216,11 +217,14 @@ class SeriesRenderer:
     rows that did not change since its last render. Thread-safe: renders take turns."""
 
     def __init__(self, openmetrics: bool = False, role: str = "single") -> None:
-        self.openmetrics = openmetrics
+        self.openmetrics, self.role = openmetrics, role
         # an `ingest` replica writes only what adds up or merges; the `analyzer` only
         # what it derives (its raw sums would be counted twice by Prometheus)
         self.raw, self.derived = role != "analyzer", role != "ingest"
-        self._lock = threading.Lock()
+        self._version = -1  # of the latest snapshot rendered
+        # re-entrant: the server holds it across its snapshot and the render, so that
+        # scrapes render their snapshots in the order they were taken
+        self.lock = threading.RLock()
         self.gzip = GzipCache()  # the deflated runs of the previous answer
         self._reset(())
 
@@ -284,8 +288,12 @@ class SeriesRenderer:
     ) -> list[str]:
         """The response as the pieces it is made of (unchanged ones the same objects as
         in the previous render)."""
-        out = Writer(self.openmetrics)
-        with self._lock:
+        with self.lock:
+            if snapshot.version < self._version:  # older than the cache: render it whole
+                fresh = SeriesRenderer(self.openmetrics, self.role)
+                return fresh.render_pieces(snapshot, extra, analysis, tail)
+            self._version = snapshot.version
+            out = Writer(self.openmetrics)
             view = snapshot.view
             if view.bounds != self._bounds:
                 self._reset(view.bounds)
@@ -418,6 +426,7 @@ class SeriesRenderer:
         if view.touched != cache.touched:  # one C-level comparison when nothing moved
             before = cache.touched
             dirty.update(e for e, at in view.touched.items() if before.get(e) != at)
+            dirty.update(before.keys() - view.touched.keys())  # no last write (any more)
             cache.touched = dict(view.touched)
         if configs != cache.configs:
             before_configs = cache.configs

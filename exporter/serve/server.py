@@ -458,26 +458,26 @@ def render_metrics(app: web.Application, openmetrics: bool, compress: bool) -> l
     chunks: a plain one passes 100 MB at a thousand experiments."""
     started = time.perf_counter()
     metrics, self_metrics, engine = app[METRICS], app[SELF], app[ENGINE]
-    snapshot = metrics.snapshot()
-    latest = engine.latest
-    extra = self_metrics.families(
-        snapshot.stats.total_branches_tracked,
-        len(snapshot.view.event_keys) - snapshot.view.event_keys.count(None),
-        snapshot.stats.experiments_tracked,
-        metrics.stream_figures(),
-    )
-    store, analyzer = app.get(STORE), app.get(ANALYZER)
-    families = extra + engine.families() + (store.families() if store is not None else [])
-    if analyzer is not None:
-        families += analyzer.families()
-    process = self_metrics.process.render(openmetrics)
-    role = app[SETTINGS].role
-    renderer = app[RENDERERS].get(openmetrics, role)  # re-renders only what changed
-    payload = (
-        [renderer.render_gzip(snapshot, families, latest.parts, process)]
-        if compress
-        else renderer.render_chunks(snapshot, families, latest.parts, process, latest.encoded)
-    )
+    renderer = app[RENDERERS].get(openmetrics, app[SETTINGS].role)  # renders what changed
+    with renderer.lock:  # snapshots render in the order they are taken
+        snapshot = metrics.snapshot()
+        latest = engine.latest
+        extra = self_metrics.families(
+            snapshot.stats.total_branches_tracked,
+            len(snapshot.view.event_keys) - snapshot.view.event_keys.count(None),
+            snapshot.stats.experiments_tracked,
+            metrics.stream_figures(),
+        )
+        store, analyzer = app.get(STORE), app.get(ANALYZER)
+        families = extra + engine.families() + (store.families() if store is not None else [])
+        if analyzer is not None:
+            families += analyzer.families()
+        process = self_metrics.process.render(openmetrics)
+        payload = (
+            [renderer.render_gzip(snapshot, families, latest.parts, process)]
+            if compress
+            else renderer.render_chunks(snapshot, families, latest.parts, process, latest.encoded)
+        )
     self_metrics.scraped(time.perf_counter() - started)
     return payload
 
@@ -497,8 +497,9 @@ async def get_metrics(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=headers)
     response.content_length = sum(map(len, payload))
     await response.prepare(request)
-    for chunk in payload:
-        await response.write(chunk)
+    if request.method != "HEAD":  # a HEAD answer has the length, never the body
+        for chunk in payload:
+            await response.write(chunk)
     await response.write_eof()
     return response
 
