@@ -22,6 +22,7 @@ from ..core.validation import (
     name_problem,
     success_problem,
 )
+from .part_columns import take_all
 
 MAX_REPORTED_ERRORS: Final = 100
 MAX_COUNT: Final = 2**53 - 1  # counts stay exact as JSON numbers and as floats
@@ -126,7 +127,10 @@ def parse_batch(
             )
     if "parts" in body or "event_parts" in body:
         part_fields, event_part_fields = _part_fields(max_name_length)
-        for index, part in enumerate(lists.get("parts", [])):
+        parts = lists.get("parts", [])
+        if parts and take_all(batch.parts, parts, now, max_name_length, MAX_COUNT, bounds):
+            parts = []  # every part good: checked and taken column by column
+        for index, part in enumerate(parts):
             path = f"parts[{index}]"
             if _check_record(batch, path, part, part_fields) and _check_part(
                 batch, path, part, bounds

@@ -1,0 +1,117 @@
+"""A pre-aggregated batch's query parts checked column by column.
+
+A pre-aggregating client sends one part per series per flush, so the server's cost is
+per part; checking each part's nine fields and their agreement one by one was a quarter
+of it. When every part is good (the rule) the same checks run here over whole columns:
+the same comparisons in the same float operations, so a part is taken here exactly when
+the part-by-part pass (records.py) would take it. Anything unusual (a field missing, a
+type, a value out of range, disagreeing fields) returns False and that pass names it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from itertools import chain
+from operator import itemgetter
+from typing import Any, Final
+
+import numpy as np
+
+from ..core.aggregate import BranchParts
+from ..core.validation import MAX_LATENCY_MS, name_problem
+
+FIELDS: Final = (
+    "experiment",
+    "branch",
+    "queries",
+    "successes",
+    "latency_sum_ms",
+    "latency_m2_ms2",
+    "latency_min_ms",
+    "latency_max_ms",
+    "buckets",
+)
+_INT: Final = frozenset({int})
+_NUMBER: Final = frozenset({int, float})
+_SLACK: Final = 1e-9  # as records.py's
+
+
+def take_all(
+    parts: BranchParts,
+    items: list[Any],
+    now: float,
+    max_name_length: int,
+    max_count: int,
+    bounds: Sequence[float],
+) -> bool:
+    """Append every part to `parts` if every one is good; else False, taking nothing."""
+    try:
+        if set(map(type, items)) != {dict} or set(map(len, items)) != {len(FIELDS)}:
+            return False
+        rows = list(map(itemgetter(*FIELDS), items))  # KeyError: a field missing
+        columns = map(list, zip(*rows, strict=True))  # rows are all nine long
+        experiments, branches, n, ok, total, m2, lo, hi, buckets = columns
+        names = set(experiments) | set(branches)  # TypeError: an unhashable name
+    except (KeyError, TypeError):
+        return False
+    if any(name_problem(name, max_name_length) is not None for name in names):
+        return False
+    if not (set(map(type, n)) <= _INT and set(map(type, ok)) <= _INT):
+        return False
+    if min(n) < 1 or max(n) > max_count or min(ok) < 0:
+        return False
+    floats = (total, m2, lo, hi)
+    if not all(set(map(type, column)) <= _NUMBER for column in floats):
+        return False
+    width = len(bounds) + 1
+    if set(map(type, buckets)) != {list} or set(map(len, buckets)) != {width}:
+        return False
+    if not set(map(type, chain.from_iterable(buckets))) <= _INT:
+        return False
+    try:
+        nf = np.array(n, dtype=np.float64)
+        total_a, m2_a, lo_a, hi_a = (np.array(c, dtype=np.float64) for c in floats)
+        counts = np.array(buckets, dtype=np.int64)  # OverflowError: beyond int64
+        n_i, ok_i = np.array(n, dtype=np.int64), np.array(ok, dtype=np.int64)
+    except OverflowError:  # an int beyond float or int64 range: "must be finite" there
+        return False
+    with np.errstate(all="ignore"):
+        if not (
+            np.isfinite(total_a).all()
+            and np.isfinite(m2_a).all()
+            and (m2_a >= 0).all()
+            and (lo_a >= 0).all()  # False for NaN too
+            and (hi_a <= MAX_LATENCY_MS).all()
+            and (lo_a <= MAX_LATENCY_MS).all()
+            and (hi_a >= 0).all()
+            and (counts >= 0).all()
+            and (counts <= max_count).all()
+            and (ok_i <= n_i).all()
+            and (lo_a <= hi_a).all()
+        ):
+            return False
+        # the same expressions, in the same order, as records.py's _check_part
+        mean_ok = (lo_a * nf * (1 - _SLACK) <= total_a) & (
+            total_a <= hi_a * nf * (1 + _SLACK) + _SLACK
+        )
+        spread = nf * (hi_a - lo_a) ** 2 / 4 * (1 + _SLACK) + _SLACK * np.maximum(
+            1.0, total_a * total_a / nf
+        )
+        capped = total_a <= nf * MAX_LATENCY_MS
+        if not (mean_ok.all() and capped.all() and (m2_a <= spread).all()):
+            return False
+    if not (counts.sum(axis=1) == n_i).all():
+        return False
+    used = counts > 0
+    first_used = used.argmax(axis=1)
+    last_used = width - 1 - used[:, ::-1].argmax(axis=1)
+    first = [bisect.bisect_left(bounds, x / 1000.0) for x in lo_a.tolist()]
+    last = [bisect.bisect_left(bounds, x / 1000.0) for x in hi_a.tolist()]
+    if first_used.tolist() != first or last_used.tolist() != last:
+        return False
+    for row in zip(experiments, branches, n, ok, total_a.tolist(), m2_a.tolist(),
+                   lo_a.tolist(), hi_a.tolist(), buckets, strict=True):  # fmt: skip
+        experiment, branch, count, good, t, v, low, high, slots = row
+        parts.append((experiment, branch), count, good, t, v, low, high, now, now, list(slots))
+    return True
