@@ -6,6 +6,7 @@ from typing import Any
 
 from ..core.experiment_config import CORRECTIONS
 from ..core.validation import MAX_ABS_EVENT_VALUE, MAX_LATENCY_MS, MAX_NAME_LENGTH
+from ..ingest.part_columns import FIELDS as PART_FIELDS
 from ..outputs import catalog
 from ..version import __version__
 
@@ -327,17 +328,7 @@ def _schemas() -> dict[str, Any]:
             "min..max allow, buckets (non-cumulative, the layout of GET /api/v1/buckets, +Inf "
             "last) adding up to queries with the first and last used ones holding min and max.",
             "additionalProperties": False,
-            "required": [
-                "experiment",
-                "branch",
-                "queries",
-                "successes",
-                "latency_sum_ms",
-                "latency_m2_ms2",
-                "latency_min_ms",
-                "latency_max_ms",
-                "buckets",
-            ],
+            "required": list(PART_FIELDS),
             "properties": {
                 "experiment": _NAME,
                 "branch": _NAME,
