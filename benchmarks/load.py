@@ -41,6 +41,21 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+def post_once(
+    connection: http.client.HTTPConnection, path: str, body: bytes
+) -> tuple[bool, http.client.HTTPConnection]:
+    """POST `body` on a keep-alive connection: (answered 200, the connection to use next:
+    a new one to the same server when this one failed)."""
+    try:
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.status == 200, connection
+    except OSError:
+        connection.close()
+        return False, http.client.HTTPConnection(connection.host, connection.port, timeout=30)
+
+
 def drive(
     port: int,
     seconds: float,
@@ -56,18 +71,9 @@ def drive(
 
     def work() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        headers = {"Content-Type": "application/json"}
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            try:
-                connection.request("POST", "/api/v1/records", body, headers)
-                response = connection.getresponse()
-                response.read()
-                ok = response.status == 200
-            except OSError:
-                ok = False
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            ok, connection = post_once(connection, "/api/v1/records", body)
             elapsed = time.perf_counter() - started
             with lock:
                 result.requests += 1

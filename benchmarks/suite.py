@@ -46,7 +46,7 @@ from tests.helpers import Exporter, free_port, wait_for
 from .bench_core import BRANCHES, populate, record_ours, record_plan, record_prometheus_client
 from .bench_otlp import bench_track, request
 from .common import run_threads
-from .load import batch_body
+from .load import batch_body, post_once
 
 SERVER_CPU, LOAD_CPU = 0, 1
 
@@ -418,19 +418,10 @@ def drive(
     def work() -> None:
         pin(0, LOAD_CPU)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        headers = {"Content-Type": "application/json"}
         next_at = time.monotonic()
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            try:
-                connection.request("POST", path, body, headers)
-                response = connection.getresponse()
-                response.read()
-                ok = response.status == 200
-            except OSError:
-                ok = False
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            ok, connection = post_once(connection, path, body)
             with lock:
                 result.requests += ok
                 result.errors += not ok

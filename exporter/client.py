@@ -297,7 +297,7 @@ class _Tracker:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        elapsed = (time.perf_counter() - self._started) * 1000.0
+        elapsed = (_clock() - self._started) * 1000.0
         self._record(self._experiment, self._branch, elapsed, kind is None)
 
     def __call__(self, function: Callable[P, R]) -> Callable[P, R]:

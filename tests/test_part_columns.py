@@ -128,3 +128,7 @@ def test_good_parts_are_taken_by_columns(items: list[Any]) -> None:
     )
     assert taken  # the usual batch takes the fast path (or this test measures nothing)
     assert _parsed(items, columns=True) == _parsed(items, columns=False)
+
+
+def test_the_columns_read_the_fields_the_part_by_part_pass_checks() -> None:
+    assert tuple(records._part_fields(10)[0]) == part_columns.FIELDS

@@ -34,7 +34,8 @@ FIELDS: Final = (
 )
 _INT: Final = frozenset({int})
 _NUMBER: Final = frozenset({int, float})
-_SLACK: Final = 1e-9  # as records.py's
+# Relative slack for checks on sums a client computed in floating point (both passes).
+SLACK: Final = 1e-9
 
 
 def take_all(
@@ -92,10 +93,10 @@ def take_all(
         ):
             return False
         # the same expressions, in the same order, as records.py's _check_part
-        mean_ok = (lo_a * nf * (1 - _SLACK) <= total_a) & (
-            total_a <= hi_a * nf * (1 + _SLACK) + _SLACK
+        mean_ok = (lo_a * nf * (1 - SLACK) <= total_a) & (
+            total_a <= hi_a * nf * (1 + SLACK) + SLACK
         )
-        spread = nf * (hi_a - lo_a) ** 2 / 4 * (1 + _SLACK) + _SLACK * np.maximum(
+        spread = nf * (hi_a - lo_a) ** 2 / 4 * (1 + SLACK) + SLACK * np.maximum(
             1.0, total_a * total_a / nf
         )
         capped = total_a <= nf * MAX_LATENCY_MS

@@ -22,6 +22,7 @@ from ..core.validation import (
     name_problem,
     success_problem,
 )
+from .part_columns import SLACK as _SLACK
 from .part_columns import take_all
 
 MAX_REPORTED_ERRORS: Final = 100
@@ -33,9 +34,24 @@ Check = Callable[[object], "str | None"]
 Fields = dict[str, tuple[Check, str]]
 
 
-def _fields(max_name_length: int) -> tuple[Fields, Fields]:
+def _name_check(max_name_length: int) -> Check:
+    """name_problem, remembering the names found good in this batch: records and parts
+    repeat a few names many times."""
+    good: set[str] = set()
+
     def name(value: object) -> str | None:
-        return name_problem(value, max_name_length)
+        if type(value) is str and value in good:
+            return None
+        problem = name_problem(value, max_name_length)
+        if problem is None:
+            good.add(value)  # type: ignore[arg-type]  # a str: name_problem checked it
+        return problem
+
+    return name
+
+
+def _fields(max_name_length: int) -> tuple[Fields, Fields]:
+    name = _name_check(max_name_length)
 
     queries: Fields = {
         "experiment": (name, "invalid_name"),
@@ -275,15 +291,7 @@ def _buckets_problem(value: object) -> str | None:
 
 
 def _part_fields(max_name_length: int) -> tuple[Fields, Fields]:
-    good: set[str] = set()  # names already checked in this batch: parts repeat them
-
-    def name(value: object) -> str | None:
-        if type(value) is str and value in good:
-            return None
-        problem = name_problem(value, max_name_length)
-        if problem is None:
-            good.add(value)  # type: ignore[arg-type]  # a str: name_problem checked it
-        return problem
+    name = _name_check(max_name_length)
 
     parts: Fields = {
         "experiment": (name, "invalid_name"),
@@ -305,10 +313,6 @@ def _part_fields(max_name_length: int) -> tuple[Fields, Fields]:
         "m2": (_m2_problem, "invalid_value"),
     }
     return parts, events
-
-
-# Relative slack for checks on sums a client computed in floating point.
-_SLACK: Final = 1e-9
 
 
 def _check_part(batch: Batch, path: str, part: Mapping[str, Any], bounds: Sequence[float]) -> bool:
