@@ -141,3 +141,32 @@ async def test_a_large_plain_scrape_comes_in_chunks_equal_to_the_gzipped_one(
     after = await client.get("/-/healthy")
     assert after.status == 200 and await after.text() == "OK\n"
     assert body.count(b"\nabtest_comparison_p_value{") == 40 * 3 * 12  # treatments x metrics
+
+
+async def test_scrapers_that_stop_reading_hold_up_no_one(client: Any, metrics: Any) -> None:
+    """A plain body of several megabytes to clients that never read it: the chunks wait on
+    their sockets, and a scrape on another connection is answered in full meanwhile."""
+    import asyncio
+
+    from exporter.serve.keys import ENGINE
+
+    for e in range(40):
+        for b in ("control", "t1", "t2", "t3"):
+            metrics.record_query(f"exp-{e}", b, 12.5, True)
+            for v in range(10):
+                metrics.record_event(f"exp-{e}", b, f"event-{v}", 1.0)
+    client.server.app[ENGINE].refresh()
+    stalled = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+        await writer.drain()
+        stalled.append((reader, writer))
+    await asyncio.sleep(0.3)  # their bodies are written as far as their sockets take
+    answer = await asyncio.wait_for(
+        client.get("/metrics", headers={"Accept-Encoding": "identity"}), timeout=10
+    )
+    body = await answer.read()
+    assert int(answer.headers["Content-Length"]) == len(body) > 1 << 20
+    for _, writer in stalled:
+        writer.close()
