@@ -3,11 +3,13 @@ cannot be trusted."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -196,5 +198,45 @@ def test_the_store_file_is_sqlite_in_wal_mode(tmp_path: Path) -> None:
             meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         assert meta["format_version"] == "3"
         assert json.loads(meta["buckets"])[0] == 0.001
+    finally:
+        store.close()
+
+
+async def test_a_commit_gathers_the_writes_still_under_way(tmp_path: Path) -> None:
+    metrics = ABMetrics()
+    store = Store(tmp_path, metrics)
+    store.open()
+    store.commit_delay = 60.0  # only the writes under way may hold a commit back
+    under_way = threading.Event()
+    under_way.set()
+    store.busy = under_way.is_set
+    store.start()
+    try:
+        metrics.record_query("e", "control", 5.0, True)
+        first = asyncio.create_task(store.durable(metrics.settled_version(), 60))
+        await asyncio.sleep(0.3)
+        assert not first.done() and store.stats.commits == 0  # waiting for the other write
+        metrics.record_query("e", "treatment", 7.0, False)
+        second = asyncio.create_task(store.durable(metrics.settled_version(), 60))
+        under_way.clear()
+        assert await asyncio.wait_for(first, 30) and await asyncio.wait_for(second, 30)
+        assert store.stats.commits == 1  # one commit served both
+    finally:
+        store.close()
+    restored = ABMetrics()
+    Store(tmp_path, restored).open()
+    assert restored.stats().total_queries_recorded == 2
+
+
+async def test_a_lone_write_is_committed_without_waiting_out_the_delay(tmp_path: Path) -> None:
+    metrics = ABMetrics()
+    store = Store(tmp_path, metrics)
+    store.open()
+    store.commit_delay = 60.0  # nothing is under way: no reason to wait for anyone
+    store.start()
+    try:
+        metrics.record_query("e", "control", 5.0, True)
+        assert await asyncio.wait_for(store.durable(metrics.settled_version(), 60), 30)
+        assert store.stats.commits == 1
     finally:
         store.close()

@@ -566,7 +566,11 @@ def create_app(
     if settings.persistent:
         assert settings.data_dir is not None
         durability: Durability = "interval" if settings.durability == "interval" else "sync"
-        app[STORE] = Store(settings.data_dir, app[METRICS], durability, settings.flush_interval)
+        store = app[STORE] = Store(
+            settings.data_dir, app[METRICS], durability, settings.flush_interval
+        )
+        inflight = app[INFLIGHT]
+        store.busy = lambda: inflight.held > 0  # a write is between its body and its wait
     app.cleanup_ctx.append(background.persistence)
     if settings.role != "ingest":  # a replica publishes no derived figures
         app.cleanup_ctx.append(background.comparisons)

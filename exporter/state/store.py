@@ -41,6 +41,7 @@ from ..ingest import otlp
 from .abmetrics import ABMetrics, Restored, StoreBatch
 from .datadir import DataDirError, DataDirLock
 
+_GATHER_TICK = 0.0002  # seconds between looks at whether writes are still under way
 log = logging.getLogger(__name__)
 
 # 3: a running sum of squares per branch and event (`sq`), summable across replicas
@@ -114,7 +115,10 @@ class Store:
         self.stats = StoreStats()
         self._metrics = metrics
         self._interval = interval
-        self.commit_delay = 0.005
+        self.commit_delay = 0.005  # longest a commit waits for writes under way to join
+        # True while a write is being read or applied (set by the server): the writer
+        # waits for it rather than commit without it and again right after
+        self.busy: Callable[[], bool] = _never
         self._clock = clock
         self._lock = DataDirLock(directory)
         self._connection: sqlite3.Connection | None = None
@@ -252,20 +256,27 @@ class Store:
     def _run(self) -> None:
         while not self._stopping:
             if self.durability == "sync":
-                # Group commit: give requests arriving right behind this one a moment to
-                # join, so one commit serves several. Not when requests came while a
-                # quick commit (about an fsync) ran: they have gathered while it ran, and
-                # waiting more only adds to their latency. After a slow one (many rows
-                # changed) it pays to wait: the next requests' rows join one write.
-                hurry = self._wake.is_set() and self.stats.last_seconds < self.commit_delay
                 self._wake.wait()
-                if not hurry:
-                    time.sleep(self.commit_delay)
+                self._gather()
             else:
                 self._wake.wait(self._interval)
             self._wake.clear()
             if not self._stopping:
                 self.commit()
+
+    def _gather(self) -> None:
+        """Group commit: let other writes join this commit, so one serves them all.
+        After a slow commit (many rows changed) wait `commit_delay`: the next requests'
+        rows join one write. After a quick one (about an fsync) wait only while writes
+        are being read or applied (at most `commit_delay`): with none under way, commit
+        at once, since requests that come while a commit runs gather for the next one by
+        themselves and waiting longer would only add to everyone's latency."""
+        if self.stats.last_seconds >= self.commit_delay:
+            time.sleep(self.commit_delay)
+            return
+        deadline = time.monotonic() + self.commit_delay
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(_GATHER_TICK)
 
     def commit(self) -> bool:
         """One group commit of everything changed so far; True if it succeeded."""
@@ -608,6 +619,10 @@ def _wal_checksum(data: bytes, order: str, s0: int, s1: int) -> tuple[int, int]:
         s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
         s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
     return s0, s1
+
+
+def _never() -> bool:
+    return False
 
 
 def _settle(future: asyncio.Future[bool], durable: bool) -> None:
