@@ -684,13 +684,25 @@ class Aggregate:
         _mark(self.changes.events, self.events, rows)
         self.version += 1
 
-    def add(self, records: Records, now: float) -> None:
-        """Apply a batch and mark its experiments written at `now`."""
-        self.add_queries(
-            self.branch_rows(records.query_keys), records.latency_ms, records.success, records.when
+    def add(
+        self,
+        records: Records,
+        now: float,
+        rows: tuple[list[int], list[int]] | None = None,
+    ) -> None:
+        """Apply a batch and mark its experiments written at `now`; `rows`, the rows of
+        its query and event keys when the caller looked them up already."""
+        query_rows, event_rows = rows or (
+            self.branch_rows(records.query_keys),
+            self.event_rows(records.event_keys),
         )
-        self.add_events(self.event_rows(records.event_keys), records.event_values)
-        self.touch({k[0] for keys in (records.query_keys, records.event_keys) for k in keys}, now)
+        self.add_queries(query_rows, records.latency_ms, records.success, records.when)
+        self.add_events(event_rows, records.event_values)
+        # each distinct row's experiment: a thousand records name a few dozen series
+        branch_keys, event_keys = self.branches.keys, self.events.keys
+        experiments = {branch_keys[r][0] for r in set(query_rows)}  # type: ignore[index]
+        experiments.update(event_keys[r][0] for r in set(event_rows))  # type: ignore[index]
+        self.touch(experiments, now)
 
     def add_parts(self, branches: BranchParts, events: EventParts, now: float | None) -> None:
         """Apply increments; with `now`, mark their experiments written then (a restore

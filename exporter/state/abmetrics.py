@@ -213,12 +213,21 @@ class ABMetrics:
             if parts is None and self._pend_few(records):
                 return self._written(once, answer)
             self._fold_locked()
-            if parts is not None:
-                query_keys = query_keys + parts[0].keys
-                event_keys = event_keys + parts[1].keys
-            limits.check(self._aggregate, self.limits, query_keys, event_keys)
+            aggregate = self._aggregate
+            # the rows of series that exist, looked up once: when every record has one,
+            # no series is new and the limits have nothing to check
+            rows: tuple[list[int], list[int]] | None = (
+                list(map(aggregate.branches.ids.get, query_keys)),  # type: ignore[arg-type]
+                list(map(aggregate.events.ids.get, event_keys)),  # type: ignore[arg-type]
+            )
+            if parts is not None or None in rows[0] or None in rows[1]:  # type: ignore[index]
+                rows = None
+                if parts is not None:
+                    query_keys = query_keys + parts[0].keys
+                    event_keys = event_keys + parts[1].keys
+                limits.check(aggregate, self.limits, query_keys, event_keys)
             now = self._clock()
-            self._aggregate.add(records, now)
+            aggregate.add(records, now, rows)
             if parts is not None:
                 self._aggregate.add_parts(parts[0], parts[1], now)
             return self._written(once, answer)
