@@ -7,9 +7,9 @@ client can fix a whole batch in one round.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..core.aggregate import DEFAULT_BUCKETS, BranchParts, EventParts, Records
@@ -68,18 +68,44 @@ def _fields(max_name_length: int) -> tuple[Fields, Fields]:
     return queries, events
 
 
-@dataclass
 class Batch:
-    records: Records = field(default_factory=Records)
-    # pre-aggregated parts (the client's `parts` and `event_parts`), applied with records
-    parts: BranchParts = field(default_factory=BranchParts)
-    event_parts: EventParts = field(default_factory=EventParts)
-    errors: list[dict[str, str]] = field(default_factory=list)
-    error_count: int = 0
-    too_large: bool = False  # over the records-per-batch limit: answered with 413
-    # rejected records by reason, for the self-metrics (a dict: a Counter costs more to
-    # build, and every good batch builds one)
-    reasons: dict[str, int] = field(default_factory=dict)
+    """A checked batch: its records, a client's pre-aggregated parts (made on first use:
+    most batches carry none, and a single-record POST paid for their sixteen empty
+    lists), and the problems found, by field and by reason."""
+
+    __slots__ = ("_event_parts", "_parts", "error_count", "errors", "reasons", "records",
+                 "too_large")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.records = Records()
+        self._parts: BranchParts | None = None
+        self._event_parts: EventParts | None = None
+        self.errors: list[dict[str, str]] = []
+        self.error_count = 0
+        self.too_large = False  # over the records-per-batch limit: answered with 413
+        # rejected records by reason, for the self-metrics (a dict: a Counter costs more
+        # to build, and every good batch builds one)
+        self.reasons: dict[str, int] = {}
+
+    @property
+    def parts(self) -> BranchParts:
+        if self._parts is None:
+            self._parts = BranchParts()
+        return self._parts
+
+    @property
+    def event_parts(self) -> EventParts:
+        if self._event_parts is None:
+            self._event_parts = EventParts()
+        return self._event_parts
+
+    @property
+    def has_parts(self) -> bool:
+        """Whether any part (of either kind) was taken."""
+        return bool(
+            (self._parts is not None and self._parts.keys)
+            or (self._event_parts is not None and self._event_parts.keys)
+        )
 
     def fail(self, path: str, message: str, reason: str) -> None:
         self.error_count += 1
@@ -90,6 +116,8 @@ class Batch:
     @property
     def part_records(self) -> tuple[int, int]:
         """The queries and events the parts stand for (counted like records)."""
+        if not self.has_parts:
+            return 0, 0
         return sum(self.parts.n), sum(self.event_parts.count)
 
 
@@ -103,7 +131,7 @@ def parse_batch(
     """Validate a decoded `{"queries", "events", "parts", "event_parts"}` document (each
     list optional); a part counts as one entry towards `max_records`."""
     batch = Batch()
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):
         batch.fail("$", "the body must be a JSON object", "invalid_type")
         return batch
     for key in body:
@@ -206,10 +234,73 @@ def _columns(items: list[Any], names: tuple[str, str, str, str]) -> list[list[An
     return [[r[name] for r in items] for name in names]
 
 
+_FEW: Final = 8  # records checked one by one: the column passes' set-up costs more
+
+
+@functools.lru_cache(maxsize=4096)
+def _good_name(name: str, max_length: int) -> bool:
+    """name_problem's verdict on a str, remembered across batches: single-record POSTs
+    name the same few series over and over."""
+    return name_problem(name, max_length) is None
+
+
+def _named(value: object, max_length: int) -> bool:
+    return type(value) is str and _good_name(value, max_length)
+
+
+def _few_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:
+    """_all_good_queries for a few records, one by one (same verdicts; False also for
+    what the column pass would take but is not a plain dict: the careful pass decides)."""
+    for r in items:
+        if type(r) is not dict or len(r) != 4:
+            return False
+        try:
+            experiment, branch, latency, outcome = (
+                r["experiment"], r["branch"], r["latency_ms"], r["success"]
+            )  # fmt: skip
+        except KeyError:
+            return False
+        if not (
+            type(outcome) is bool
+            and type(latency) in _NUMBER_TYPES
+            and 0.0 <= latency <= MAX_LATENCY_MS  # False for NaN too
+            and _named(experiment, max_length)
+            and _named(branch, max_length)
+        ):
+            return False
+    for r in items:
+        records.add_query((r["experiment"], r["branch"]), float(r["latency_ms"]), r["success"], now)
+    return True
+
+
+def _few_good_events(records: Records, items: list[Any], max_length: int) -> bool:
+    """_all_good_events for a few records, one by one (see _few_good_queries)."""
+    for r in items:
+        if type(r) is not dict or len(r) != 4:
+            return False
+        try:
+            experiment, branch, name, value = r["experiment"], r["branch"], r["event"], r["value"]
+        except KeyError:
+            return False
+        if not (
+            type(value) in _NUMBER_TYPES
+            and -MAX_ABS_EVENT_VALUE <= value <= MAX_ABS_EVENT_VALUE  # False for NaN too
+            and _named(experiment, max_length)
+            and _named(branch, max_length)
+            and _named(name, max_length)
+        ):
+            return False
+    for r in items:
+        records.add_event((r["experiment"], r["branch"], r["event"]), float(r["value"]))
+    return True
+
+
 def _all_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:
     """The common case, column by column: every query is good, so take them all at once
     (each distinct name is checked once, the values in C-level passes). False, taking
     nothing, if any is not: the record-by-record pass then names every problem."""
+    if len(items) <= _FEW:
+        return _few_good_queries(records, items, now, max_length)
     try:
         experiments, branches, latencies, outcomes = _columns(
             items, ("experiment", "branch", "latency_ms", "success")
@@ -231,6 +322,8 @@ def _all_good_queries(records: Records, items: list[Any], now: float, max_length
 
 def _all_good_events(records: Records, items: list[Any], max_length: int) -> bool:
     """Like _all_good_queries, for events."""
+    if len(items) <= _FEW:
+        return _few_good_events(records, items, max_length)
     try:
         experiments, branches, names, values = _columns(
             items, ("experiment", "branch", "event", "value")

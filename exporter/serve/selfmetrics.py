@@ -42,6 +42,15 @@ class SelfMetrics:
             with self._lock:
                 self.accepted[source, kind] += count
 
+    def accept_records(self, source: str, queries: int, events: int) -> None:
+        """accept() of a batch's queries and events, under one taking of the lock."""
+        with self._lock:
+            accepted = self.accepted
+            if queries:
+                accepted[source, "query"] += queries
+            if events:
+                accepted[source, "event"] += events
+
     def reject(self, source: str, reason: str, count: int = 1) -> None:
         with self._lock:
             self.rejected[source, reason] += count

@@ -99,46 +99,53 @@ def _source(request: web.Request) -> str:
     return "otlp" if request.path == "/v1/metrics" else "http"
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The decompressed body, read as it streams in: refused past `limit` (or past the
-    in-flight budget, or too slow) before more of it is held in memory."""
-    app = request.app
-    settings, source = app[SETTINGS], _source(request)
-    too_large = Refusal(
+def _too_large(limit: int, source: str) -> Refusal:
+    return Refusal(
         413,
         f"body larger than the limit of {limit} bytes (after decompression)",
         "body_too_large",
         source,
     )
-    busy = Refusal(
+
+
+def _busy(source: str) -> Refusal:
+    return Refusal(
         503, "too many request bodies are being read at once; retry shortly", "busy", source,
         {"Retry-After": "1"},
     )  # fmt: skip
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The decompressed body, read as it streams in: refused past `limit` (or past the
+    in-flight budget, or too slow) before more of it is held in memory."""
+    source = _source(request)
     if (request.content_length or 0) > limit + 1024:  # compressed and still too large
-        raise too_large
+        raise _too_large(limit, source)
+    weight = guard.DECODED_WEIGHT[source]
+    content = request.content
     chunks: list[bytes] = []
     size = 0
-
-    def take(chunk: bytes) -> None:
-        nonlocal size
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        if not guard.hold(request, len(chunk)):
-            raise busy
-        chunks.append(chunk)
-
-    content = request.content
     try:
         if content.is_eof():  # all of it came with the headers: nothing to wait for
-            take(content.read_nowait())
-        else:
-            async with asyncio.timeout(settings.body_timeout):
-                async for chunk in content.iter_any():
-                    take(chunk)
+            body = content.read_nowait()
+            if len(body) > limit:
+                raise _too_large(limit, source)
+            # the bytes and what they become once decoded, charged until applied
+            if not guard.hold(request, len(body) * weight):
+                raise _busy(source)
+            return body
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout):
+            async for chunk in content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit, source)
+                if not guard.hold(request, len(chunk)):
+                    raise _busy(source)
+                chunks.append(chunk)
     except TimeoutError:
+        timeout = request.app[SETTINGS].body_timeout
         raise Refusal(
-            408, f"the body was not received within {settings.body_timeout:g} s", "timeout", source
+            408, f"the body was not received within {timeout:g} s", "timeout", source
         ) from None
     except RequestPayloadError:
         raise Refusal(
@@ -147,9 +154,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except (ConnectionResetError, asyncio.IncompleteReadError):
         raise Refusal(400, "the client went away mid-body", "disconnected", source) from None
     # what the body becomes once decoded is charged too, until it is applied
-    weight = guard.DECODED_WEIGHT[source] - 1
-    if not guard.hold(request, size * weight):
-        raise busy
+    if not guard.hold(request, size * (weight - 1)):
+        raise _busy(source)
     return b"".join(chunks)
 
 
@@ -283,8 +289,10 @@ async def post_records(request: web.Request) -> web.Response:
     part_queries, part_events = batch.part_records
     queries, events = records.queries + part_queries, records.events + part_events
     answer = _accepted(queries, events)
-    parts = (batch.parts, batch.event_parts) if batch.parts.keys or batch.event_parts.keys else None
-    size = records.queries + records.events + len(batch.parts.keys) + len(batch.event_parts.keys)
+    parts, size = None, records.queries + records.events
+    if batch.has_parts:
+        parts = (batch.parts, batch.event_parts)
+        size += len(batch.parts.keys) + len(batch.event_parts.keys)
     try:
         if size > _INLINE_RECORDS:
             written = await asyncio.to_thread(metrics.record_batch, records, once, answer, parts)
@@ -299,8 +307,7 @@ async def post_records(request: web.Request) -> web.Response:
             count=queries + events,
         ) from None
     if written.repeat is None:
-        self_metrics.accept("http", "query", queries)
-        self_metrics.accept("http", "event", events)
+        self_metrics.accept_records("http", queries, events)
     del data, body, batch, records  # not held while waiting for the disk
     return await _finish(request, written, answer, once)
 

@@ -66,6 +66,7 @@ _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "
 T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
 _MIN_EVENT_VALUE = -MAX_ABS_EVENT_VALUE
+_PEND_AT_MOST = 16  # records of a batch that may join the pending lists (record_batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,19 +207,62 @@ class ABMetrics:
         applies nothing and returns the first answer. Raises LimitError, applying
         nothing, if new series would cross a limit."""
         with self._lock:
-            self._fold_locked()
             if (entry := self._repeat(once)) is not None:
                 return entry
             query_keys, event_keys = records.query_keys, records.event_keys
-            if parts is not None:
-                query_keys = query_keys + parts[0].keys
-                event_keys = event_keys + parts[1].keys
-            limits.check(self._aggregate, self.limits, query_keys, event_keys)
+            if parts is None and self._pend_few(records):
+                return self._written(once, answer)
+            self._fold_locked()
+            aggregate = self._aggregate
+            # the rows of series that exist, looked up once: when every record has one,
+            # no series is new and the limits have nothing to check
+            rows: tuple[list[int], list[int]] | None = (
+                list(map(aggregate.branches.ids.get, query_keys)),  # type: ignore[arg-type]
+                list(map(aggregate.events.ids.get, event_keys)),  # type: ignore[arg-type]
+            )
+            if parts is not None or None in rows[0] or None in rows[1]:  # type: ignore[index]
+                rows = None
+                if parts is not None:
+                    query_keys = query_keys + parts[0].keys
+                    event_keys = event_keys + parts[1].keys
+                limits.check(aggregate, self.limits, query_keys, event_keys)
             now = self._clock()
-            self._aggregate.add(records, now)
+            aggregate.add(records, now, rows)
             if parts is not None:
                 self._aggregate.add_parts(parts[0], parts[1], now)
             return self._written(once, answer)
+
+    def _pend_few(self, records: Records) -> bool:
+        """A few records of series that exist join the pending lists the in-process
+        recorders fill (under the lock: a read still sees all of them or none), so a
+        single-record POST pays no fold of its own: the next read or store commit folds
+        the pending records of many requests at once. False, taking nothing, for an empty
+        or larger batch or a new series (checked against the limits on the direct path)."""
+        query_keys, event_keys = records.query_keys, records.event_keys
+        if not 0 < len(query_keys) + len(event_keys) <= _PEND_AT_MOST:
+            return False
+        aggregate = self._aggregate
+        branch_ids, event_ids = aggregate.branches.ids, aggregate.events.ids
+        for key in query_keys:
+            if key not in branch_ids:
+                return False
+        for event_key in event_keys:
+            if event_key not in event_ids:
+                return False
+        now = self._clock()
+        queries, events = self._queries, self._events
+        for entry in zip(
+            query_keys, records.latency_ms, records.success, records.when, strict=True
+        ):
+            queries.extend(entry)
+        for event_key, value in zip(event_keys, records.event_values, strict=True):
+            events.extend((event_key, value, now))
+        aggregate.touch({key[0] for key in query_keys} | {key[0] for key in event_keys}, now)
+        # a version above every commit taken before: the one that folds these passes it
+        aggregate.bump()
+        if len(queries) >= _FOLD_AT or len(events) >= _FOLD_AT:
+            self._fold_locked()
+        return True
 
     def record_parts(
         self, branches: BranchParts, events: EventParts, check_limits: bool = True
