@@ -77,6 +77,7 @@ from ..core.validation import (
     MAX_NAME_LENGTH,
     name_problem,
 )
+from . import otlp_plain as plain_
 from .otlp_columns import Memo, bucket_rows, doubtful
 from .otlp_view import view
 
@@ -545,16 +546,22 @@ def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], .
     )
 
 
+_NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never changed
+_NO_ROW: Final[npt.NDArray[np.int64]] = np.zeros(0, dtype=np.int64)
+
 # -- stream state --------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class _Stream:
+    """A stream's last point. Its arrays are never changed in place (a new state replaces
+    them), so states may share them: the plain path's `buckets` are rows of one block."""
+
     start: int
     time: int  # the latest end time seen
     count: int  # cumulative: the last point's figures
     total: float  # NaN: the point had no sum
-    buckets: array[int]
+    buckets: array[int] | npt.NDArray[np.int64]  # native int64 either way
     bounds: tuple[float, ...]
     windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
     seen: float = 0.0  # the receiver's clock when the stream last sent
@@ -606,6 +613,11 @@ class Streams:
                 self.recalled += 1
         return state
 
+    @property
+    def held(self) -> dict[StreamKey, _Stream]:
+        """The states in memory (none read back from disk): read only."""
+        return self._states
+
     def room(self, new: int) -> bool:
         """Whether `new` more streams fit (with a data file, the states not yet written may
         overrun the memory bound by the new streams of one commit interval)."""
@@ -621,6 +633,19 @@ class Streams:
         self._changed.add(key)
         self._dropped.discard(key)
         self.stored += new
+
+    def put_many(self, states: dict[StreamKey, _Stream], new: set[StreamKey]) -> None:
+        """`put` for each of `states` in order (`new`: those seen for the first time), at
+        one reading of the clock: they arrived together."""
+        now = self._clock()
+        held, last = self._states, self._states.move_to_end
+        for key, state in states.items():
+            state.seen = now
+            held[key] = state
+            last(key)
+        self._changed.update(states)
+        self._dropped.difference_update(states)
+        self.stored += len(new & states.keys())
 
     def expire(self) -> None:
         """Memory only: forget streams silent for longer than the ttl, behind the horizon.
@@ -798,6 +823,9 @@ class Receiver:
         out = Received(refused=parsed.refused)
         pending: dict[tuple[str, int, float], _Pending] = {}
         self.streams.expire()
+        if self._plain(out, pending, parsed.points):
+            self._finish(out, pending)
+            return out
         for point in parsed.points:
             refusal = self._increment(out, pending, point)
             if refusal is not None:
@@ -807,9 +835,83 @@ class Receiver:
 
     def commit(self, received: Received, refused_streams: set[StreamKey]) -> None:
         """Move the streams whose increments were applied (or had none to apply)."""
-        for key, state in received.updates.items():
-            if key not in refused_streams:
-                self.streams.put(key, state, key in received.created)
+        updates = received.updates
+        if refused_streams:
+            updates = {k: s for k, s in updates.items() if k not in refused_streams}
+        self.streams.put_many(updates, received.created)
+
+    def _plain(
+        self,
+        out: Received,
+        pending: dict[tuple[str, int, float], _Pending],
+        points: list[Point],
+    ) -> bool:
+        """The whole request at once when every point is a plain increment of a cumulative
+        stream held in memory (see `otlp_plain`); False, with nothing changed, otherwise.
+        The answer is `_increment`'s, point for point, in the same order."""
+        if not points:
+            return False
+        held = self.streams.held
+        groups: dict[tuple[str, int, float], list[int]] = {}
+        last: list[_Stream] = []
+        pooled: list[tuple[float, ...]] = []
+        last_in: tuple[float, ...] | None = None
+        bounds: tuple[float, ...] = ()
+        for i, point in enumerate(points):
+            if point.bounds is not last_in:
+                found = self._bounds_pool.get(point.bounds)
+                if found is None:
+                    return False
+                last_in, bounds = point.bounds, found
+            state = held.get(point.stream)
+            if (
+                state is None
+                or point.delta
+                or (state.bounds is not bounds and state.bounds != bounds)
+            ):
+                return False
+            last.append(state)
+            pooled.append(bounds)
+            name = QUERY_METRIC if point.query else EVENT_METRIC
+            groups.setdefault((name, id(bounds), point.factor), []).append(i)
+        if len({p.stream for p in points}) != len(points):  # a stream twice: one by one
+            return False
+        answers: list[tuple[list[int], plain_.Plain]] = []
+        for (name, _, factor), members in groups.items():
+            chosen = [points[i] for i in members]
+            answer = plain_.plain(
+                name == QUERY_METRIC,
+                factor,
+                [p.start for p in chosen],
+                [p.end for p in chosen],
+                [p.count for p in chosen],
+                [p.total for p in chosen],
+                [p.buckets for p in chosen],
+                [last[i] for i in members],
+            )
+            if answer is None:
+                return False
+            answers.append((members, answer))
+        rows: list[npt.NDArray[np.int64]] = [_NO_ROW] * len(points)
+        for members, answer in answers:
+            for i, row in zip(members, answer.latest, strict=True):
+                rows[i] = row  # a view: the block is shared, no copy per point
+        updates = out.updates
+        for point, bounds, row in zip(points, pooled, rows, strict=True):
+            updates[point.stream] = _Stream(
+                point.start, point.end, point.count, point.total, row, bounds, _NO_WINDOWS
+            )
+        # the pending groups in the order `_increment` would open them: by first point kept
+        opened = [
+            (members[int(answer.kept[0])], shape, members, answer)
+            for shape, (members, answer) in zip(groups, answers, strict=True)
+            if len(answer.kept)
+        ]
+        opened.sort(key=operator.itemgetter(0))
+        for _, shape, members, answer in opened:
+            group = pending[shape] = _Pending(pooled[members[0]], shape[2])
+            group.extend([points[members[k]] for k in answer.kept.tolist()], answer)
+        return True
 
     def _increment(
         self,
@@ -988,6 +1090,7 @@ class _Pending:
         self.buckets: list[list[int]] = []
         self.when: list[float] = []
         self._increments: npt.NDArray[np.int64] | None = None
+        self._block: npt.NDArray[np.int64] | None = None  # all at once: see `extend`
 
     def append(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
         self.streams.append(point.stream)
@@ -1000,8 +1103,23 @@ class _Pending:
         self.buckets.append(buckets)
         self.when.append(point.end / 1e9)
 
+    def extend(self, points: list[Point], answer: plain_.Plain) -> None:
+        """Points whose increments `otlp_plain` took at once (`answer.kept` of them)."""
+        kept = answer.kept
+        self.streams.extend([p.stream for p in points])
+        self.names.extend([p.names for p in points])
+        self.success.extend([p.success for p in points])
+        self.count.extend(answer.count[kept].tolist())
+        self.total.extend(answer.total[kept].tolist())
+        self.low.extend([p.low for p in points])
+        self.high.extend([p.high for p in points])
+        self.when.extend([p.end / 1e9 for p in points])
+        self._block = answer.buckets[kept]
+
     def increments(self) -> npt.NDArray[np.int64]:
         """The bucket increments as one array (built once: spread and re-binning both use it)."""
+        if self._block is not None:
+            return self._block
         if self._increments is None or len(self._increments) != len(self.buckets):
             self._increments = np.array(self.buckets, dtype=np.int64)
         return self._increments

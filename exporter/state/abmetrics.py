@@ -295,8 +295,13 @@ class ABMetrics:
     ) -> tuple[list[int], list[int]]:
         """Indices of the parts whose series exist or fit the limits, and whose counts stay
         below MAX_COUNT; the rest counted in records by reason."""
-        admission = limits.Admission(self._aggregate, self.limits)
-        held = self._aggregate.held
+        aggregate = self._aggregate
+        if limits.all_held(aggregate, branches.keys, branches.n) and limits.all_held(
+            aggregate, events.keys, events.count
+        ):
+            return list(range(len(branches.keys))), list(range(len(events.keys)))
+        admission = limits.Admission(aggregate, self.limits)
+        held = aggregate.held
 
         def admitted(
             keys: Sequence[Any],

@@ -1,0 +1,75 @@
+"""The common case of OTLP increments, for all points of a request at once.
+
+Nearly every point an app exports is the next point of a cumulative stream already
+held: same start, same bounds, later end, no count gone down. Its increment is a
+plain difference from the stream's last point, which numpy takes for a whole group
+of points of one shape in a few array operations. `plain` answers only when every
+point given is such a point (and its increment passes the duration check);
+otherwise it answers None and the caller takes the point-by-point path
+(`otlp.Receiver._increment`), which stays the reference for every other case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..core.validation import MAX_LATENCY_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """The increments of a group of points (count, sum and buckets), which of the
+    points have any (`kept`, ascending, as indices into the group), and the points'
+    own bucket counts (`latest`, one row each: the streams' next states hold them)."""
+
+    count: npt.NDArray[np.int64]
+    total: npt.NDArray[np.float64]
+    buckets: npt.NDArray[np.int64]
+    kept: npt.NDArray[np.intp]
+    latest: npt.NDArray[np.int64]
+
+
+def plain(
+    query: bool,
+    factor: float,
+    starts: Sequence[int],
+    ends: Sequence[int],
+    counts: Sequence[int],
+    totals: Sequence[float],
+    buckets: Sequence[list[int]],
+    last: Sequence[Any],
+) -> Plain | None:
+    """Increments of points of one shape against `last`, each point's held state (a
+    `_Stream`, same bounds), or None if any point is not a plain increment."""
+    width = len(buckets[0])
+    old_start = np.array([s.start for s in last], dtype=np.uint64)
+    old_time = np.array([s.time for s in last], dtype=np.uint64)
+    old_count = np.array([s.count for s in last], dtype=np.uint64)
+    new_count = np.array(counts, dtype=np.uint64)
+    if not (
+        np.array_equal(np.array(starts, dtype=np.uint64), old_start)
+        and (np.array(ends, dtype=np.uint64) > old_time).all()
+        and (new_count >= old_count).all()
+    ):
+        return None
+    # states hold array("q") or int64 rows: both are buffers of native int64
+    old_buckets = np.frombuffer(b"".join([s.buckets for s in last]), dtype=np.int64)
+    old_buckets = old_buckets.reshape(len(last), width)
+    new_buckets = np.array(buckets, dtype=np.int64).reshape(len(last), width)
+    if (new_buckets < old_buckets).any():
+        return None
+    count = (new_count - old_count).astype(np.int64)
+    total = np.array(totals, dtype=np.float64) - np.array([s.total for s in last], dtype=np.float64)
+    if query:  # as `_increment`: a sum that went down or grew too fast is refused there
+        limit = count * MAX_LATENCY_MS / factor
+        with np.errstate(invalid="ignore"):
+            bad = (count > 0) & ~np.isnan(total) & ~((total >= 0) & (total <= limit))
+        if bad.any():
+            return None
+    kept = np.flatnonzero(count > 0)
+    return Plain(count, total, new_buckets - old_buckets, kept, new_buckets)
