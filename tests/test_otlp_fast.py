@@ -252,8 +252,12 @@ def test_the_plain_path_takes_steady_exports() -> None:
         taken.append(original(self, *args))
         return taken[-1]
 
+    recorded = exporter.metrics.stats
     with patch.object(Receiver, "_plain", spy):
-        for _ in range(3):
+        for _ in range(3):  # new streams, then steady
             exporter.send(body([(s, app.point(s, "next", 2, rng)) for s in range(STREAMS)], 0))
-    assert taken == [False, True, True]
-    assert exporter.metrics.stats().total_queries_recorded == sum(map(sum, app.buckets[:4]))
+        before = sum(map(sum, app.buckets[:4]))
+        assert recorded().total_queries_recorded == before
+        exporter.send(body([(s, app.point(s, "restart", 2, rng)) for s in range(STREAMS)], 0))
+    assert taken == [True, True, True, False]  # a restart: point by point
+    assert recorded().total_queries_recorded == before + sum(map(sum, app.buckets[:4]))

@@ -846,35 +846,47 @@ class Receiver:
         pending: dict[tuple[str, int, float], _Pending],
         points: list[Point],
     ) -> bool:
-        """The whole request at once when every point is a plain increment of a cumulative
-        stream held in memory (see `otlp_plain`); False, with nothing changed, otherwise.
-        The answer is `_increment`'s, point for point, in the same order."""
+        """The whole request at once when every point is cumulative and either a plain
+        increment of a stream held in memory or the first of a stream new to us (with
+        room for it; see `otlp_plain`); False otherwise, with nothing changed but the
+        bounds pooled as `_increment` pools them. The answer is `_increment`'s, point for
+        point, in the same order."""
         if not points:
             return False
-        held = self.streams.held
+        streams = self.streams
+        held, horizon = streams.held, streams.horizon
         groups: dict[tuple[str, int, float], list[int]] = {}
-        last: list[_Stream] = []
+        last: list[_Stream | None] = []
+        fresh: list[StreamKey] = []
         pooled: list[tuple[float, ...]] = []
         last_in: tuple[float, ...] | None = None
         bounds: tuple[float, ...] = ()
         for i, point in enumerate(points):
             if point.bounds is not last_in:
                 found = self._bounds_pool.get(point.bounds)
-                if found is None:
-                    return False
+                if found is None:  # pooled as `_increment` would, first thing, for any point
+                    if len(self._bounds_pool) >= self.limits.max_bounds_sets:
+                        return False
+                    found = self._bounds_pool[point.bounds] = point.bounds
                 last_in, bounds = point.bounds, found
             state = held.get(point.stream)
-            if (
-                state is None
-                or point.delta
-                or (state.bounds is not bounds and state.bounds != bounds)
-            ):
+            if point.delta:
+                return False
+            if state is None:  # new: its point is the increment (or a baseline)
+                if streams.cold is not None or (
+                    self.warn_started_before is not None and point.start < self.warn_started_before
+                ):
+                    return False  # it may be on disk; or the warning is to be given
+                fresh.append(point.stream)
+            elif state.bounds is not bounds and state.bounds != bounds:
                 return False
             last.append(state)
             pooled.append(bounds)
             name = QUERY_METRIC if point.query else EVENT_METRIC
             groups.setdefault((name, id(bounds), point.factor), []).append(i)
         if len({p.stream for p in points}) != len(points):  # a stream twice: one by one
+            return False
+        if fresh and not streams.room(len(fresh)):
             return False
         answers: list[tuple[list[int], plain_.Plain]] = []
         for (name, _, factor), members in groups.items():
@@ -888,10 +900,17 @@ class Receiver:
                 [p.total for p in chosen],
                 [p.buckets for p in chosen],
                 [last[i] for i in members],
+                horizon,
             )
             if answer is None:
                 return False
             answers.append((members, answer))
+        if horizon and fresh:
+            out.uncertain += sum(
+                p.start <= horizon for p, s in zip(points, last, strict=True) if s is None
+            )
+        out.new_streams += len(fresh)
+        out.created.update(fresh)
         rows: list[npt.NDArray[np.int64]] = [_NO_ROW] * len(points)
         for members, answer in answers:
             for i, row in zip(members, answer.latest, strict=True):

@@ -43,28 +43,37 @@ def plain(
     totals: Sequence[float],
     buckets: Sequence[list[int]],
     last: Sequence[Any],
+    horizon: int,
 ) -> Plain | None:
     """Increments of points of one shape against `last`, each point's held state (a
-    `_Stream`, same bounds), or None if any point is not a plain increment."""
+    `_Stream` with the same bounds) or None for a stream new to us: its point is the
+    increment, or only a baseline when it starts at or before the `horizon` (its
+    increments are then left out: `kept` says so). None if any point is not plain."""
     width = len(buckets[0])
-    old_start = np.array([s.start for s in last], dtype=np.uint64)
-    old_time = np.array([s.time for s in last], dtype=np.uint64)
-    old_count = np.array([s.count for s in last], dtype=np.uint64)
+    fresh = np.array([s is None for s in last], dtype=bool)
+    new_start = np.array(starts, dtype=np.uint64)
+    old_start = np.array([s.start if s is not None else 0 for s in last], dtype=np.uint64)
+    old_time = np.array([s.time if s is not None else 0 for s in last], dtype=np.uint64)
+    old_count = np.array([s.count if s is not None else 0 for s in last], dtype=np.uint64)
     new_count = np.array(counts, dtype=np.uint64)
     if not (
-        np.array_equal(np.array(starts, dtype=np.uint64), old_start)
-        and (np.array(ends, dtype=np.uint64) > old_time).all()
+        ((new_start == old_start) | fresh).all()
+        and ((np.array(ends, dtype=np.uint64) > old_time) | fresh).all()
         and (new_count >= old_count).all()
     ):
         return None
     # states hold array("q") or int64 rows: both are buffers of native int64
-    old_buckets = np.frombuffer(b"".join([s.buckets for s in last]), dtype=np.int64)
-    old_buckets = old_buckets.reshape(len(last), width)
+    zero = bytes(8 * width)
+    old_rows = [s.buckets if s is not None else zero for s in last]
+    old_buckets = np.frombuffer(b"".join(old_rows), dtype=np.int64).reshape(len(last), width)
     new_buckets = np.array(buckets, dtype=np.int64).reshape(len(last), width)
     if (new_buckets < old_buckets).any():
         return None
     count = (new_count - old_count).astype(np.int64)
-    total = np.array(totals, dtype=np.float64) - np.array([s.total for s in last], dtype=np.float64)
+    if horizon:  # a new stream that may be one we forgot: a baseline only
+        count[fresh & (new_start <= np.uint64(horizon))] = 0
+    old_total = np.array([s.total if s is not None else 0.0 for s in last], dtype=np.float64)
+    total = np.array(totals, dtype=np.float64) - old_total  # x - 0.0 is x, NaN and -0.0 too
     if query:  # as `_increment`: a sum that went down or grew too fast is refused there
         limit = count * MAX_LATENCY_MS / factor
         with np.errstate(invalid="ignore"):
