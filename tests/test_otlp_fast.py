@@ -39,8 +39,10 @@ from exporter.ingest.otlp import OtlpLimits, Received, Receiver, parse
 
 T0 = 1_700_000_000_000_000_000
 NOW = 2_000_000_000.0
-STREAMS = 6  # 0-3: durations, 4-5: events
-BOUNDS = ([0.005, 0.05], [0.01], [1.0, 10.0])
+STREAMS = 8  # 0-3: durations in s, 4-5: events, 6-7: durations in ms
+BOUNDS = ([0.005, 0.05], [0.01], [1.0, 10.0], [5.0, 50.0])
+EVENTS = (4, 5)
+MILLISECONDS = (6, 7)
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 
@@ -50,7 +52,10 @@ class App:
 
     def __init__(self) -> None:
         self.start = [1] * STREAMS
-        self.bounds = [BOUNDS[2] if s >= 4 else BOUNDS[0] for s in range(STREAMS)]
+        self.bounds = [
+            BOUNDS[2] if s in EVENTS else BOUNDS[3] if s in MILLISECONDS else BOUNDS[0]
+            for s in range(STREAMS)
+        ]
         self.buckets = [[0] * (len(b) + 1) for b in self.bounds]
         self.clock = 10
         self.last: list[HistogramDataPoint | None] = [None] * STREAMS
@@ -82,7 +87,7 @@ class App:
             start_time_unix_nano=T0 + self.start[stream],
             time_unix_nano=T0 + end * 10**9,
             count=count,
-            sum=total if stream < 4 else 2.0 * count,
+            sum=2.0 * count if stream in EVENTS else total,
             bucket_counts=buckets,
             explicit_bounds=self.bounds[stream],
         )
@@ -95,19 +100,24 @@ def attributes(stream: int) -> list[KeyValue]:
         return KeyValue(key=key, value=AnyValue(string_value=value))
 
     names = [text("abtest.experiment", f"e{stream % 2}"), text("abtest.branch", f"b{stream % 3}")]
-    if stream < 4:
+    if stream in MILLISECONDS:  # a branch of their own: a stream apart from 0-3's
+        names[1] = text("abtest.branch", f"m{stream}")
+    if stream not in EVENTS:
         return [*names, text("abtest.outcome", "success" if stream % 2 else "failure")]
     return [*names, text("abtest.event", f"v{stream}")]
 
 
 def body(points: list[tuple[int, HistogramDataPoint]], deltas: int) -> bytes:
     queries = [p for s, p in points if s < 4]
-    events = [p for s, p in points if s >= 4]
+    events = [p for s, p in points if s in EVENTS]
+    milliseconds = [p for s, p in points if s in MILLISECONDS]
     metrics = [
         Metric(name=otlp.QUERY_METRIC, unit="s",
                histogram=Histogram(data_points=queries, aggregation_temporality=CUMULATIVE)),
         Metric(name=otlp.EVENT_METRIC,
                histogram=Histogram(data_points=events, aggregation_temporality=CUMULATIVE)),
+        Metric(name=otlp.QUERY_METRIC, unit="ms",
+               histogram=Histogram(data_points=milliseconds, aggregation_temporality=CUMULATIVE)),
     ]  # fmt: skip
     if deltas:
         delta = HistogramDataPoint(  # a stream of its own (see test_delta_after_cumulative)
@@ -200,12 +210,14 @@ export = st.tuples(
     st.sampled_from([4, 100]),
     st.sampled_from([Limits(), Limits(max_branches=2), Limits(max_series=5)]),
     st.integers(0, 2**32),
+    st.sampled_from([4096, 2]),  # points per chunk: several chunks may share a shape
 )
 def test_column_paths_answer_as_the_reference(
     exports: list[tuple[list[tuple[int, str]], int, int, float]],
     max_streams: int,
     series: Limits,
     seed: int,
+    chunk: int,
 ) -> None:
     otlp_limits = OtlpLimits(max_streams=max_streams, stream_ttl=50.0)
     fast, slow = Exporter(otlp_limits, series), Exporter(otlp_limits, series)
@@ -225,10 +237,11 @@ def test_column_paths_answer_as_the_reference(
         data = body(points, app.clock if deltas == 1 else 0)
         for exporter in (fast, slow):
             exporter.now[0] += advance
-        with patch.object(Receiver, "_plain", spy):
-            got = fast.send(data)
-        with reference():
-            expected = slow.send(data)
+        with patch.object(otlp, "_CHUNK", chunk):
+            with patch.object(Receiver, "_plain", spy):
+                got = fast.send(data)
+            with reference():
+                expected = slow.send(data)
         assert answer(got) == answer(expected)
         assert fast.state() == slow.state()
         reasons.update(got.refused.records)
@@ -256,8 +269,12 @@ def test_the_plain_path_takes_steady_exports() -> None:
     with patch.object(Receiver, "_plain", spy):
         for _ in range(3):  # new streams, then steady
             exporter.send(body([(s, app.point(s, "next", 2, rng)) for s in range(STREAMS)], 0))
-        before = sum(map(sum, app.buckets[:4]))
+        before = queries(app)
         assert recorded().total_queries_recorded == before
         exporter.send(body([(s, app.point(s, "restart", 2, rng)) for s in range(STREAMS)], 0))
     assert taken == [True, True, True, False]  # a restart: point by point
-    assert recorded().total_queries_recorded == before + sum(map(sum, app.buckets[:4]))
+    assert recorded().total_queries_recorded == before + queries(app)
+
+
+def queries(app: App) -> int:
+    return sum(sum(app.buckets[s]) for s in range(STREAMS) if s not in EVENTS)

@@ -40,6 +40,7 @@ import base64
 import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -78,7 +79,7 @@ from ..core.validation import (
     name_problem,
 )
 from . import otlp_plain as plain_
-from .otlp_columns import Memo, bucket_rows, doubtful
+from .otlp_columns import Memo, bucket_rows, bucket_table, doubtful
 from .otlp_view import view
 
 QUERY_METRIC: Final = "abtest.query.duration"
@@ -203,10 +204,72 @@ class Refusals:
             self.messages.append(message)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Points of one histogram chunk that all passed the columnar checks, kept as the
+    columns they were checked in (one bounds tuple, one bucket table): the common case
+    reaches `Receiver` without a `Point` per point. `points()` gives them as Points."""
+
+    identities: list[_Identity]
+    query: bool
+    delta: bool
+    factor: float
+    bounds: tuple[float, ...]
+    start: list[int]
+    end: list[int]
+    count: list[int]
+    total: list[float]  # NaN: not sent
+    low: list[float]  # NaN: not sent
+    high: list[float]
+    buckets: npt.NDArray[np.int64]  # one row per point
+
+    def points(self) -> list[Point]:
+        query, delta, factor, bounds = self.query, self.delta, self.factor, self.bounds
+        return [
+            Point(i.stream, query, i.names, i.success, delta, start, end, count, total, low,
+                  high, row, bounds, factor)
+            for i, start, end, count, total, low, high, row in zip(
+                self.identities, self.start, self.end, self.count, self.total, self.low,
+                self.high, self.buckets.tolist(), strict=True,
+            )
+        ]  # fmt: skip
+
+
 class Parsed:
-    points: list[Point] = field(default_factory=list)
-    refused: Refusals = field(default_factory=Refusals)
+    """The checked points of a request, in order (as Points, or chunks of columns), and
+    what was refused."""
+
+    def __init__(self) -> None:
+        self.refused = Refusals()
+        self._parts: list[Chunk | list[Point]] = []
+
+    def add(self, point: Point) -> None:
+        last = self._parts[-1] if self._parts else None
+        if isinstance(last, list):
+            last.append(point)
+        else:
+            self._parts.append([point])
+
+    def add_chunk(self, chunk: Chunk) -> None:
+        self._parts.append(chunk)
+
+    @property
+    def chunks(self) -> list[Chunk] | None:
+        """The points as chunks of columns, or None if some are Points."""
+        parts = self._parts
+        return None if any(isinstance(p, list) for p in parts) else parts  # type: ignore[return-value]
+
+    @property
+    def points(self) -> list[Point]:
+        """Every point as a Point (the chunks turned into Points once, for good)."""
+        if len(self._parts) != 1 or not isinstance(self._parts[0], list):
+            every: list[Point] = []
+            for part in self._parts:
+                every.extend(part if isinstance(part, list) else part.points())
+            self._parts = [every]
+        points = self._parts[0]
+        assert isinstance(points, list)
+        return points
 
 
 def _records(point: HistogramDataPoint) -> int:
@@ -274,9 +337,12 @@ def _metric(
     delta = temporality == _DELTA
     for chunk in _chunks(metric.histogram):
         checked = _columns(prefix, metric.name, delta, factor, chunk, limits, now_ns)
+        if isinstance(checked, Chunk):
+            out.add_chunk(checked)
+            continue
         for index, answer in enumerate(checked):
             if answer:
-                out.points.append(answer)
+                out.add(answer)
                 continue
             if answer is None:  # no recorded value
                 continue
@@ -284,7 +350,7 @@ def _metric(
             point = chunk.data_points[index]
             good = _point(prefix, metric.name, delta, factor, point, limits, now_ns)
             if isinstance(good, Point):
-                out.points.append(good)
+                out.add(good)
             else:
                 refused.refuse(*good, records=_records(point))
 
@@ -310,10 +376,11 @@ def _columns(
     histogram: Histogram,
     limits: OtlpLimits,
     now_ns: int,
-) -> list[Point | Literal[False] | None]:
+) -> Chunk | list[Point | Literal[False] | None]:
     """Every point of a histogram checked column by column: a Point when it passes, False
-    when it may not (`_point` decides and says why), None when it has no recorded value.
-    Each check here is `_point`'s, or stricter; nothing passes that `_point` refuses."""
+    when it may not (`_point` decides and says why), None when it has no recorded value;
+    a Chunk of them all when every point passes with the same bounds. Each check here is
+    `_point`'s, or stricter; nothing passes that `_point` refuses."""
     points = view(histogram)
     size = len(points)
     query = name == QUERY_METRIC
@@ -359,10 +426,17 @@ def _columns(
         total[i], low[i], high[i] = v = p.sum, p.min, p.max
         if v[0] != v[0] or v[1] != v[1] or v[2] != v[2]:  # not sent, or a sent NaN
             doubt[i] = any(p.HasField(f) for f, x in zip(_VALUES, v, strict=True) if x != x)
-    buckets = bucket_rows(raw, bounds, count, doubt | skip)
     doubt |= doubtful(
         query, delta, factor, count, start, end, total, low, high, now_ns, _MAX_CLOCK_AHEAD_NS
     )
+    edges = bounds[0] if size else None
+    if edges is not None and not (doubt.any() or skip.any()) and all(b is edges for b in bounds):
+        table = bucket_table(raw, len(edges) + 1, count)
+        if table is not None:  # every point passed: its columns go on as they are
+            identified = [i for i in found if i is not None]
+            return Chunk(identified, query, delta, factor, edges, start, end, count, total,
+                         low, high, table)  # fmt: skip
+    buckets = bucket_rows(raw, bounds, count, doubt | skip)
     skipped, doubted = skip.tolist(), doubt.tolist()  # numpy's items are slow one by one
     result: list[Point | Literal[False] | None] = []
     for i in range(size):
@@ -823,7 +897,7 @@ class Receiver:
         out = Received(refused=parsed.refused)
         pending: dict[tuple[str, int, float], _Pending] = {}
         self.streams.expire()
-        if self._plain(out, pending, parsed.points):
+        if self._plain(out, pending, parsed.chunks):
             self._finish(out, pending)
             return out
         for point in parsed.points:
@@ -844,92 +918,94 @@ class Receiver:
         self,
         out: Received,
         pending: dict[tuple[str, int, float], _Pending],
-        points: list[Point],
+        chunks: list[Chunk] | None,
     ) -> bool:
-        """The whole request at once when every point is cumulative and either a plain
-        increment of a stream held in memory or the first of a stream new to us (with
-        room for it; see `otlp_plain`); False otherwise, with nothing changed but the
-        bounds pooled as `_increment` pools them. The answer is `_increment`'s, point for
-        point, in the same order."""
-        if not points:
+        """The whole request at once when every point came as columns (see `Chunk`), is
+        cumulative and either a plain increment of a stream held in memory or the first
+        of a stream new to us (with room for it; see `otlp_plain`); False otherwise, with
+        nothing changed but the bounds pooled as `_increment` pools them. The answer is
+        `_increment`'s, point for point, in the same order."""
+        if not chunks:
             return False
         streams = self.streams
-        held, horizon = streams.held, streams.horizon
+        held, horizon, warn = streams.held, streams.horizon, self.warn_started_before
         groups: dict[tuple[str, int, float], list[int]] = {}
-        last: list[_Stream | None] = []
-        fresh: list[StreamKey] = []
+        keys: list[list[StreamKey]] = []
+        lasts: list[list[_Stream | None]] = []
         pooled: list[tuple[float, ...]] = []
-        last_in: tuple[float, ...] | None = None
-        bounds: tuple[float, ...] = ()
-        for i, point in enumerate(points):
-            if point.bounds is not last_in:
-                found = self._bounds_pool.get(point.bounds)
-                if found is None:  # pooled as `_increment` would, first thing, for any point
-                    if len(self._bounds_pool) >= self.limits.max_bounds_sets:
+        fresh: list[StreamKey] = []
+        for index, chunk in enumerate(chunks):
+            if chunk.delta:
+                return False
+            bounds = self._bounds_pool.get(chunk.bounds)
+            if bounds is None:  # pooled as `_increment` would, first thing, for any point
+                if len(self._bounds_pool) >= self.limits.max_bounds_sets:
+                    return False
+                bounds = self._bounds_pool[chunk.bounds] = chunk.bounds
+            chunk_keys = [identity.stream for identity in chunk.identities]
+            last = [held.get(key) for key in chunk_keys]
+            if not all(state is not None and state.bounds is bounds for state in last):
+                for key, state, start in zip(chunk_keys, last, chunk.start, strict=True):
+                    if state is None:  # new: its point is the increment (or a baseline)
+                        if streams.cold is not None or (warn is not None and start < warn):
+                            return False  # it may be on disk; or the warning is due
+                        fresh.append(key)
+                    elif state.bounds != bounds:
                         return False
-                    found = self._bounds_pool[point.bounds] = point.bounds
-                last_in, bounds = point.bounds, found
-            state = held.get(point.stream)
-            if point.delta:
-                return False
-            if state is None:  # new: its point is the increment (or a baseline)
-                if streams.cold is not None or (
-                    self.warn_started_before is not None and point.start < self.warn_started_before
-                ):
-                    return False  # it may be on disk; or the warning is to be given
-                fresh.append(point.stream)
-            elif state.bounds is not bounds and state.bounds != bounds:
-                return False
-            last.append(state)
+            keys.append(chunk_keys)
+            lasts.append(last)
             pooled.append(bounds)
-            name = QUERY_METRIC if point.query else EVENT_METRIC
-            groups.setdefault((name, id(bounds), point.factor), []).append(i)
-        if len({p.stream for p in points}) != len(points):  # a stream twice: one by one
-            return False
+            name = QUERY_METRIC if chunk.query else EVENT_METRIC
+            groups.setdefault((name, id(bounds), chunk.factor), []).append(index)
+        if len({key for chunk_keys in keys for key in chunk_keys}) != sum(map(len, keys)):
+            return False  # a stream twice: one by one
         if fresh and not streams.room(len(fresh)):
             return False
-        answers: list[tuple[list[int], plain_.Plain]] = []
-        for (name, _, factor), members in groups.items():
-            chosen = [points[i] for i in members]
+        offsets = list(itertools.accumulate(map(len, keys), initial=0))
+        answers: list[tuple[tuple[str, int, float], list[int], plain_.Plain]] = []
+        for shape, members in groups.items():
+            parts = [chunks[j] for j in members]
             answer = plain_.plain(
-                name == QUERY_METRIC,
-                factor,
-                [p.start for p in chosen],
-                [p.end for p in chosen],
-                [p.count for p in chosen],
-                [p.total for p in chosen],
-                [p.buckets for p in chosen],
-                [last[i] for i in members],
+                shape[0] == QUERY_METRIC,
+                shape[2],
+                _joined([c.start for c in parts]),
+                _joined([c.end for c in parts]),
+                _joined([c.count for c in parts]),
+                _joined([c.total for c in parts]),
+                np.concatenate([c.buckets for c in parts]) if len(parts) > 1 else parts[0].buckets,
+                _joined([lasts[j] for j in members]),
                 horizon,
             )
             if answer is None:
                 return False
-            answers.append((members, answer))
+            answers.append((shape, members, answer))
         if horizon and fresh:
             out.uncertain += sum(
-                p.start <= horizon for p, s in zip(points, last, strict=True) if s is None
+                start <= horizon
+                for chunk, last in zip(chunks, lasts, strict=True)
+                for start, state in zip(chunk.start, last, strict=True)
+                if state is None
             )
         out.new_streams += len(fresh)
         out.created.update(fresh)
-        rows: list[npt.NDArray[np.int64]] = [_NO_ROW] * len(points)
-        for members, answer in answers:
-            for i, row in zip(members, answer.latest, strict=True):
-                rows[i] = row  # a view: the block is shared, no copy per point
         updates = out.updates
-        for point, bounds, row in zip(points, pooled, rows, strict=True):
-            updates[point.stream] = _Stream(
-                point.start, point.end, point.count, point.total, row, bounds, _NO_WINDOWS
-            )
+        for chunk, chunk_keys, bounds in zip(chunks, keys, pooled, strict=True):
+            for key, start, end, count, total, row in zip(
+                chunk_keys, chunk.start, chunk.end, chunk.count, chunk.total, chunk.buckets,
+                strict=True,
+            ):  # fmt: skip
+                # the row is a view: the chunk's table is shared, not copied per point
+                updates[key] = _Stream(start, end, count, total, row, bounds, _NO_WINDOWS)
         # the pending groups in the order `_increment` would open them: by first point kept
-        opened = [
-            (members[int(answer.kept[0])], shape, members, answer)
-            for shape, (members, answer) in zip(groups, answers, strict=True)
-            if len(answer.kept)
-        ]
+        opened = []
+        for shape, members, answer in answers:
+            if len(answer.kept):
+                at = [offsets[j] + k for j in members for k in range(len(keys[j]))]
+                opened.append((at[int(answer.kept[0])], shape, members, answer))
         opened.sort(key=operator.itemgetter(0))
         for _, shape, members, answer in opened:
             group = pending[shape] = _Pending(pooled[members[0]], shape[2])
-            group.extend([points[members[k]] for k in answer.kept.tolist()], answer)
+            group.extend([chunks[j] for j in members], answer)
         return True
 
     def _increment(
@@ -1080,6 +1156,11 @@ class Receiver:
         return found
 
 
+def _joined(lists: list[list[Any]]) -> list[Any]:
+    """The lists one after the other (the only one itself, uncopied: read only)."""
+    return lists[0] if len(lists) == 1 else [x for part in lists for x in part]
+
+
 def _shape(bounds: tuple[float, ...]) -> _Shape:
     """The bucket edges (the open outer edges provisional until min/max are known)."""
     if not bounds:
@@ -1122,17 +1203,23 @@ class _Pending:
         self.buckets.append(buckets)
         self.when.append(point.end / 1e9)
 
-    def extend(self, points: list[Point], answer: plain_.Plain) -> None:
+    def extend(self, chunks: list[Chunk], answer: plain_.Plain) -> None:
         """Points whose increments `otlp_plain` took at once (`answer.kept` of them)."""
-        kept = answer.kept
-        self.streams.extend([p.stream for p in points])
-        self.names.extend([p.names for p in points])
-        self.success.extend([p.success for p in points])
+        kept = answer.kept.tolist()
+        identities = _joined([c.identities for c in chunks])
+        low, high = _joined([c.low for c in chunks]), _joined([c.high for c in chunks])
+        end = _joined([c.end for c in chunks])
+        if len(kept) != len(identities):
+            identities = [identities[k] for k in kept]
+            low, high, end = [low[k] for k in kept], [high[k] for k in kept], [end[k] for k in kept]
+        self.streams.extend([i.stream for i in identities])
+        self.names.extend([i.names for i in identities])
+        self.success.extend([i.success for i in identities])
         self.count.extend(answer.count[kept].tolist())
         self.total.extend(answer.total[kept].tolist())
-        self.low.extend([p.low for p in points])
-        self.high.extend([p.high for p in points])
-        self.when.extend([p.end / 1e9 for p in points])
+        self.low.extend(low)
+        self.high.extend(high)
+        self.when.extend([e / 1e9 for e in end])
         self._block = answer.buckets[kept]
 
     def increments(self) -> npt.NDArray[np.int64]:

@@ -53,6 +53,25 @@ def bucket_rows(
     return rows
 
 
+def bucket_table(raw: list[bytes], width: int, count: list[int]) -> npt.NDArray[np.int64] | None:
+    """All points' bucket counts as one table when every point sent `width` of them (or
+    none, with width 1) and each row is believable and adds up to its count; else None
+    (`bucket_rows` then says which rows do)."""
+    if width >= _MAX_WIDTH:
+        return None
+    if not any(raw) and width == 1:  # no bucket_counts and no bounds: one bucket, all
+        table = np.array(count, dtype=np.uint64).reshape(len(raw), 1)
+    elif all(len(packed) == 8 * width for packed in raw):
+        table = np.frombuffer(b"".join(raw), dtype="<u8").reshape(len(raw), width)
+    else:
+        return None
+    if not (table <= MAX_COUNT).all():
+        return None
+    if not (table.sum(axis=1, dtype=np.uint64) == np.array(count, dtype=np.uint64)).all():
+        return None
+    return table.astype(np.int64)
+
+
 def doubtful(
     query: bool,
     delta: bool,

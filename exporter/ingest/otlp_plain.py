@@ -41,7 +41,7 @@ def plain(
     ends: Sequence[int],
     counts: Sequence[int],
     totals: Sequence[float],
-    buckets: Sequence[list[int]],
+    buckets: npt.NDArray[np.int64],
     last: Sequence[Any],
     horizon: int,
 ) -> Plain | None:
@@ -49,7 +49,7 @@ def plain(
     `_Stream` with the same bounds) or None for a stream new to us: its point is the
     increment, or only a baseline when it starts at or before the `horizon` (its
     increments are then left out: `kept` says so). None if any point is not plain."""
-    width = len(buckets[0])
+    width = buckets.shape[1]
     fresh = np.array([s is None for s in last], dtype=bool)
     new_start = np.array(starts, dtype=np.uint64)
     old_start = np.array([s.start if s is not None else 0 for s in last], dtype=np.uint64)
@@ -66,7 +66,7 @@ def plain(
     zero = bytes(8 * width)
     old_rows = [s.buckets if s is not None else zero for s in last]
     old_buckets = np.frombuffer(b"".join(old_rows), dtype=np.int64).reshape(len(last), width)
-    new_buckets = np.array(buckets, dtype=np.int64).reshape(len(last), width)
+    new_buckets = buckets
     if (new_buckets < old_buckets).any():
         return None
     count = (new_count - old_count).astype(np.int64)
