@@ -79,7 +79,7 @@ from ..core.validation import (
     name_problem,
 )
 from . import otlp_plain as plain_
-from .otlp_columns import Memo, bucket_rows, bucket_table, doubtful
+from .otlp_columns import Memo, Table, bucket_rows, bucket_table, doubtful
 from .otlp_view import view
 
 QUERY_METRIC: Final = "abtest.query.duration"
@@ -356,6 +356,11 @@ def _metric(
 
 
 _VALUES: Final = ("sum", "min", "max")
+# a view point's fields in one call: one pass over the points, no bytecode per field
+_FIELDS: Final = operator.attrgetter(
+    "flags", "attributes", "explicit_bounds", "bucket_counts", "count",
+    "start_time_unix_nano", "time_unix_nano", *_VALUES,
+)  # fmt: skip
 _CHUNK: Final = 4096  # points viewed at once: a body of millions of tiny points stays small
 
 
@@ -387,49 +392,48 @@ def _columns(
     identities, shapes = _IDENTITIES.answers, _SHAPES.answers
     identity_scope = _IDENTITIES.scope((prefix, name, limits.max_name_length))
     shape_scope = _SHAPES.scope((name, limits.max_bounds))
-    found: list[_Identity | None] = [None] * size
-    bounds: list[tuple[float, ...] | None] = [None] * size
-    raw: list[bytes] = [b""] * size
-    count = [0] * size
-    start = [0] * size
-    end = [0] * size
-    total = [0.0] * size
-    low = [0.0] * size
-    high = [0.0] * size
-    doubt: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
+    if not size:
+        return []
+    # every field of every point in one pass (one C call per point), then as columns
+    columns = zip(*map(_FIELDS, points), strict=True)
+    flags, attribute_lists, packed_bounds, raw, count, start, end, total, low, high = map(
+        list, columns
+    )
     skip: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
-    for i, p in enumerate(points):
-        if p.flags & _NO_RECORDED_VALUE:
-            skip[i] = True
-            continue
-        attributes = (identity_scope, *p.attributes)
-        identity = identities.get(attributes)
-        if identity is None:
-            parsed = _identity(prefix, name, map(KeyValue.FromString, attributes[1:]), limits)
-            identity = identities.put(attributes, parsed)
-        packed_bounds = (shape_scope, p.explicit_bounds)
-        shape = shapes.get(packed_bounds)
-        if shape is None:
-            packed = p.explicit_bounds
-            whole = len(packed) - len(packed) % 8  # always whole once re-serialized
-            values = tuple(np.frombuffer(packed[:whole], dtype="<f8").tolist())
-            problem = _bounds_problem(name, query, values, limits)
-            if whole != len(packed):
-                problem = ("invalid_point", "")  # not expected: let `_point` decide
-            shape = shapes.put(packed_bounds, (values, problem))
-        if not isinstance(identity, _Identity) or shape[1] is not None:
-            doubt[i] = True
-            continue
-        found[i], bounds[i] = identity, shape[0]
-        raw[i] = p.bucket_counts
-        count[i], start[i], end[i] = p.count, p.start_time_unix_nano, p.time_unix_nano
-        total[i], low[i], high[i] = v = p.sum, p.min, p.max
-        if v[0] != v[0] or v[1] != v[1] or v[2] != v[2]:  # not sent, or a sent NaN
-            doubt[i] = any(p.HasField(f) for f, x in zip(_VALUES, v, strict=True) if x != x)
+    if any(flags):
+        skip = (np.array(flags, dtype=np.uint64) & _NO_RECORDED_VALUE) != 0
+    keys = [(identity_scope, *attributes) for attributes in attribute_lists]
+    found: list[_Identity | None] = list(map(identities.get, keys))
+    if None in found:
+        for i in [i for i, identity in enumerate(found) if identity is None]:
+            attributes = map(KeyValue.FromString, keys[i][1:])
+            found[i] = identities.put(keys[i], _identity(prefix, name, attributes, limits))
+    if packed_bounds.count(packed_bounds[0]) == size:  # one bounds: one lookup
+        shape = _bounds_shape(shapes, shape_scope, name, query, packed_bounds[0], limits)
+        shaped = [shape] * size
+    else:
+        shaped = [_bounds_shape(shapes, shape_scope, name, query, b, limits) for b in packed_bounds]
+    bounds: list[tuple[float, ...] | None] = [shape[0] for shape in shaped]
+    doubt = np.array(
+        [
+            not isinstance(i, _Identity) or sh[1] is not None
+            for i, sh in zip(found, shaped, strict=True)
+        ],
+        dtype=bool,
+    ).reshape(size)
+    doubt &= ~skip
+    if doubt.any() or skip.any():  # as if never read: None where no Point may come
+        for i in np.flatnonzero(doubt | skip).tolist():
+            found[i] = bounds[i] = None
+    values = np.array([total, low, high], dtype=np.float64).reshape(3, size)
+    unsent = np.isnan(values).any(axis=0) & ~(doubt | skip)  # not sent, or a sent NaN
+    for i in np.flatnonzero(unsent).tolist():
+        v, p = (total[i], low[i], high[i]), points[i]
+        doubt[i] = any(p.HasField(f) for f, x in zip(_VALUES, v, strict=True) if x != x)
     doubt |= doubtful(
         query, delta, factor, count, start, end, total, low, high, now_ns, _MAX_CLOCK_AHEAD_NS
     )
-    edges = bounds[0] if size else None
+    edges = bounds[0]
     if edges is not None and not (doubt.any() or skip.any()) and all(b is edges for b in bounds):
         table = bucket_table(raw, len(edges) + 1, count)
         if table is not None:  # every point passed: its columns go on as they are
@@ -570,6 +574,27 @@ def _bounds_problem(
     if query and bounds and bounds[0] < 0:
         return "invalid_point", f"{name}: durations have no negative bucket bounds"
     return None
+
+
+def _bounds_shape(
+    shapes: Table,
+    scope: int,
+    name: str,
+    query: bool,
+    packed: bytes,
+    limits: OtlpLimits,
+) -> tuple[tuple[float, ...], tuple[str, str] | None]:
+    """Packed explicit_bounds as floats, and what is wrong with them (remembered)."""
+    key = (scope, packed)
+    shape: tuple[tuple[float, ...], tuple[str, str] | None] | None = shapes.get(key)
+    if shape is None:
+        whole = len(packed) - len(packed) % 8  # always whole once re-serialized
+        values = tuple(np.frombuffer(packed[:whole], dtype="<f8").tolist())
+        problem = _bounds_problem(name, query, values, limits)
+        if whole != len(packed):
+            problem = ("invalid_point", "")  # not expected: let `_point` decide
+        shape = shapes.put(key, (values, problem))
+    return shape
 
 
 _IDENTITIES: Final = Memo(size=32_768)
