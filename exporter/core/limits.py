@@ -134,18 +134,18 @@ def all_held(
     experiments, names = aggregate.experiments, aggregate.event_names
     table, column = (aggregate.branches, "n") if len(keys[0]) == 2 else (aggregate.events, "count")
     ids: dict[Any, int] = table.ids
-    rows = []
-    for key in keys:
-        row = ids.get(key)
-        if row is None or key[1] not in experiments.get(key[0], ()):
+    rows = list(map(ids.get, keys))
+    if None in rows:
+        return False
+    for key in set(keys):
+        if key[1] not in experiments.get(key[0], ()):
             return False
         if len(key) == 3 and key[2] not in names.get(key[0], ()):
             return False
-        rows.append(row)
     if min(counts) < 0 or sum(counts) > MAX_COUNT:
         return False  # too many for any one series anyway; and no sum below may overflow
     unique, inverse = np.unique(np.array(rows, dtype=np.intp), return_inverse=True)
-    added = np.zeros(len(unique), dtype=np.int64)
-    np.add.at(added, inverse, np.array(counts, dtype=np.int64))
+    # float sums of integers are exact while every partial sum stays below 2**53
+    added = np.bincount(inverse, np.array(counts, dtype=np.float64), len(unique))
     held = table.columns[column][unique].astype(np.int64)
-    return bool((held + added <= MAX_COUNT).all())
+    return bool((held + added.astype(np.int64) <= MAX_COUNT).all())
