@@ -50,8 +50,8 @@ from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
-from typing import Any, Final, Literal
+from itertools import pairwise, repeat
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -70,7 +70,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     Metric,
 )
 
-from ..core.aggregate import BranchParts, EventParts
+from ..core.aggregate import BranchKey, BranchParts, EventKey, EventParts
 from ..core.validation import (
     MAX_ABS_EVENT_VALUE,
     MAX_COUNT,
@@ -402,25 +402,30 @@ def _columns(
     skip: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
     if any(flags):
         skip = (np.array(flags, dtype=np.uint64) & _NO_RECORDED_VALUE) != 0
-    keys = [(identity_scope, *attributes) for attributes in attribute_lists]
+    # (scope, *attributes) per point, built by C loops: map, tuple and tuple concatenation
+    keys = list(map(operator.add, repeat((identity_scope,), size), map(tuple, attribute_lists)))
     found: list[_Identity | None] = list(map(identities.get, keys))
-    if None in found:
+    if not all(found):  # (`None in` would call each identity's dataclass __eq__)
         for i in [i for i, identity in enumerate(found) if identity is None]:
             attributes = map(KeyValue.FromString, keys[i][1:])
             found[i] = identities.put(keys[i], _identity(prefix, name, attributes, limits))
-    if packed_bounds.count(packed_bounds[0]) == size:  # one bounds: one lookup
+    uniform = packed_bounds.count(packed_bounds[0]) == size
+    if uniform:  # one bounds: one lookup
         shape = _bounds_shape(shapes, shape_scope, name, query, packed_bounds[0], limits)
         shaped = [shape] * size
     else:
         shaped = [_bounds_shape(shapes, shape_scope, name, query, b, limits) for b in packed_bounds]
     bounds: list[tuple[float, ...] | None] = [shape[0] for shape in shaped]
-    doubt = np.array(
-        [
-            not isinstance(i, _Identity) or sh[1] is not None
-            for i, sh in zip(found, shaped, strict=True)
-        ],
-        dtype=bool,
-    ).reshape(size)
+    if uniform and shaped[0][1] is None and set(map(type, found)) == {_Identity}:
+        doubt = np.zeros(size, dtype=bool)  # the usual case: all identified, good bounds
+    else:
+        doubt = np.array(
+            [
+                not isinstance(i, _Identity) or sh[1] is not None
+                for i, sh in zip(found, shaped, strict=True)
+            ],
+            dtype=bool,
+        ).reshape(size)
     doubt &= ~skip
     if doubt.any() or skip.any():  # as if never read: None where no Point may come
         for i in np.flatnonzero(doubt | skip).tolist():
@@ -1142,9 +1147,9 @@ class Receiver:
             if name == QUERY_METRIC:
                 binned = group.increments() @ self._rebin_matrix(bounds, factor)
                 parts = out.branches
-                parts.keys.extend((n[0], n[1]) for n in group.names)
+                parts.keys.extend(cast(list[BranchKey], group.names))  # (experiment, branch)
                 parts.n.extend(counts)
-                parts.ok.extend(c if ok else 0 for c, ok in zip(counts, group.success, strict=True))
+                parts.ok.extend(np.where(group.success, counts, 0).tolist())
                 parts.total_ms.extend((total * factor).tolist())
                 parts.m2.extend((m2 * factor * factor).tolist())
                 parts.sq.extend((squares * factor * factor).tolist())
@@ -1156,7 +1161,7 @@ class Receiver:
                 out.branch_streams.extend(group.streams)
             else:
                 events = out.events
-                events.keys.extend((n[0], n[1], n[2]) for n in group.names)
+                events.keys.extend(cast(list[EventKey], group.names))  # (.., event)
                 events.count.extend(counts)
                 events.total.extend(total.tolist())
                 events.m2.extend(m2.tolist())

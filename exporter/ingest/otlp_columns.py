@@ -61,7 +61,7 @@ def bucket_table(raw: list[bytes], width: int, count: list[int]) -> npt.NDArray[
         return None
     if not any(raw) and width == 1:  # no bucket_counts and no bounds: one bucket, all
         table = np.array(count, dtype=np.uint64).reshape(len(raw), 1)
-    elif all(len(packed) == 8 * width for packed in raw):
+    elif set(map(len, raw)) == {8 * width}:
         table = np.frombuffer(b"".join(raw), dtype="<u8").reshape(len(raw), width)
     else:
         return None
