@@ -972,9 +972,10 @@ class Receiver:
                 if len(self._bounds_pool) >= self.limits.max_bounds_sets:
                     return False
                 bounds = self._bounds_pool[chunk.bounds] = chunk.bounds
-            chunk_keys = [identity.stream for identity in chunk.identities]
-            last = [held.get(key) for key in chunk_keys]
-            if not all(state is not None and state.bounds is bounds for state in last):
+            chunk_keys = list(map(_STREAM_OF, chunk.identities))
+            last = list(map(held.get, chunk_keys))
+            # all held with these bounds (`all`, not `None in`: no dataclass __eq__ per state)
+            if not (all(last) and set(map(id, map(_BOUNDS_OF, last))) == {id(bounds)}):
                 for key, state, start in zip(chunk_keys, last, chunk.start, strict=True):
                     if state is None:  # new: its point is the increment (or a baseline)
                         if streams.cold is not None or (warn is not None and start < warn):
@@ -987,7 +988,7 @@ class Receiver:
             pooled.append(bounds)
             name = QUERY_METRIC if chunk.query else EVENT_METRIC
             groups.setdefault((name, id(bounds), chunk.factor), []).append(index)
-        if len({key for chunk_keys in keys for key in chunk_keys}) != sum(map(len, keys)):
+        if len(set(itertools.chain.from_iterable(keys))) != sum(map(len, keys)):
             return False  # a stream twice: one by one
         if fresh and not streams.room(len(fresh)):
             return False
@@ -1020,18 +1021,20 @@ class Receiver:
         out.created.update(fresh)
         updates = out.updates
         for chunk, chunk_keys, bounds in zip(chunks, keys, pooled, strict=True):
-            for key, start, end, count, total, row in zip(
-                chunk_keys, chunk.start, chunk.end, chunk.count, chunk.total, chunk.buckets,
-                strict=True,
-            ):  # fmt: skip
-                # the row is a view: the chunk's table is shared, not copied per point
-                updates[key] = _Stream(start, end, count, total, row, bounds, _NO_WINDOWS)
+            # the rows are views: the chunk's table is shared, not copied per point
+            states = map(_Stream, chunk.start, chunk.end, chunk.count, chunk.total, chunk.buckets,
+                         repeat(bounds), repeat(_NO_WINDOWS))  # fmt: skip
+            updates.update(zip(chunk_keys, states, strict=True))
         # the pending groups in the order `_increment` would open them: by first point kept
         opened = []
         for shape, members, answer in answers:
-            if len(answer.kept):
-                at = [offsets[j] + k for j in members for k in range(len(keys[j]))]
-                opened.append((at[int(answer.kept[0])], shape, members, answer))
+            if len(answer.kept):  # where in the request the group's first kept point is
+                first = int(answer.kept[0])
+                for j in members:
+                    if first < len(keys[j]):
+                        opened.append((offsets[j] + first, shape, members, answer))
+                        break
+                    first -= len(keys[j])
         opened.sort(key=operator.itemgetter(0))
         for _, shape, members, answer in opened:
             group = pending[shape] = _Pending(pooled[members[0]], shape[2])
@@ -1184,6 +1187,10 @@ class Receiver:
             if len(self._rebin) < self.limits.max_bounds_sets:
                 self._rebin[(bounds, factor)] = found
         return found
+
+
+_STREAM_OF: Final = operator.attrgetter("stream")
+_BOUNDS_OF: Final = operator.attrgetter("bounds")
 
 
 def _joined(lists: list[list[Any]]) -> list[Any]:

@@ -11,14 +11,31 @@ otherwise it answers None and the caller takes the point-by-point path
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from ..core.validation import MAX_LATENCY_MS
+
+
+@dataclass(frozen=True, slots=True)
+class _Nothing:
+    """What a new stream's increment is taken against: nothing yet."""
+
+    start: int = 0
+    time: int = 0
+    count: int = 0
+    total: float = 0.0
+
+
+_NONE: Final = _Nothing()
+_START, _TIME, _COUNT, _TOTAL, _BUCKETS = map(
+    operator.attrgetter, ("start", "time", "count", "total", "buckets")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +67,16 @@ def plain(
     increment, or only a baseline when it starts at or before the `horizon` (its
     increments are then left out: `kept` says so). None if any point is not plain."""
     width = buckets.shape[1]
-    fresh = np.array([s is None for s in last], dtype=bool)
+    if all(last):  # the usual case: every stream held (`all`: no dataclass __eq__ per state)
+        fresh = np.zeros(len(last), dtype=bool)
+        held = last
+    else:
+        fresh = np.array([s is None for s in last], dtype=bool)
+        held = [_NONE if s is None else s for s in last]
     new_start = np.array(starts, dtype=np.uint64)
-    old_start = np.array([s.start if s is not None else 0 for s in last], dtype=np.uint64)
-    old_time = np.array([s.time if s is not None else 0 for s in last], dtype=np.uint64)
-    old_count = np.array([s.count if s is not None else 0 for s in last], dtype=np.uint64)
+    old_start = np.array(list(map(_START, held)), dtype=np.uint64)
+    old_time = np.array(list(map(_TIME, held)), dtype=np.uint64)
+    old_count = np.array(list(map(_COUNT, held)), dtype=np.uint64)
     new_count = np.array(counts, dtype=np.uint64)
     if not (
         ((new_start == old_start) | fresh).all()
@@ -64,7 +86,11 @@ def plain(
         return None
     # states hold array("q") or int64 rows: both are buffers of native int64
     zero = bytes(8 * width)
-    old_rows = [s.buckets if s is not None else zero for s in last]
+    old_rows = (
+        list(map(_BUCKETS, held))
+        if held is last
+        else [zero if s is None else s.buckets for s in last]
+    )
     old_buckets = np.frombuffer(b"".join(old_rows), dtype=np.int64).reshape(len(last), width)
     new_buckets = buckets
     if (new_buckets < old_buckets).any():
@@ -72,7 +98,7 @@ def plain(
     count = (new_count - old_count).astype(np.int64)
     if horizon:  # a new stream that may be one we forgot: a baseline only
         count[fresh & (new_start <= np.uint64(horizon))] = 0
-    old_total = np.array([s.total if s is not None else 0.0 for s in last], dtype=np.float64)
+    old_total = np.array(list(map(_TOTAL, held)), dtype=np.float64)
     total = np.array(totals, dtype=np.float64) - old_total  # x - 0.0 is x, NaN and -0.0 too
     if query:  # as `_increment`: a sum that went down or grew too fast is refused there
         limit = count * MAX_LATENCY_MS / factor
