@@ -8,6 +8,7 @@ MAX_COUNT and streams forgotten by their ttl."""
 from __future__ import annotations
 
 import random
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -271,6 +272,8 @@ def test_the_plain_path_takes_steady_exports() -> None:
             exporter.send(body([(s, app.point(s, "next", 2, rng)) for s in range(STREAMS)], 0))
         before = queries(app)
         assert recorded().total_queries_recorded == before
+        # each state owns its counts: none keeps a whole request's table alive
+        assert {type(s.buckets) for s in exporter.metrics.receiver.streams.held.values()} == {array}
         exporter.send(body([(s, app.point(s, "restart", 2, rng)) for s in range(STREAMS)], 0))
     assert taken == [True, True, True, False]  # a restart: point by point
     assert recorded().total_queries_recorded == before + queries(app)

@@ -651,7 +651,6 @@ def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], .
 
 
 _NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never changed
-_NO_ROW: Final[npt.NDArray[np.int64]] = np.zeros(0, dtype=np.int64)
 
 # -- stream state --------------------------------------------------------------------
 
@@ -659,13 +658,13 @@ _NO_ROW: Final[npt.NDArray[np.int64]] = np.zeros(0, dtype=np.int64)
 @dataclass(slots=True)
 class _Stream:
     """A stream's last point. Its arrays are never changed in place (a new state replaces
-    them), so states may share them: the plain path's `buckets` are rows of one block."""
+    them), so states may share them (the empty windows of cumulative streams)."""
 
     start: int
     time: int  # the latest end time seen
     count: int  # cumulative: the last point's figures
     total: float  # NaN: the point had no sum
-    buckets: array[int] | npt.NDArray[np.int64]  # native int64 either way
+    buckets: array[int]
     bounds: tuple[float, ...]
     windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
     seen: float = 0.0  # the receiver's clock when the stream last sent
@@ -1021,9 +1020,8 @@ class Receiver:
         out.created.update(fresh)
         updates = out.updates
         for chunk, chunk_keys, bounds in zip(chunks, keys, pooled, strict=True):
-            # the rows are views: the chunk's table is shared, not copied per point
-            states = map(_Stream, chunk.start, chunk.end, chunk.count, chunk.total, chunk.buckets,
-                         repeat(bounds), repeat(_NO_WINDOWS))  # fmt: skip
+            states = map(_Stream, chunk.start, chunk.end, chunk.count, chunk.total,
+                         _rows(chunk.buckets), repeat(bounds), repeat(_NO_WINDOWS))  # fmt: skip
             updates.update(zip(chunk_keys, states, strict=True))
         # the pending groups in the order `_increment` would open them: by first point kept
         opened = []
@@ -1187,6 +1185,15 @@ class Receiver:
             if len(self._rebin) < self.limits.max_bounds_sets:
                 self._rebin[(bounds, factor)] = found
         return found
+
+
+def _rows(table: npt.NDArray[np.int64]) -> list[array[int]]:
+    """A table's rows as arrays of their own: a state holding a view would keep its whole
+    request's table alive for as long as the stream stays silent."""
+    packed, width = table.tobytes(), 8 * table.shape[1]
+    return list(
+        map(array, repeat("q"), [packed[i : i + width] for i in range(0, len(packed), width)])
+    )
 
 
 _STREAM_OF: Final = operator.attrgetter("stream")
