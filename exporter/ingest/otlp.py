@@ -413,9 +413,10 @@ def _columns(
     if uniform:  # one bounds: one lookup
         shape = _bounds_shape(shapes, shape_scope, name, query, packed_bounds[0], limits)
         shaped = [shape] * size
+        bounds: list[tuple[float, ...] | None] = [shape[0]] * size
     else:
         shaped = [_bounds_shape(shapes, shape_scope, name, query, b, limits) for b in packed_bounds]
-    bounds: list[tuple[float, ...] | None] = [shape[0] for shape in shaped]
+        bounds = [shape[0] for shape in shaped]
     if uniform and shaped[0][1] is None and set(map(type, found)) == {_Identity}:
         doubt = np.zeros(size, dtype=bool)  # the usual case: all identified, good bounds
     else:
@@ -439,10 +440,10 @@ def _columns(
         query, delta, factor, count, start, end, total, low, high, now_ns, _MAX_CLOCK_AHEAD_NS
     )
     edges = bounds[0]
-    if edges is not None and not (doubt.any() or skip.any()) and all(b is edges for b in bounds):
+    if uniform and edges is not None and not (doubt.any() or skip.any()):
         table = bucket_table(raw, len(edges) + 1, count)
         if table is not None:  # every point passed: its columns go on as they are
-            identified = [i for i in found if i is not None]
+            identified = cast(list[_Identity], found)  # none doubted: all identified
             return Chunk(identified, query, delta, factor, edges, start, end, count, total,
                          low, high, table)  # fmt: skip
     buckets = bucket_rows(raw, bounds, count, doubt | skip)
