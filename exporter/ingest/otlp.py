@@ -1159,7 +1159,7 @@ class Receiver:
                 parts.hi.extend((high * factor).tolist())
                 parts.first.extend(group.when)
                 parts.last.extend(group.when)
-                parts.buckets.extend(binned.tolist())
+                parts.buckets.extend(binned)  # rows of a fresh array, read once by add_parts
                 out.branch_streams.extend(group.streams)
             else:
                 events = out.events
