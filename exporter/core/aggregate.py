@@ -9,6 +9,7 @@ owns the lock.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import count as _count
@@ -700,7 +701,8 @@ class Aggregate:
         self.add_branch_parts(self.branch_rows(branches.keys), branches)
         self.add_event_parts(self.event_rows(events.keys), events)
         if now is not None:
-            self.touch({k[0] for keys in (branches.keys, events.keys) for k in keys}, now)
+            experiments = map(itemgetter(0), itertools.chain(branches.keys, events.keys))
+            self.touch(set(experiments), now)
 
     def load(self, branches: BranchParts, events: EventParts, activity: dict[str, float]) -> None:
         """Add what the data file holds. It is durable already, so only the rows changed

@@ -678,6 +678,8 @@ class ABMetrics:
 
 
 def _left_out(items: Sequence[StreamKey], kept: Sequence[int]) -> set[StreamKey]:
+    if len(kept) == len(items):  # all kept (indices are distinct): the usual case
+        return set()
     keep = set(kept)
     return {item for index, item in enumerate(items) if index not in keep}
 
