@@ -3,15 +3,18 @@ in `ABMetrics._admit_parts`, batched stream puts) answer exactly as the point-by
 reference: the same parts, refusals, duplicates, stream states (and their order), and
 aggregate, over random exports with restarts, retries, late points, bounds changes,
 refused sums, delta points, streams sent twice, stream and series limits, counts near
-MAX_COUNT and streams forgotten by their ttl."""
+MAX_COUNT, streams forgotten by their ttl, and states kept in a data file (read back
+on demand, and after a restart)."""
 
 from __future__ import annotations
 
 import random
+import tempfile
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
@@ -37,6 +40,7 @@ from exporter.core.limits import Limits
 from exporter.core.validation import MAX_COUNT
 from exporter.ingest import otlp
 from exporter.ingest.otlp import OtlpLimits, Received, Receiver, parse
+from exporter.state.store import Store
 
 T0 = 1_700_000_000_000_000_000
 NOW = 2_000_000_000.0
@@ -152,15 +156,32 @@ def put_one_by_one(streams: otlp.Streams, states: dict[bytes, Any], new: set[byt
 
 
 class Exporter:
-    def __init__(self, otlp_limits: OtlpLimits, series: Limits) -> None:
+    def __init__(self, otlp_limits: OtlpLimits, series: Limits, directory: Path | None) -> None:
         self.now = [0.0]
-        receiver = Receiver(DEFAULT_BUCKETS, otlp_limits, clock=lambda: self.now[0])
-        self.metrics = ABMetrics(limits=series, receiver=receiver, clock=lambda: 5.0)
+        self.otlp_limits, self.series, self.directory = otlp_limits, series, directory
+        self.store: Store | None = None
+        self.open()
+
+    def open(self) -> None:
+        """A fresh process; with a directory, its stream states and counts read back from
+        the data file (states leave memory and are read back on demand)."""
+        receiver = Receiver(DEFAULT_BUCKETS, self.otlp_limits, clock=lambda: self.now[0])
+        self.metrics = ABMetrics(limits=self.series, receiver=receiver, clock=lambda: 5.0)
+        if self.directory is not None:
+            self.store = Store(self.directory, self.metrics)
+            self.store.open()
+
+    def restart(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        self.open()
 
     def send(self, data: bytes) -> Received:
         parsed = parse(otlp.decode(data, "application/x-protobuf"), OtlpLimits(), now=NOW)
         _, received = self.metrics.record_otlp(parsed)
         assert received is not None
+        if self.store is not None:
+            assert self.store.commit()
         return received
 
     def state(self) -> Any:
@@ -174,7 +195,7 @@ class Exporter:
                 n: c[:size].tolist() for n, c in table.columns.items() if n != "stamp"
             }
             tables.append((list(table.keys), dict(table.ids), repr(columns)))
-        figures = (streams.horizon, streams.evicted, streams.stored, len(streams))
+        figures = (streams.horizon, streams.evicted, streams.stored, len(streams), streams.recalled)
         return held, figures, tables, aggregate.experiments, aggregate.event_names
 
 
@@ -212,6 +233,7 @@ export = st.tuples(
     st.sampled_from([Limits(), Limits(max_branches=2), Limits(max_series=5)]),
     st.integers(0, 2**32),
     st.sampled_from([4096, 2]),  # points per chunk: several chunks may share a shape
+    st.booleans(),  # with a data file: states on disk, read back; a restart at the end
 )
 def test_column_paths_answer_as_the_reference(
     exports: list[tuple[list[tuple[int, str]], int, int, float]],
@@ -219,9 +241,25 @@ def test_column_paths_answer_as_the_reference(
     series: Limits,
     seed: int,
     chunk: int,
+    stored: bool,
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="abtest-fast-") as directory:
+        compare(exports, max_streams, series, seed, chunk, Path(directory) if stored else None)
+
+
+def compare(
+    exports: list[tuple[list[tuple[int, str]], int, int, float]],
+    max_streams: int,
+    series: Limits,
+    seed: int,
+    chunk: int,
+    directory: Path | None,
 ) -> None:
     otlp_limits = OtlpLimits(max_streams=max_streams, stream_ttl=50.0)
-    fast, slow = Exporter(otlp_limits, series), Exporter(otlp_limits, series)
+    fast, slow = (
+        Exporter(otlp_limits, series, directory / name if directory else None)
+        for name in ("fast", "slow")
+    )
     app, rng = App(), random.Random(seed)
     # every stream once first, growing: then the common case comes up often
     exports = [([(s, "next") for s in range(STREAMS)], 1, 0, 0.0), *exports]
@@ -253,11 +291,18 @@ def test_column_paths_answer_as_the_reference(
     event(f"plain path taken {min(sum(taken), 3)}+ times")
     for seen in sorted(reasons):
         event(f"seen: {seen}")
+    if directory is not None:  # what each wrote reads back the same
+        for exporter in (fast, slow):
+            exporter.restart()
+        assert fast.state() == slow.state()
+        for exporter in (fast, slow):
+            assert exporter.store is not None
+            exporter.store.close()
 
 
 def test_the_plain_path_takes_steady_exports() -> None:
     """The case the fast path is for does take it (else the test above proves little)."""
-    exporter = Exporter(OtlpLimits(), Limits())
+    exporter = Exporter(OtlpLimits(), Limits(), None)
     app, rng = App(), random.Random(1)
     taken = []
     original = Receiver._plain

@@ -747,7 +747,9 @@ class Streams:
             state.seen = now
             held[key] = state
             last(key)
-        self._changed.update(states)
+        # one key at a time as `put` adds them (a dict would presize the set: another
+        # iteration order, so another order of rows in the file and after a restart)
+        self._changed.update(iter(states))
         self._dropped.difference_update(states)
         self.stored += len(new & states.keys())
 
