@@ -40,15 +40,13 @@ _START, _TIME, _COUNT, _TOTAL, _BUCKETS = map(
 
 @dataclass(frozen=True, slots=True)
 class Plain:
-    """The increments of a group of points (count, sum and buckets), which of the
-    points have any (`kept`, ascending, as indices into the group), and the points'
-    own bucket counts (`latest`, one row each: the streams' next states hold them)."""
+    """The increments of a group of points (count, sum and buckets), and which of the
+    points have any (`kept`, ascending, as indices into the group)."""
 
     count: npt.NDArray[np.int64]
     total: npt.NDArray[np.float64]
     buckets: npt.NDArray[np.int64]
     kept: npt.NDArray[np.intp]
-    latest: npt.NDArray[np.int64]
 
 
 def plain(
@@ -107,4 +105,4 @@ def plain(
         if bad.any():
             return None
     kept = np.flatnonzero(count > 0)
-    return Plain(count, total, new_buckets - old_buckets, kept, new_buckets)
+    return Plain(count, total, new_buckets - old_buckets, kept)
