@@ -78,7 +78,7 @@ class App:
             self.start[stream] = self.clock
         scale = 2**50 if op == "big" else 1
         buckets = [b + rng.randint(0, grow) * scale for b in self.buckets[stream]]
-        if op == "down" and sum(buckets):
+        if op == "down" and any(buckets):
             buckets[rng.randrange(len(buckets))] = 0  # went down, same start
         if sum(buckets) > MAX_COUNT:
             buckets = [0] * len(buckets)
