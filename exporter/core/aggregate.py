@@ -9,6 +9,7 @@ owns the lock.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import count as _count
@@ -165,7 +166,9 @@ class BranchParts(_Selectable):
     hi: list[float] = field(default_factory=list)
     first: list[float] = field(default_factory=list)
     last: list[float] = field(default_factory=list)
-    buckets: list[list[int]] = field(default_factory=list)
+    # a row may be an int64 array (OTLP's re-binned rows): numpy reads those many times
+    # faster than lists of ints, and nothing here needs them as lists
+    buckets: list[list[int] | npt.NDArray[np.int64]] = field(default_factory=list)
     sq: list[float] = field(default_factory=list)
 
     def append(
@@ -710,7 +713,8 @@ class Aggregate:
         self.add_branch_parts(self.branch_rows(branches.keys), branches)
         self.add_event_parts(self.event_rows(events.keys), events)
         if now is not None:
-            self.touch({k[0] for keys in (branches.keys, events.keys) for k in keys}, now)
+            experiments = map(itemgetter(0), itertools.chain(branches.keys, events.keys))
+            self.touch(set(experiments), now)
 
     def load(self, branches: BranchParts, events: EventParts, activity: dict[str, float]) -> None:
         """Add what the data file holds. It is durable already, so only the rows changed

@@ -7,11 +7,14 @@ batches cannot slip past it together.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from .aggregate import Aggregate, BranchKey, EventKey
-from .validation import MAX_NAME_LENGTH, ValidationError
+from .validation import MAX_COUNT, MAX_NAME_LENGTH, ValidationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +120,32 @@ def check(
     for event_key in set(event_keys):
         if (error := admission.event(event_key)) is not None:
             raise error
+
+
+def all_held(
+    aggregate: Aggregate, keys: Sequence[BranchKey] | Sequence[EventKey], counts: Sequence[int]
+) -> bool:
+    """Whether every part names a series that exists (branch, experiment and event name
+    alike) and each series stays within MAX_COUNT with all its parts: then an Admission
+    and the count check let each part in, in any order, and change nothing. One pass of
+    lookups and a few array operations: the usual case of an app's steady exports."""
+    if not keys:
+        return True
+    experiments, names = aggregate.experiments, aggregate.event_names
+    table, column = (aggregate.branches, "n") if len(keys[0]) == 2 else (aggregate.events, "count")
+    ids: dict[Any, int] = table.ids
+    rows = list(map(ids.get, keys))
+    if None in rows:
+        return False
+    for key in set(keys):
+        if key[1] not in experiments.get(key[0], ()):
+            return False
+        if len(key) == 3 and key[2] not in names.get(key[0], ()):
+            return False
+    if min(counts) < 0 or sum(counts) > MAX_COUNT:
+        return False  # too many for any one series anyway; and no sum below may overflow
+    unique, inverse = np.unique(np.array(rows, dtype=np.intp), return_inverse=True)
+    # float sums of integers are exact while every partial sum stays below 2**53
+    added = np.bincount(inverse, np.array(counts, dtype=np.float64), len(unique))
+    held = table.columns[column][unique].astype(np.int64)
+    return bool((held + added.astype(np.int64) <= MAX_COUNT).all())

@@ -40,6 +40,7 @@ import base64
 import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -49,8 +50,8 @@ from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
-from typing import Any, Final, Literal
+from itertools import pairwise, repeat
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -69,7 +70,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     Metric,
 )
 
-from ..core.aggregate import BranchParts, EventParts
+from ..core.aggregate import BranchKey, BranchParts, EventKey, EventParts
 from ..core.validation import (
     MAX_ABS_EVENT_VALUE,
     MAX_COUNT,
@@ -77,7 +78,8 @@ from ..core.validation import (
     MAX_NAME_LENGTH,
     name_problem,
 )
-from .otlp_columns import Memo, bucket_rows, doubtful
+from . import otlp_plain as plain_
+from .otlp_columns import Memo, Table, bucket_rows, bucket_table, doubtful
 from .otlp_view import view
 
 QUERY_METRIC: Final = "abtest.query.duration"
@@ -202,10 +204,72 @@ class Refusals:
             self.messages.append(message)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Points of one histogram chunk that all passed the columnar checks, kept as the
+    columns they were checked in (one bounds tuple, one bucket table): the common case
+    reaches `Receiver` without a `Point` per point. `points()` gives them as Points."""
+
+    identities: list[_Identity]
+    query: bool
+    delta: bool
+    factor: float
+    bounds: tuple[float, ...]
+    start: list[int]
+    end: list[int]
+    count: list[int]
+    total: list[float]  # NaN: not sent
+    low: list[float]  # NaN: not sent
+    high: list[float]
+    buckets: npt.NDArray[np.int64]  # one row per point
+
+    def points(self) -> list[Point]:
+        query, delta, factor, bounds = self.query, self.delta, self.factor, self.bounds
+        return [
+            Point(i.stream, query, i.names, i.success, delta, start, end, count, total, low,
+                  high, row, bounds, factor)
+            for i, start, end, count, total, low, high, row in zip(
+                self.identities, self.start, self.end, self.count, self.total, self.low,
+                self.high, self.buckets.tolist(), strict=True,
+            )
+        ]  # fmt: skip
+
+
 class Parsed:
-    points: list[Point] = field(default_factory=list)
-    refused: Refusals = field(default_factory=Refusals)
+    """The checked points of a request, in order (as Points, or chunks of columns), and
+    what was refused."""
+
+    def __init__(self) -> None:
+        self.refused = Refusals()
+        self._parts: list[Chunk | list[Point]] = []
+
+    def add(self, point: Point) -> None:
+        last = self._parts[-1] if self._parts else None
+        if isinstance(last, list):
+            last.append(point)
+        else:
+            self._parts.append([point])
+
+    def add_chunk(self, chunk: Chunk) -> None:
+        self._parts.append(chunk)
+
+    @property
+    def chunks(self) -> list[Chunk] | None:
+        """The points as chunks of columns, or None if some are Points."""
+        parts = self._parts
+        return None if any(isinstance(p, list) for p in parts) else parts  # type: ignore[return-value]
+
+    @property
+    def points(self) -> list[Point]:
+        """Every point as a Point (the chunks turned into Points once, for good)."""
+        if len(self._parts) != 1 or not isinstance(self._parts[0], list):
+            every: list[Point] = []
+            for part in self._parts:
+                every.extend(part if isinstance(part, list) else part.points())
+            self._parts = [every]
+        points = self._parts[0]
+        assert isinstance(points, list)
+        return points
 
 
 def _records(point: HistogramDataPoint) -> int:
@@ -273,9 +337,12 @@ def _metric(
     delta = temporality == _DELTA
     for chunk in _chunks(metric.histogram):
         checked = _columns(prefix, metric.name, delta, factor, chunk, limits, now_ns)
+        if isinstance(checked, Chunk):
+            out.add_chunk(checked)
+            continue
         for index, answer in enumerate(checked):
             if answer:
-                out.points.append(answer)
+                out.add(answer)
                 continue
             if answer is None:  # no recorded value
                 continue
@@ -283,12 +350,17 @@ def _metric(
             point = chunk.data_points[index]
             good = _point(prefix, metric.name, delta, factor, point, limits, now_ns)
             if isinstance(good, Point):
-                out.points.append(good)
+                out.add(good)
             else:
                 refused.refuse(*good, records=_records(point))
 
 
 _VALUES: Final = ("sum", "min", "max")
+# a view point's fields in one call: one pass over the points, no bytecode per field
+_FIELDS: Final = operator.attrgetter(
+    "flags", "attributes", "explicit_bounds", "bucket_counts", "count",
+    "start_time_unix_nano", "time_unix_nano", *_VALUES,
+)  # fmt: skip
 _CHUNK: Final = 4096  # points viewed at once: a body of millions of tiny points stays small
 
 
@@ -309,59 +381,72 @@ def _columns(
     histogram: Histogram,
     limits: OtlpLimits,
     now_ns: int,
-) -> list[Point | Literal[False] | None]:
+) -> Chunk | list[Point | Literal[False] | None]:
     """Every point of a histogram checked column by column: a Point when it passes, False
-    when it may not (`_point` decides and says why), None when it has no recorded value.
-    Each check here is `_point`'s, or stricter; nothing passes that `_point` refuses."""
+    when it may not (`_point` decides and says why), None when it has no recorded value;
+    a Chunk of them all when every point passes with the same bounds. Each check here is
+    `_point`'s, or stricter; nothing passes that `_point` refuses."""
     points = view(histogram)
     size = len(points)
     query = name == QUERY_METRIC
     identities, shapes = _IDENTITIES.answers, _SHAPES.answers
     identity_scope = _IDENTITIES.scope((prefix, name, limits.max_name_length))
     shape_scope = _SHAPES.scope((name, limits.max_bounds))
-    found: list[_Identity | None] = [None] * size
-    bounds: list[tuple[float, ...] | None] = [None] * size
-    raw: list[bytes] = [b""] * size
-    count = [0] * size
-    start = [0] * size
-    end = [0] * size
-    total = [0.0] * size
-    low = [0.0] * size
-    high = [0.0] * size
-    doubt: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
+    if not size:
+        return []
+    # every field of every point in one pass (one C call per point), then as columns
+    columns = zip(*map(_FIELDS, points), strict=True)
+    flags, attribute_lists, packed_bounds, raw, count, start, end, total, low, high = map(
+        list, columns
+    )
     skip: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
-    for i, p in enumerate(points):
-        if p.flags & _NO_RECORDED_VALUE:
-            skip[i] = True
-            continue
-        attributes = (identity_scope, *p.attributes)
-        identity = identities.get(attributes)
-        if identity is None:
-            parsed = _identity(prefix, name, map(KeyValue.FromString, attributes[1:]), limits)
-            identity = identities.put(attributes, parsed)
-        packed_bounds = (shape_scope, p.explicit_bounds)
-        shape = shapes.get(packed_bounds)
-        if shape is None:
-            packed = p.explicit_bounds
-            whole = len(packed) - len(packed) % 8  # always whole once re-serialized
-            values = tuple(np.frombuffer(packed[:whole], dtype="<f8").tolist())
-            problem = _bounds_problem(name, query, values, limits)
-            if whole != len(packed):
-                problem = ("invalid_point", "")  # not expected: let `_point` decide
-            shape = shapes.put(packed_bounds, (values, problem))
-        if not isinstance(identity, _Identity) or shape[1] is not None:
-            doubt[i] = True
-            continue
-        found[i], bounds[i] = identity, shape[0]
-        raw[i] = p.bucket_counts
-        count[i], start[i], end[i] = p.count, p.start_time_unix_nano, p.time_unix_nano
-        total[i], low[i], high[i] = v = p.sum, p.min, p.max
-        if v[0] != v[0] or v[1] != v[1] or v[2] != v[2]:  # not sent, or a sent NaN
-            doubt[i] = any(p.HasField(f) for f, x in zip(_VALUES, v, strict=True) if x != x)
-    buckets = bucket_rows(raw, bounds, count, doubt | skip)
+    if any(flags):
+        skip = (np.array(flags, dtype=np.uint64) & _NO_RECORDED_VALUE) != 0
+    # (scope, *attributes) per point, built by C loops: map, tuple and tuple concatenation
+    keys = list(map(operator.add, repeat((identity_scope,), size), map(tuple, attribute_lists)))
+    found: list[_Identity | None] = list(map(identities.get, keys))
+    if not all(found):  # (`None in` would call each identity's dataclass __eq__)
+        for i in [i for i, identity in enumerate(found) if identity is None]:
+            attributes = map(KeyValue.FromString, keys[i][1:])
+            found[i] = identities.put(keys[i], _identity(prefix, name, attributes, limits))
+    uniform = packed_bounds.count(packed_bounds[0]) == size
+    if uniform:  # one bounds: one lookup
+        shape = _bounds_shape(shapes, shape_scope, name, query, packed_bounds[0], limits)
+        shaped = [shape] * size
+        bounds: list[tuple[float, ...] | None] = [shape[0]] * size
+    else:
+        shaped = [_bounds_shape(shapes, shape_scope, name, query, b, limits) for b in packed_bounds]
+        bounds = [shape[0] for shape in shaped]
+    if uniform and shaped[0][1] is None and set(map(type, found)) == {_Identity}:
+        doubt = np.zeros(size, dtype=bool)  # the usual case: all identified, good bounds
+    else:
+        doubt = np.array(
+            [
+                not isinstance(i, _Identity) or sh[1] is not None
+                for i, sh in zip(found, shaped, strict=True)
+            ],
+            dtype=bool,
+        ).reshape(size)
+    doubt &= ~skip
+    if doubt.any() or skip.any():  # as if never read: None where no Point may come
+        for i in np.flatnonzero(doubt | skip).tolist():
+            found[i] = bounds[i] = None
+    values = np.array([total, low, high], dtype=np.float64).reshape(3, size)
+    unsent = np.isnan(values).any(axis=0) & ~(doubt | skip)  # not sent, or a sent NaN
+    for i in np.flatnonzero(unsent).tolist():
+        v, p = (total[i], low[i], high[i]), points[i]
+        doubt[i] = any(p.HasField(f) for f, x in zip(_VALUES, v, strict=True) if x != x)
     doubt |= doubtful(
         query, delta, factor, count, start, end, total, low, high, now_ns, _MAX_CLOCK_AHEAD_NS
     )
+    edges = bounds[0]
+    if uniform and edges is not None and not (doubt.any() or skip.any()):
+        table = bucket_table(raw, len(edges) + 1, count)
+        if table is not None:  # every point passed: its columns go on as they are
+            identified = cast(list[_Identity], found)  # none doubted: all identified
+            return Chunk(identified, query, delta, factor, edges, start, end, count, total,
+                         low, high, table)  # fmt: skip
+    buckets = bucket_rows(raw, bounds, count, doubt | skip)
     skipped, doubted = skip.tolist(), doubt.tolist()  # numpy's items are slow one by one
     result: list[Point | Literal[False] | None] = []
     for i in range(size):
@@ -497,6 +582,27 @@ def _bounds_problem(
     return None
 
 
+def _bounds_shape(
+    shapes: Table,
+    scope: int,
+    name: str,
+    query: bool,
+    packed: bytes,
+    limits: OtlpLimits,
+) -> tuple[tuple[float, ...], tuple[str, str] | None]:
+    """Packed explicit_bounds as floats, and what is wrong with them (remembered)."""
+    key = (scope, packed)
+    shape: tuple[tuple[float, ...], tuple[str, str] | None] | None = shapes.get(key)
+    if shape is None:
+        whole = len(packed) - len(packed) % 8  # always whole once re-serialized
+        values = tuple(np.frombuffer(packed[:whole], dtype="<f8").tolist())
+        problem = _bounds_problem(name, query, values, limits)
+        if whole != len(packed):
+            problem = ("invalid_point", "")  # not expected: let `_point` decide
+        shape = shapes.put(key, (values, problem))
+    return shape
+
+
 _IDENTITIES: Final = Memo(size=32_768)
 _SHAPES: Final = Memo(size=256)
 
@@ -545,11 +651,16 @@ def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], .
     )
 
 
+_NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never changed
+
 # -- stream state --------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class _Stream:
+    """A stream's last point. Its arrays are never changed in place (a new state replaces
+    them), so states may share them (the empty windows of cumulative streams)."""
+
     start: int
     time: int  # the latest end time seen
     count: int  # cumulative: the last point's figures
@@ -606,6 +717,11 @@ class Streams:
                 self.recalled += 1
         return state
 
+    @property
+    def held(self) -> dict[StreamKey, _Stream]:
+        """The states in memory (none read back from disk): read only."""
+        return self._states
+
     def room(self, new: int) -> bool:
         """Whether `new` more streams fit (with a data file, the states not yet written may
         overrun the memory bound by the new streams of one commit interval)."""
@@ -621,6 +737,21 @@ class Streams:
         self._changed.add(key)
         self._dropped.discard(key)
         self.stored += new
+
+    def put_many(self, states: dict[StreamKey, _Stream], new: set[StreamKey]) -> None:
+        """`put` for each of `states` in order (`new`: those seen for the first time), at
+        one reading of the clock: they arrived together."""
+        now = self._clock()
+        held, last = self._states, self._states.move_to_end
+        for key, state in states.items():
+            state.seen = now
+            held[key] = state
+            last(key)
+        # one key at a time as `put` adds them (a dict would presize the set: another
+        # iteration order, so another order of rows in the file and after a restart)
+        self._changed.update(iter(states))
+        self._dropped.difference_update(states)
+        self.stored += len(new & states.keys())
 
     def expire(self) -> None:
         """Memory only: forget streams silent for longer than the ttl, behind the horizon.
@@ -798,6 +929,9 @@ class Receiver:
         out = Received(refused=parsed.refused)
         pending: dict[tuple[str, int, float], _Pending] = {}
         self.streams.expire()
+        if self._plain(out, pending, parsed.chunks):
+            self._finish(out, pending)
+            return out
         for point in parsed.points:
             refusal = self._increment(out, pending, point)
             if refusal is not None:
@@ -807,9 +941,106 @@ class Receiver:
 
     def commit(self, received: Received, refused_streams: set[StreamKey]) -> None:
         """Move the streams whose increments were applied (or had none to apply)."""
-        for key, state in received.updates.items():
-            if key not in refused_streams:
-                self.streams.put(key, state, key in received.created)
+        updates = received.updates
+        if refused_streams:
+            updates = {k: s for k, s in updates.items() if k not in refused_streams}
+        self.streams.put_many(updates, received.created)
+
+    def _plain(
+        self,
+        out: Received,
+        pending: dict[tuple[str, int, float], _Pending],
+        chunks: list[Chunk] | None,
+    ) -> bool:
+        """The whole request at once when every point came as columns (see `Chunk`), is
+        cumulative and either a plain increment of a stream held in memory or the first
+        of a stream new to us (with room for it; see `otlp_plain`); False otherwise, with
+        nothing changed but the bounds pooled as `_increment` pools them. The answer is
+        `_increment`'s, point for point, in the same order."""
+        if not chunks:
+            return False
+        streams = self.streams
+        held, horizon, warn = streams.held, streams.horizon, self.warn_started_before
+        groups: dict[tuple[str, int, float], list[int]] = {}
+        keys: list[list[StreamKey]] = []
+        lasts: list[list[_Stream | None]] = []
+        pooled: list[tuple[float, ...]] = []
+        fresh: list[StreamKey] = []
+        for index, chunk in enumerate(chunks):
+            if chunk.delta:
+                return False
+            bounds = self._bounds_pool.get(chunk.bounds)
+            if bounds is None:  # pooled as `_increment` would, first thing, for any point
+                if len(self._bounds_pool) >= self.limits.max_bounds_sets:
+                    return False
+                bounds = self._bounds_pool[chunk.bounds] = chunk.bounds
+            chunk_keys = list(map(_STREAM_OF, chunk.identities))
+            last = list(map(held.get, chunk_keys))
+            # all held with these bounds (`all`, not `None in`: no dataclass __eq__ per state)
+            if not (all(last) and set(map(id, map(_BOUNDS_OF, last))) == {id(bounds)}):
+                for key, state, start in zip(chunk_keys, last, chunk.start, strict=True):
+                    if state is None:  # new: its point is the increment (or a baseline)
+                        if streams.cold is not None or (warn is not None and start < warn):
+                            return False  # it may be on disk; or the warning is due
+                        fresh.append(key)
+                    elif state.bounds != bounds:
+                        return False
+            keys.append(chunk_keys)
+            lasts.append(last)
+            pooled.append(bounds)
+            name = QUERY_METRIC if chunk.query else EVENT_METRIC
+            groups.setdefault((name, id(bounds), chunk.factor), []).append(index)
+        if len(set(itertools.chain.from_iterable(keys))) != sum(map(len, keys)):
+            return False  # a stream twice: one by one
+        if fresh and not streams.room(len(fresh)):
+            return False
+        offsets = list(itertools.accumulate(map(len, keys), initial=0))
+        answers: list[tuple[tuple[str, int, float], list[int], plain_.Plain]] = []
+        for shape, members in groups.items():
+            parts = [chunks[j] for j in members]
+            answer = plain_.plain(
+                shape[0] == QUERY_METRIC,
+                shape[2],
+                _joined([c.start for c in parts]),
+                _joined([c.end for c in parts]),
+                _joined([c.count for c in parts]),
+                _joined([c.total for c in parts]),
+                np.concatenate([c.buckets for c in parts]) if len(parts) > 1 else parts[0].buckets,
+                _joined([lasts[j] for j in members]),
+                horizon,
+            )
+            if answer is None:
+                return False
+            answers.append((shape, members, answer))
+        if horizon and fresh:
+            out.uncertain += sum(
+                start <= horizon
+                for chunk, last in zip(chunks, lasts, strict=True)
+                for start, state in zip(chunk.start, last, strict=True)
+                if state is None
+            )
+        out.new_streams += len(fresh)
+        out.created.update(fresh)
+        updates = out.updates
+        for chunk, chunk_keys, bounds in zip(chunks, keys, pooled, strict=True):
+            states = map(_Stream, chunk.start, chunk.end, chunk.count, chunk.total,
+                         _rows(chunk.buckets), repeat(bounds), repeat(_NO_WINDOWS))  # fmt: skip
+            updates.update(zip(chunk_keys, states, strict=True))
+        # the pending groups in the order `_increment` would open them: by first point kept
+        opened = []
+        for shape, members, answer in answers:
+            if len(answer.kept):  # where in the request the group's first kept point is
+                first = int(answer.kept[0])
+                for j in members:
+                    if first < len(keys[j]):
+                        opened.append((offsets[j] + first, shape, members, answer))
+                        break
+                    first -= len(keys[j])
+        opened.sort(key=operator.itemgetter(0))
+        for _, shape, members, answer in opened:
+            group = pending[shape] = _Pending(pooled[members[0]], shape[2])
+            group.extend([chunks[j] for j in members], answer)
+        return True
 
     def _increment(
         self,
@@ -920,9 +1151,9 @@ class Receiver:
             if name == QUERY_METRIC:
                 binned = group.increments() @ self._rebin_matrix(bounds, factor)
                 parts = out.branches
-                parts.keys.extend((n[0], n[1]) for n in group.names)
+                parts.keys.extend(cast(list[BranchKey], group.names))  # (experiment, branch)
                 parts.n.extend(counts)
-                parts.ok.extend(c if ok else 0 for c, ok in zip(counts, group.success, strict=True))
+                parts.ok.extend(np.where(group.success, counts, 0).tolist())
                 parts.total_ms.extend((total * factor).tolist())
                 parts.m2.extend((m2 * factor * factor).tolist())
                 parts.sq.extend((squares * factor * factor).tolist())
@@ -930,11 +1161,11 @@ class Receiver:
                 parts.hi.extend((high * factor).tolist())
                 parts.first.extend(group.when)
                 parts.last.extend(group.when)
-                parts.buckets.extend(binned.tolist())
+                parts.buckets.extend(binned)  # rows of a fresh array, read once by add_parts
                 out.branch_streams.extend(group.streams)
             else:
                 events = out.events
-                events.keys.extend((n[0], n[1], n[2]) for n in group.names)
+                events.keys.extend(cast(list[EventKey], group.names))  # (.., event)
                 events.count.extend(counts)
                 events.total.extend(total.tolist())
                 events.m2.extend(m2.tolist())
@@ -957,6 +1188,24 @@ class Receiver:
             if len(self._rebin) < self.limits.max_bounds_sets:
                 self._rebin[(bounds, factor)] = found
         return found
+
+
+def _rows(table: npt.NDArray[np.int64]) -> list[array[int]]:
+    """A table's rows as arrays of their own: a state holding a view would keep its whole
+    request's table alive for as long as the stream stays silent."""
+    packed, width = table.tobytes(), 8 * table.shape[1]
+    return list(
+        map(array, repeat("q"), [packed[i : i + width] for i in range(0, len(packed), width)])
+    )
+
+
+_STREAM_OF: Final = operator.attrgetter("stream")
+_BOUNDS_OF: Final = operator.attrgetter("bounds")
+
+
+def _joined(lists: list[list[Any]]) -> list[Any]:
+    """The lists one after the other (the only one itself, uncopied: read only)."""
+    return lists[0] if len(lists) == 1 else [x for part in lists for x in part]
 
 
 def _shape(bounds: tuple[float, ...]) -> _Shape:
@@ -988,6 +1237,7 @@ class _Pending:
         self.buckets: list[list[int]] = []
         self.when: list[float] = []
         self._increments: npt.NDArray[np.int64] | None = None
+        self._block: npt.NDArray[np.int64] | None = None  # all at once: see `extend`
 
     def append(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
         self.streams.append(point.stream)
@@ -1000,8 +1250,29 @@ class _Pending:
         self.buckets.append(buckets)
         self.when.append(point.end / 1e9)
 
+    def extend(self, chunks: list[Chunk], answer: plain_.Plain) -> None:
+        """Points whose increments `otlp_plain` took at once (`answer.kept` of them)."""
+        kept = answer.kept.tolist()
+        identities = _joined([c.identities for c in chunks])
+        low, high = _joined([c.low for c in chunks]), _joined([c.high for c in chunks])
+        end = _joined([c.end for c in chunks])
+        if len(kept) != len(identities):
+            identities = [identities[k] for k in kept]
+            low, high, end = [low[k] for k in kept], [high[k] for k in kept], [end[k] for k in kept]
+        self.streams.extend([i.stream for i in identities])
+        self.names.extend([i.names for i in identities])
+        self.success.extend([i.success for i in identities])
+        self.count.extend(answer.count[kept].tolist())
+        self.total.extend(answer.total[kept].tolist())
+        self.low.extend(low)
+        self.high.extend(high)
+        self.when.extend([e / 1e9 for e in end])
+        self._block = answer.buckets[kept]
+
     def increments(self) -> npt.NDArray[np.int64]:
         """The bucket increments as one array (built once: spread and re-binning both use it)."""
+        if self._block is not None:
+            return self._block
         if self._increments is None or len(self._increments) != len(self.buckets):
             self._increments = np.array(self.buckets, dtype=np.int64)
         return self._increments

@@ -27,28 +27,49 @@ def bucket_rows(
 ) -> list[list[int] | None]:
     """Each point's bucket counts (packed little-endian uint64), None where they do not
     match its bounds or add up to its count; points of one width are read as one array."""
-    rows: list[list[int] | None] = [None] * len(raw)
-    widths: dict[int, list[int]] = {}
-    for i, (packed, edges, doubted) in enumerate(zip(raw, bounds, doubt.tolist(), strict=True)):
-        if doubted or edges is None:
-            continue
-        if not packed:
-            if not edges:
-                rows[i] = [count[i]]
-            continue
-        width = len(packed) // 8
-        if width * 8 == len(packed) and width == len(edges) + 1 and width < _MAX_WIDTH:
-            widths.setdefault(width, []).append(i)
-    for width, chosen in widths.items():
+    size = len(raw)
+    rows: list[list[int] | None] = [None] * size
+    packed = np.fromiter(map(len, raw), dtype=np.intp, count=size)
+    # buckets a point's bounds call for; -1: no bounds to match (doubted before)
+    wanted = np.fromiter(
+        (-1 if edges is None else len(edges) + 1 for edges in bounds), dtype=np.intp, count=size
+    )
+    usable = ~doubt & (wanted > 0)
+    for i in np.flatnonzero(usable & (packed == 0) & (wanted == 1)).tolist():
+        rows[i] = [count[i]]  # no bucket_counts and no bounds: one bucket, all of them
+    usable &= (packed == wanted * 8) & (wanted < _MAX_WIDTH)
+    for width in np.unique(wanted[usable]).tolist():
+        chosen = np.flatnonzero(usable & (wanted == width)).tolist()
         table = np.frombuffer(b"".join([raw[i] for i in chosen]), dtype="<u8")
         table = table.reshape(len(chosen), width)
         believable = np.asarray((table <= MAX_COUNT).all(axis=1))
         sums = np.where(believable[:, None], table, 0).sum(axis=1, dtype=np.uint64)
         ok = believable & (sums == np.array([count[i] for i in chosen], dtype=np.uint64))
+        if len(chosen) == size and ok.all():
+            return list(table.tolist())  # the usual case: all points, all good
         for i, row, good in zip(chosen, table.tolist(), ok.tolist(), strict=True):
             if good:
                 rows[i] = row
     return rows
+
+
+def bucket_table(raw: list[bytes], width: int, count: list[int]) -> npt.NDArray[np.int64] | None:
+    """All points' bucket counts as one table when every point sent `width` of them (or
+    none, with width 1) and each row is believable and adds up to its count; else None
+    (`bucket_rows` then says which rows do)."""
+    if width >= _MAX_WIDTH:
+        return None
+    if not any(raw) and width == 1:  # no bucket_counts and no bounds: one bucket, all
+        table = np.array(count, dtype=np.uint64).reshape(len(raw), 1)
+    elif set(map(len, raw)) == {8 * width}:
+        table = np.frombuffer(b"".join(raw), dtype="<u8").reshape(len(raw), width)
+    else:
+        return None
+    if not (table <= MAX_COUNT).all():
+        return None
+    if not (table.sum(axis=1, dtype=np.uint64) == np.array(count, dtype=np.uint64)).all():
+        return None
+    return table.astype(np.int64)
 
 
 def doubtful(

@@ -339,8 +339,13 @@ class ABMetrics:
     ) -> tuple[list[int], list[int]]:
         """Indices of the parts whose series exist or fit the limits, and whose counts stay
         below MAX_COUNT; the rest counted in records by reason."""
-        admission = limits.Admission(self._aggregate, self.limits)
-        held = self._aggregate.held
+        aggregate = self._aggregate
+        if limits.all_held(aggregate, branches.keys, branches.n) and limits.all_held(
+            aggregate, events.keys, events.count
+        ):
+            return list(range(len(branches.keys))), list(range(len(events.keys)))
+        admission = limits.Admission(aggregate, self.limits)
+        held = aggregate.held
 
         def admitted(
             keys: Sequence[Any],
@@ -717,6 +722,8 @@ class ABMetrics:
 
 
 def _left_out(items: Sequence[StreamKey], kept: Sequence[int]) -> set[StreamKey]:
+    if len(kept) == len(items):  # all kept (indices are distinct): the usual case
+        return set()
     keep = set(kept)
     return {item for index, item in enumerate(items) if index not in keep}
 
