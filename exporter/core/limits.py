@@ -122,6 +122,54 @@ def check(
             raise error
 
 
+def check_counts(
+    aggregate: Aggregate,
+    branch_keys: Sequence[BranchKey],
+    branch_counts: Sequence[int],
+    event_keys: Sequence[EventKey],
+    event_counts: Sequence[int],
+    rows: tuple[Sequence[int], Sequence[int]] | None = None,
+) -> None:
+    """Raise LimitError ("limit_count") if adding these counts (records are 1 each, a
+    part its count) would take any series past MAX_COUNT: a count the data file could
+    not hold again, so it is never acknowledged. `rows`: the keys' rows when all exist."""
+    known = rows or (None, None)
+    for keys, counts, found in (
+        (branch_keys, branch_counts, known[0]),
+        (event_keys, event_counts, known[1]),
+    ):
+        if keys and not _counts_fit(aggregate, keys, counts, found):
+            raise LimitError(
+                "limit_count",
+                f"a series would hold more than {MAX_COUNT} records; nothing was applied",
+            )
+
+
+def _counts_fit(
+    aggregate: Aggregate,
+    keys: Sequence[BranchKey] | Sequence[EventKey],
+    counts: Sequence[int],
+    found: Sequence[int] | None,
+) -> bool:
+    table, column = (aggregate.branches, "n") if len(keys[0]) == 2 else (aggregate.events, "count")
+    total = sum(counts)
+    if total > MAX_COUNT:
+        return False
+    ids: dict[Any, int] = table.ids
+    rows = found if found is not None else [r for r in map(ids.get, keys) if r is not None]
+    # the fullest series plus everything the batch adds: one gather in the usual case
+    if not rows or int(table.columns[column][rows].max()) + total <= MAX_COUNT:
+        return True
+    added: dict[Any, int] = {}
+    for key, count in zip(keys, counts, strict=True):
+        added[key] = added.get(key, 0) + count
+    held = table.columns[column]
+    return all(
+        (int(held[row]) if (row := ids.get(key)) is not None else 0) + count <= MAX_COUNT
+        for key, count in added.items()
+    )
+
+
 def all_held(
     aggregate: Aggregate, keys: Sequence[BranchKey] | Sequence[EventKey], counts: Sequence[int]
 ) -> bool:

@@ -245,7 +245,9 @@ def _good_name(name: str, max_length: int) -> bool:
 
 
 def _named(value: object, max_length: int) -> bool:
-    return type(value) is str and _good_name(value, max_length)
+    # only names short enough to be good are remembered: the memo is bounded in entries,
+    # so a long name (refused anyway) must not become one
+    return type(value) is str and len(value) <= max_length and _good_name(value, max_length)
 
 
 def _few_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:

@@ -67,6 +67,8 @@ T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
 _MIN_EVENT_VALUE = -MAX_ABS_EVENT_VALUE
 _PEND_AT_MOST = 16  # records of a batch that may join the pending lists (record_batch)
+# below this a series cannot pass MAX_COUNT with all that may be pending for it
+_NEAR_MAX_COUNT = MAX_COUNT - _FOLD_AT - _PEND_AT_MOST
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +228,14 @@ class ABMetrics:
                     query_keys = query_keys + parts[0].keys
                     event_keys = event_keys + parts[1].keys
                 limits.check(aggregate, self.limits, query_keys, event_keys)
+            branch_counts = [1] * len(records.query_keys)
+            event_counts = [1] * len(records.event_keys)
+            if parts is not None:
+                branch_counts += parts[0].n
+                event_counts += parts[1].count
+            limits.check_counts(
+                aggregate, query_keys, branch_counts, event_keys, event_counts, rows
+            )
             now = self._clock()
             aggregate.add(records, now, rows)
             if parts is not None:
@@ -242,13 +252,17 @@ class ABMetrics:
         if not 0 < len(query_keys) + len(event_keys) <= _PEND_AT_MOST:
             return False
         aggregate = self._aggregate
-        branch_ids, event_ids = aggregate.branches.ids, aggregate.events.ids
-        for key in query_keys:
-            if key not in branch_ids:
-                return False
-        for event_key in event_keys:
-            if event_key not in event_ids:
-                return False
+        # series that exist and are far from MAX_COUNT (whatever is pending for them):
+        # anything else goes the direct way, which folds and checks counts exactly
+        held: list[tuple[Mapping[Any, int], npt.NDArray[Any], Sequence[Any]]] = [
+            (aggregate.branches.ids, aggregate.branches.columns["n"], query_keys),
+            (aggregate.events.ids, aggregate.events.columns["count"], event_keys),
+        ]
+        for ids, counts, keys in held:
+            for key in keys:
+                row = ids.get(key)
+                if row is None or counts[row] > _NEAR_MAX_COUNT:
+                    return False
         now = self._clock()
         queries, events = self._queries, self._events
         for entry in zip(
@@ -648,13 +662,18 @@ class ABMetrics:
             if (entry := self._repeat(once)) is not None:
                 return entry
             self._fold_locked()
-            self._forget_keys(experiment)
-            if not self._aggregate.remove_experiment(experiment):
+            if not self._remove_locked(experiment):
                 return None
             return self._written(once, answer)
 
+    def _remove_locked(self, experiment: str) -> bool:
+        self._forget_keys(experiment)
+        return self._aggregate.remove_experiment(experiment)
+
     def expire(self, idle_for: float) -> list[str]:
-        """Remove experiments with no write for `idle_for` seconds; returns their names."""
+        """Remove experiments with no write for `idle_for` seconds; returns their names.
+        Found idle and removed under one hold of the lock: a write landing in between
+        would be acknowledged and then removed with an experiment no longer idle."""
         with self._lock:
             self._fold_locked()
             view, cutoff = self._aggregate.live_view(), self._clock() - idle_for
@@ -663,8 +682,8 @@ class ABMetrics:
                 for e, rows in view.experiments.items()
                 if (last := activity(view, e, rows)[1]) is None or last < cutoff
             ]
-        for experiment in idle:
-            self.clear_experiment(experiment)
+            for experiment in idle:
+                self._remove_locked(experiment)
         return idle
 
     def clear_all(self) -> None:
