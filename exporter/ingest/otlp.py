@@ -1088,7 +1088,10 @@ class Receiver:
                     if (start, end) in pairs:
                         out.duplicates += 1  # a retry: already counted
                         return None
-                    if any(start < w_end and w_start < end for w_start, w_end in pairs):
+                    # no windows: the state is a cumulative point's, whose counts already
+                    # hold whatever this window says (`min` of none would raise)
+                    overlaps = any(start < w_end and w_start < end for w_start, w_end in pairs)
+                    if overlaps or not pairs:
                         return "non_monotonic_delta", "delta point overlaps an earlier one"
                     oldest = min(w_start for w_start, _ in pairs)
                     if len(pairs) >= _WINDOWS and start <= oldest:  # history cut short
