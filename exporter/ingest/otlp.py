@@ -1196,10 +1196,8 @@ class Receiver:
 def _rows(table: npt.NDArray[np.int64]) -> list[array[int]]:
     """A table's rows as arrays of their own: a state holding a view would keep its whole
     request's table alive for as long as the stream stays silent."""
-    packed, width = table.tobytes(), 8 * table.shape[1]
-    return list(
-        map(array, repeat("q"), [packed[i : i + width] for i in range(0, len(packed), width)])
-    )
+    whole, width = array("q", table.tobytes()), table.shape[1]
+    return [whole[i : i + width] for i in range(0, len(whole), width)]  # slices: copies
 
 
 _STREAM_OF: Final = operator.attrgetter("stream")
