@@ -13,7 +13,7 @@ import tempfile
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -35,7 +35,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 
 from exporter import ABMetrics
 from exporter.core import limits
-from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.core.aggregate import DEFAULT_BUCKETS, PartColumns
 from exporter.core.limits import Limits
 from exporter.core.validation import MAX_COUNT
 from exporter.ingest import otlp
@@ -204,10 +204,16 @@ def answer(received: Received) -> Any:
     return (
         refused.points, dict(refused.records), refused.messages, received.duplicates,
         received.uncertain, received.new_streams, sorted(received.created),
-        repr(asdict(received.branches)), repr(asdict(received.events)),
+        columns(received.branches), repr(asdict(received.events)),
         received.branch_streams, received.event_streams,
         [(k, otlp._dump(s)) for k, s in received.updates.items()],
     )  # fmt: skip
+
+
+def columns(parts: PartColumns) -> str:
+    """The parts as lists (an array's repr rounds), each array's type with it."""
+    return repr([(f.name, str(getattr(parts, f.name).dtype), getattr(parts, f.name).tolist())
+                 if f.name != "keys" else parts.keys for f in fields(parts)])  # fmt: skip
 
 
 OPS = ("next", "same", "late", "restart", "bounds", "down", "badsum", "big")

@@ -70,7 +70,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     Metric,
 )
 
-from ..core.aggregate import BranchKey, BranchParts, EventKey, EventParts
+from ..core.aggregate import BranchKey, EventKey, EventParts, PartColumns
 from ..core.validation import (
     MAX_ABS_EVENT_VALUE,
     MAX_COUNT,
@@ -881,7 +881,7 @@ class Received:
     """What one request contributes: parts to apply, each tied to its stream, and the
     stream states to keep once they are applied."""
 
-    branches: BranchParts = field(default_factory=BranchParts)
+    branches: PartColumns = field(default_factory=lambda: PartColumns.joined([]))
     events: EventParts = field(default_factory=EventParts)
     branch_streams: list[StreamKey] = field(default_factory=list)
     event_streams: list[StreamKey] = field(default_factory=list)
@@ -1145,6 +1145,7 @@ class Receiver:
 
     def _finish(self, out: Received, pending: dict[tuple[str, int, float], _Pending]) -> None:
         """Spread, re-binning and parts for every pending point, vectorised per shape."""
+        blocks: list[PartColumns] = []
         for (name, _, factor), group in pending.items():
             bounds = group.bounds
             low, high, m2, total = group.spread()
@@ -1152,19 +1153,15 @@ class Receiver:
             # an OTLP point carries no sum of squares: each part adds M2 + total²/n
             squares = m2 + np.square(total) / np.maximum(np.asarray(counts, dtype=np.float64), 1)
             if name == QUERY_METRIC:
-                binned = group.increments() @ self._rebin_matrix(bounds, factor)
-                parts = out.branches
-                parts.keys.extend(cast(list[BranchKey], group.names))  # (experiment, branch)
-                parts.n.extend(counts)
-                parts.ok.extend(np.where(group.success, counts, 0).tolist())
-                parts.total_ms.extend((total * factor).tolist())
-                parts.m2.extend((m2 * factor * factor).tolist())
-                parts.sq.extend((squares * factor * factor).tolist())
-                parts.lo.extend((low * factor).tolist())
-                parts.hi.extend((high * factor).tolist())
-                parts.first.extend(group.when)
-                parts.last.extend(group.when)
-                parts.buckets.extend(binned)  # rows of a fresh array, read once by add_parts
+                n = np.asarray(counts, dtype=np.int64)
+                when = np.asarray(group.when, dtype=np.float64)
+                blocks.append(PartColumns(
+                    cast(list[BranchKey], group.names),  # (experiment, branch)
+                    n, np.where(group.success, n, 0), total * factor, m2 * factor * factor,
+                    low * factor, high * factor, when, when,
+                    group.increments() @ self._rebin_matrix(bounds, factor),
+                    squares * factor * factor,
+                ))  # fmt: skip
                 out.branch_streams.extend(group.streams)
             else:
                 events = out.events
@@ -1174,6 +1171,7 @@ class Receiver:
                 events.m2.extend(m2.tolist())
                 events.sq.extend(squares.tolist())
                 out.event_streams.extend(group.streams)
+        out.branches = PartColumns.joined(blocks)
 
     def _rebin_matrix(self, bounds: tuple[float, ...], factor: float) -> npt.NDArray[np.int64]:
         matrix = np.zeros((len(bounds) + 1, len(self._bounds) + 1), dtype=np.int64)
