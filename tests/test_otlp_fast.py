@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -332,3 +333,24 @@ def test_the_plain_path_takes_steady_exports() -> None:
 
 def queries(app: App) -> int:
     return sum(sum(app.buckets[s]) for s in range(STREAMS) if s not in EVENTS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(1e-4, 1e5), max_size=12, unique=True).map(sorted),
+    st.sampled_from([1.0, 1000.0]),
+    st.integers(0, 5),
+    st.integers(0, 2**32),
+)
+def test_rebinning_adds_each_source_bucket_to_its_target(
+    bounds: list[float], factor: float, rows: int, seed: int
+) -> None:
+    """`_rebinned` (runs of sources added up) is the product with the 0/1 matrix that
+    sends each source bucket to its target, exactly, for any ascending bounds."""
+    receiver = Receiver(DEFAULT_BUCKETS)
+    rng = np.random.default_rng(seed)
+    increments = rng.integers(0, 2**50, (rows, len(bounds) + 1), dtype=np.int64)
+    matrix = np.zeros((len(bounds) + 1, len(DEFAULT_BUCKETS) + 1), dtype=np.int64)
+    matrix[np.arange(len(bounds) + 1), receiver._targets(tuple(bounds), factor)] = 1
+    got = receiver._rebinned(increments, tuple(bounds), factor)
+    assert got.dtype == np.int64 and got.tolist() == (increments @ matrix).tolist()

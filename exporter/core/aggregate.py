@@ -326,6 +326,23 @@ def _plain_rows(rows: Rows) -> list[int]:
     return rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
 
 
+def group_rows(
+    rows: Rows,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], int]:
+    """The distinct rows (ascending) and each entry's index among them, as np.unique
+    gives; by counting rather than sorting when the row numbers are not far above the
+    entries' number (a batch of a thousand records naming a few dozen series)."""
+    array = np.asarray(rows, dtype=np.intp)
+    top = int(array.max()) + 1
+    if top > 4 * len(array) + 4096:
+        unique, groups = np.unique(array, return_inverse=True)
+        return unique, groups, len(unique)
+    unique = np.flatnonzero(np.bincount(array, minlength=top))
+    position = np.empty(top, dtype=np.intp)
+    position[unique] = np.arange(len(unique), dtype=np.intp)
+    return unique, position[array], len(unique)
+
+
 def _mark(changed: set[int], table: Table[Any], rows: npt.NDArray[np.intp]) -> None:
     """Add live rows to a change set, holding the row numbers the table's index holds
     (not a new int per row), added from a dict: a set grown by single adds takes four
@@ -487,7 +504,7 @@ class Aggregate:
         if len(rows) <= FEW:
             self._add_few_queries(_plain_rows(rows), latency_ms, success, when)
             return
-        unique, groups, count = self._group(rows)
+        unique, groups, count = group_rows(rows)
         lat = np.array(latency_ms, dtype=np.float64)
         ts = np.array(when, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
@@ -515,7 +532,7 @@ class Aggregate:
         """Fold pre-aggregated increments (several may name the same row)."""
         if not rows:
             return
-        unique, groups, count = self._group(rows)
+        unique, groups, count = group_rows(rows)
         n, total, mean, m2 = _merge_parts(groups, count, parts.n, parts.total_ms, parts.m2)
         buckets = np.zeros((count, len(self.bounds) + 1), dtype=np.int64)
         np.add.at(buckets, groups, np.asarray(parts.buckets, dtype=np.int64))
@@ -587,7 +604,7 @@ class Aggregate:
                         latest[key[0]] = at
                 self.touch_latest(latest)
             return
-        unique, groups, count = self._group(rows)
+        unique, groups, count = group_rows(rows)
         v = np.array(values, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
         total = np.bincount(groups, v, count)
@@ -697,7 +714,7 @@ class Aggregate:
     def add_event_parts(self, rows: Sequence[int], parts: EventParts) -> None:
         if not rows:
             return
-        unique, groups, count = self._group(rows)
+        unique, groups, count = group_rows(rows)
         n, total, mean, m2 = _merge_parts(groups, count, parts.count, parts.total, parts.m2)
         sq = np.bincount(groups, np.array(parts.sq, dtype=np.float64), count)
         self._merge_events(unique, n, total, mean, m2, sq)
@@ -924,23 +941,6 @@ class Aggregate:
         return names
 
     # -- internals --------------------------------------------------------
-
-    @staticmethod
-    def _group(
-        rows: Rows,
-    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], int]:
-        """The distinct rows (ascending) and each entry's index among them, as np.unique
-        gives; by counting rather than sorting when the row numbers are not far above the
-        entries' number (a batch of a thousand records naming a few dozen series)."""
-        array = np.asarray(rows, dtype=np.intp)
-        top = int(array.max()) + 1
-        if top > 4 * len(array) + 4096:
-            unique, groups = np.unique(array, return_inverse=True)
-            return unique, groups, len(unique)
-        unique = np.flatnonzero(np.bincount(array, minlength=top))
-        position = np.empty(top, dtype=np.intp)
-        position[unique] = np.arange(len(unique), dtype=np.intp)
-        return unique, position[array], len(unique)
 
     def branch_rows(self, keys: Sequence[BranchKey]) -> list[int]:
         """Rows of these branches, created (and their experiments registered) as needed."""

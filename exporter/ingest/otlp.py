@@ -1159,7 +1159,7 @@ class Receiver:
                     cast(list[BranchKey], group.names),  # (experiment, branch)
                     n, np.where(group.success, n, 0), total * factor, m2 * factor * factor,
                     low * factor, high * factor, when, when,
-                    group.increments() @ self._rebin_matrix(bounds, factor),
+                    self._rebinned(group.increments(), bounds, factor),
                     squares * factor * factor,
                 ))  # fmt: skip
                 out.branch_streams.extend(group.streams)
@@ -1173,10 +1173,25 @@ class Receiver:
                 out.event_streams.extend(group.streams)
         out.branches = PartColumns.joined(blocks)
 
-    def _rebin_matrix(self, bounds: tuple[float, ...], factor: float) -> npt.NDArray[np.int64]:
-        matrix = np.zeros((len(bounds) + 1, len(self._bounds) + 1), dtype=np.int64)
-        matrix[np.arange(len(bounds) + 1), self._targets(bounds, factor)] = 1
-        return matrix
+    def _rebinned(
+        self, increments: npt.NDArray[np.int64], bounds: tuple[float, ...], factor: float
+    ) -> npt.NDArray[np.int64]:
+        """Each row's counts in our buckets: the source buckets bound for one of ours added
+        up. Bounds ascend, so each of ours takes a run of adjacent sources: one reduceat
+        (an int64 product with a 0/1 matrix, as before, has no BLAS and cost 4x more)."""
+        targets = np.array(self._targets(bounds, factor), dtype=np.intp)
+        binned = np.zeros((len(increments), len(self._bounds) + 1), dtype=np.int64)
+        if len(increments) == 0:
+            return binned
+        if (np.diff(targets) < 0).any():  # never for checked bounds; kept exact regardless
+            np.add.at(binned.T, targets, increments.T)
+            return binned
+        firsts = np.flatnonzero(np.diff(targets, prepend=-1))  # where each run starts
+        if len(firsts) == len(targets):  # one source each (an app on our buckets): moved
+            binned[:, targets] = increments
+            return binned
+        binned[:, targets[firsts]] = np.add.reduceat(increments, firsts, axis=1)
+        return binned
 
     def _targets(self, bounds: tuple[float, ...], factor: float) -> list[int]:
         """Our bucket for each source bucket: the first whose bound is >= the source's."""
