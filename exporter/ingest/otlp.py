@@ -1215,6 +1215,8 @@ def _rows(table: npt.NDArray[np.int64]) -> list[array[int]]:
 
 _STREAM_OF: Final = operator.attrgetter("stream")
 _BOUNDS_OF: Final = operator.attrgetter("bounds")
+_NAMES_OF: Final = operator.attrgetter("names")
+_SUCCESS_OF: Final = operator.attrgetter("success")
 
 
 def _joined(lists: list[list[Any]]) -> list[Any]:
@@ -1273,9 +1275,9 @@ class _Pending:
         if len(kept) != len(identities):
             identities = [identities[k] for k in kept]
             low, high, end = [low[k] for k in kept], [high[k] for k in kept], [end[k] for k in kept]
-        self.streams.extend([i.stream for i in identities])
-        self.names.extend([i.names for i in identities])
-        self.success.extend([i.success for i in identities])
+        self.streams.extend(map(_STREAM_OF, identities))
+        self.names.extend(map(_NAMES_OF, identities))
+        self.success.extend(map(_SUCCESS_OF, identities))
         self.count.extend(answer.count[kept].tolist())
         self.total.extend(answer.total[kept].tolist())
         self.low.extend(low)
@@ -1308,15 +1310,17 @@ class _Pending:
         uppers[:, -1] = np.maximum(uppers[:, -1], lowers[:, -1])
         mids = (lowers + uppers) / 2.0
         total = np.array(self.total)
-        total = np.where(np.isnan(total), (counts * mids).sum(axis=1), total)
+        if np.isnan(total).any():  # (the estimate costs a pass over every bucket)
+            total = np.where(np.isnan(total), (counts * mids).sum(axis=1), total)
         mean = total / np.array(self.count, dtype=np.float64)
         widths = uppers - lowers
         m2 = (counts * (np.square(mids - mean[:, None]) + np.square(widths) / 12.0)).sum(axis=1)
-        filled = counts > 0
-        first = filled.argmax(axis=1)
-        last = counts.shape[1] - 1 - filled[:, ::-1].argmax(axis=1)
-        rows = np.arange(points)
-        low = np.where(np.isnan(low), lowers[rows, first], low)
-        high = np.where(np.isnan(high), uppers[rows, last], high)
+        if np.isnan(low).any() or np.isnan(high).any():  # min or max not sent somewhere
+            filled = counts > 0
+            first = filled.argmax(axis=1)
+            last = counts.shape[1] - 1 - filled[:, ::-1].argmax(axis=1)
+            rows = np.arange(points)
+            low = np.where(np.isnan(low), lowers[rows, first], low)
+            high = np.where(np.isnan(high), uppers[rows, last], high)
         # buckets only bound what min and max were not sent for: the sum decides
         return np.minimum(low, mean), np.maximum(high, mean), m2, total
