@@ -750,3 +750,18 @@ async def test_an_ingest_replica_warns_of_a_cumulative_stream_joined_mid_way(
     await send(client, request([point(attributes=[*point()["attributes"][:2], failure])]))
     warnings = [r for r in caplog.records if "cumulative OTLP stream" in r.getMessage()]
     assert len(warnings) == 1 and "loadbalancing" in warnings[0].getMessage()
+
+
+def test_a_delta_point_on_a_cumulative_stream_is_refused_not_a_500() -> None:
+    """A delta point at or before the time of a stream held as cumulative (no windows
+    remembered) reached `min()` of no windows: a ValueError, a 500. It overlaps what
+    the cumulative point counted, so it is refused like an overlapping delta point."""
+    metrics = ABMetrics()
+    metrics.record_otlp(parsed(request([point()])))
+    assert metrics.stats().total_queries_recorded == 3
+    for start in ("1700000000000000000", "1700000010000000000"):
+        late = point(startTimeUnixNano=start, timeUnixNano="1700000020000000000")
+        _, received = metrics.record_otlp(parsed(request([late], temporality=1)))
+        assert received is not None and received.refused.points == 1
+        assert received.refused.records == {"non_monotonic_delta": 3} and not received.updates
+    assert metrics.stats().total_queries_recorded == 3

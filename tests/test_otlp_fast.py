@@ -13,11 +13,12 @@ import tempfile
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -35,7 +36,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 
 from exporter import ABMetrics
 from exporter.core import limits
-from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.core.aggregate import DEFAULT_BUCKETS, PartColumns
 from exporter.core.limits import Limits
 from exporter.core.validation import MAX_COUNT
 from exporter.ingest import otlp
@@ -204,10 +205,16 @@ def answer(received: Received) -> Any:
     return (
         refused.points, dict(refused.records), refused.messages, received.duplicates,
         received.uncertain, received.new_streams, sorted(received.created),
-        repr(asdict(received.branches)), repr(asdict(received.events)),
+        columns(received.branches), repr(asdict(received.events)),
         received.branch_streams, received.event_streams,
         [(k, otlp._dump(s)) for k, s in received.updates.items()],
     )  # fmt: skip
+
+
+def columns(parts: PartColumns) -> str:
+    """The parts as lists (an array's repr rounds), each array's type with it."""
+    return repr([(f.name, str(getattr(parts, f.name).dtype), getattr(parts, f.name).tolist())
+                 if f.name != "keys" else parts.keys for f in fields(parts)])  # fmt: skip
 
 
 OPS = ("next", "same", "late", "restart", "bounds", "down", "badsum", "big")
@@ -326,3 +333,24 @@ def test_the_plain_path_takes_steady_exports() -> None:
 
 def queries(app: App) -> int:
     return sum(sum(app.buckets[s]) for s in range(STREAMS) if s not in EVENTS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(1e-4, 1e5), max_size=12, unique=True).map(sorted),
+    st.sampled_from([1.0, 1000.0]),
+    st.integers(0, 5),
+    st.integers(0, 2**32),
+)
+def test_rebinning_adds_each_source_bucket_to_its_target(
+    bounds: list[float], factor: float, rows: int, seed: int
+) -> None:
+    """`_rebinned` (runs of sources added up) is the product with the 0/1 matrix that
+    sends each source bucket to its target, exactly, for any ascending bounds."""
+    receiver = Receiver(DEFAULT_BUCKETS)
+    rng = np.random.default_rng(seed)
+    increments = rng.integers(0, 2**50, (rows, len(bounds) + 1), dtype=np.int64)
+    matrix = np.zeros((len(bounds) + 1, len(DEFAULT_BUCKETS) + 1), dtype=np.int64)
+    matrix[np.arange(len(bounds) + 1), receiver._targets(tuple(bounds), factor)] = 1
+    got = receiver._rebinned(increments, tuple(bounds), factor)
+    assert got.dtype == np.int64 and got.tolist() == (increments @ matrix).tolist()

@@ -199,6 +199,44 @@ class BranchParts(_Selectable):
         self.sq.append(_squares(n, total_ms, m2) if sq is None else sq)
 
 
+@dataclass(frozen=True, slots=True)
+class PartColumns:
+    """BranchParts as numpy columns, as OTLP computes them: folded as they are, with no
+    list of Python numbers made from the arithmetic and read back into arrays."""
+
+    keys: list[BranchKey]
+    n: npt.NDArray[np.int64]
+    ok: npt.NDArray[np.int64]
+    total_ms: npt.NDArray[np.float64]
+    m2: npt.NDArray[np.float64]
+    lo: npt.NDArray[np.float64]
+    hi: npt.NDArray[np.float64]
+    first: npt.NDArray[np.float64]
+    last: npt.NDArray[np.float64]
+    buckets: npt.NDArray[np.int64]  # one row per part
+    sq: npt.NDArray[np.float64]
+
+    @classmethod
+    def joined(cls, blocks: Sequence[PartColumns]) -> PartColumns:
+        """The blocks one after the other (none: no parts)."""
+        if len(blocks) == 1:
+            return blocks[0]
+        if not blocks:
+            i, f = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+            return cls([], i, i, f, f, f, f, f, f, np.zeros((0, 0), dtype=np.int64), f)
+        keys = [key for block in blocks for key in block.keys]
+        columns = [np.concatenate([getattr(b, f.name) for b in blocks]) for f in fields(cls)[1:]]
+        return cls(keys, *columns)
+
+    def select(self, indices: Sequence[int]) -> PartColumns:
+        """Only these parts, in order (all of them: this, its arrays never changed)."""
+        if len(indices) == len(self.keys):  # distinct indices: all, the usual case
+            return self
+        chosen = np.asarray(indices, dtype=np.intp)
+        keys = [self.keys[i] for i in indices]
+        return PartColumns(keys, *[getattr(self, f.name)[chosen] for f in fields(self)[1:]])
+
+
 @dataclass(slots=True)
 class EventParts(_Selectable):
     keys: list[EventKey] = field(default_factory=list)
@@ -234,19 +272,19 @@ def _resolve(ids: dict[K, int], keys: Sequence[K], make: Callable[[K], int]) -> 
 def _merge_parts(
     groups: npt.NDArray[np.intp],
     count: int,
-    n: Sequence[int],
-    total: Sequence[float],
-    m2: Sequence[float],
+    n: Sequence[int] | npt.NDArray[np.int64],
+    total: Sequence[float] | npt.NDArray[np.float64],
+    m2: Sequence[float] | npt.NDArray[np.float64],
 ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
     """(count, sum, mean, M2) per group of pre-aggregated parts (Chan et al.: the parts'
     own spread plus the spread of their means around the group's mean)."""
-    n_part = np.array(n, dtype=np.int64)
-    total_part = np.array(total, dtype=np.float64)
+    n_part = np.asarray(n, dtype=np.int64)
+    total_part = np.asarray(total, dtype=np.float64)
     n_group = np.bincount(groups, n_part, count).astype(np.int64)
     total_group = np.bincount(groups, total_part, count)
     mean = total_group / np.where(n_group == 0, 1, n_group)
     part_mean = total_part / np.where(n_part == 0, 1, n_part)
-    spread = np.array(m2, dtype=np.float64) + n_part * np.square(part_mean - mean[groups])
+    spread = np.asarray(m2, dtype=np.float64) + n_part * np.square(part_mean - mean[groups])
     return n_group, total_group, mean, np.bincount(groups, spread, count)
 
 
@@ -286,6 +324,23 @@ def _merge_moments_at(
 def _plain_rows(rows: Rows) -> list[int]:
     """Row numbers as Python ints (the small-batch folds index with them one by one)."""
     return rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
+
+
+def group_rows(
+    rows: Rows,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], int]:
+    """The distinct rows (ascending) and each entry's index among them, as np.unique
+    gives; by counting rather than sorting when the row numbers are not far above the
+    entries' number (a batch of a thousand records naming a few dozen series)."""
+    array = np.asarray(rows, dtype=np.intp)
+    top = int(array.max()) + 1
+    if top > 4 * len(array) + 4096:
+        unique, groups = np.unique(array, return_inverse=True)
+        return unique, groups, len(unique)
+    unique = np.flatnonzero(np.bincount(array, minlength=top))
+    position = np.empty(top, dtype=np.intp)
+    position[unique] = np.arange(len(unique), dtype=np.intp)
+    return unique, position[array], len(unique)
 
 
 def _mark(changed: set[int], table: Table[Any], rows: npt.NDArray[np.intp]) -> None:
@@ -449,7 +504,7 @@ class Aggregate:
         if len(rows) <= FEW:
             self._add_few_queries(_plain_rows(rows), latency_ms, success, when)
             return
-        unique, groups, count = self._group(rows)
+        unique, groups, count = group_rows(rows)
         lat = np.array(latency_ms, dtype=np.float64)
         ts = np.array(when, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
@@ -473,26 +528,26 @@ class Aggregate:
             np.bincount(groups * width + slot, minlength=count * width).reshape(count, width),
         )
 
-    def add_branch_parts(self, rows: Sequence[int], parts: BranchParts) -> None:
+    def add_branch_parts(self, rows: Sequence[int], parts: BranchParts | PartColumns) -> None:
         """Fold pre-aggregated increments (several may name the same row)."""
         if not rows:
             return
-        unique, groups, count = self._group(rows)
+        unique, groups, count = group_rows(rows)
         n, total, mean, m2 = _merge_parts(groups, count, parts.n, parts.total_ms, parts.m2)
         buckets = np.zeros((count, len(self.bounds) + 1), dtype=np.int64)
-        np.add.at(buckets, groups, np.array(parts.buckets, dtype=np.int64))
+        np.add.at(buckets, groups, np.asarray(parts.buckets, dtype=np.int64))
         self._merge_branches(
             unique,
             n,
-            np.bincount(groups, np.array(parts.ok, dtype=np.float64), count).astype(np.int64),
+            np.bincount(groups, np.asarray(parts.ok, dtype=np.float64), count).astype(np.int64),
             total,
             mean,
             m2,
-            np.bincount(groups, np.array(parts.sq, dtype=np.float64), count),
-            _group_min(groups, np.array(parts.lo, dtype=np.float64), count),
-            _group_max(groups, np.array(parts.hi, dtype=np.float64), count),
-            _group_min(groups, np.array(parts.first, dtype=np.float64), count),
-            _group_max(groups, np.array(parts.last, dtype=np.float64), count),
+            np.bincount(groups, np.asarray(parts.sq, dtype=np.float64), count),
+            _group_min(groups, np.asarray(parts.lo, dtype=np.float64), count),
+            _group_max(groups, np.asarray(parts.hi, dtype=np.float64), count),
+            _group_min(groups, np.asarray(parts.first, dtype=np.float64), count),
+            _group_max(groups, np.asarray(parts.last, dtype=np.float64), count),
             buckets,
         )
 
@@ -549,7 +604,7 @@ class Aggregate:
                         latest[key[0]] = at
                 self.touch_latest(latest)
             return
-        unique, groups, count = self._group(rows)
+        unique, groups, count = group_rows(rows)
         v = np.array(values, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
         total = np.bincount(groups, v, count)
@@ -659,7 +714,7 @@ class Aggregate:
     def add_event_parts(self, rows: Sequence[int], parts: EventParts) -> None:
         if not rows:
             return
-        unique, groups, count = self._group(rows)
+        unique, groups, count = group_rows(rows)
         n, total, mean, m2 = _merge_parts(groups, count, parts.count, parts.total, parts.m2)
         sq = np.bincount(groups, np.array(parts.sq, dtype=np.float64), count)
         self._merge_events(unique, n, total, mean, m2, sq)
@@ -707,7 +762,9 @@ class Aggregate:
         experiments.update(event_keys[r][0] for r in set(event_rows))  # type: ignore[index]
         self.touch(experiments, now)
 
-    def add_parts(self, branches: BranchParts, events: EventParts, now: float | None) -> None:
+    def add_parts(
+        self, branches: BranchParts | PartColumns, events: EventParts, now: float | None
+    ) -> None:
         """Apply increments; with `now`, mark their experiments written then (a restore
         passes None: its activity times come from the file)."""
         self.add_branch_parts(self.branch_rows(branches.keys), branches)
@@ -884,23 +941,6 @@ class Aggregate:
         return names
 
     # -- internals --------------------------------------------------------
-
-    @staticmethod
-    def _group(
-        rows: Rows,
-    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], int]:
-        """The distinct rows (ascending) and each entry's index among them, as np.unique
-        gives; by counting rather than sorting when the row numbers are not far above the
-        entries' number (a batch of a thousand records naming a few dozen series)."""
-        array = np.asarray(rows, dtype=np.intp)
-        top = int(array.max()) + 1
-        if top > 4 * len(array) + 4096:
-            unique, groups = np.unique(array, return_inverse=True)
-            return unique, groups, len(unique)
-        unique = np.flatnonzero(np.bincount(array, minlength=top))
-        position = np.empty(top, dtype=np.intp)
-        position[unique] = np.arange(len(unique), dtype=np.intp)
-        return unique, position[array], len(unique)
 
     def branch_rows(self, keys: Sequence[BranchKey]) -> list[int]:
         """Rows of these branches, created (and their experiments registered) as needed."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from .aggregate import Aggregate, BranchKey, EventKey
+from .aggregate import Aggregate, BranchKey, EventKey, group_rows
 from .validation import MAX_COUNT, MAX_NAME_LENGTH, ValidationError
 
 
@@ -192,8 +192,8 @@ def all_held(
             return False
     if min(counts) < 0 or sum(counts) > MAX_COUNT:
         return False  # too many for any one series anyway; and no sum below may overflow
-    unique, inverse = np.unique(np.array(rows, dtype=np.intp), return_inverse=True)
     # float sums of integers are exact while every partial sum stays below 2**53
-    added = np.bincount(inverse, np.array(counts, dtype=np.float64), len(unique))
+    unique, groups, size = group_rows(cast(list[int], rows))  # np.unique's answer, sooner
+    added = np.bincount(groups, np.array(counts, dtype=np.float64), size)
     held = table.columns[column][unique].astype(np.int64)
     return bool((held + added.astype(np.int64) <= MAX_COUNT).all())

@@ -71,10 +71,12 @@ def plain(
     else:
         fresh = np.array([s is None for s in last], dtype=bool)
         held = [_NONE if s is None else s for s in last]
+    size = len(last)
     new_start = np.array(starts, dtype=np.uint64)
-    old_start = np.array(list(map(_START, held)), dtype=np.uint64)
-    old_time = np.array(list(map(_TIME, held)), dtype=np.uint64)
-    old_count = np.array(list(map(_COUNT, held)), dtype=np.uint64)
+    # fromiter: the states' fields straight into the array, no list between
+    old_start = np.fromiter(map(_START, held), dtype=np.uint64, count=size)
+    old_time = np.fromiter(map(_TIME, held), dtype=np.uint64, count=size)
+    old_count = np.fromiter(map(_COUNT, held), dtype=np.uint64, count=size)
     new_count = np.array(counts, dtype=np.uint64)
     if not (
         ((new_start == old_start) | fresh).all()
@@ -96,7 +98,7 @@ def plain(
     count = (new_count - old_count).astype(np.int64)
     if horizon:  # a new stream that may be one we forgot: a baseline only
         count[fresh & (new_start <= np.uint64(horizon))] = 0
-    old_total = np.array(list(map(_TOTAL, held)), dtype=np.float64)
+    old_total = np.fromiter(map(_TOTAL, held), dtype=np.float64, count=size)
     total = np.array(totals, dtype=np.float64) - old_total  # x - 0.0 is x, NaN and -0.0 too
     if query:  # as `_increment`: a sum that went down or grew too fast is refused there
         limit = count * MAX_LATENCY_MS / factor

@@ -73,7 +73,7 @@ class SelfMetrics:
         refused in the log (the SDK drops partial_success replies on the floor)."""
         refused = received.refused
         with self._lock:
-            self.accepted["otlp", "query"] += sum(received.branches.n)
+            self.accepted["otlp", "query"] += int(received.branches.n.sum())
             self.accepted["otlp", "event"] += sum(received.events.count)
             for reason, count in refused.records.items():
                 self.rejected["otlp", reason] += count

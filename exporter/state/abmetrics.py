@@ -30,6 +30,7 @@ from ..core.aggregate import (
     Changes,
     EventKey,
     EventParts,
+    PartColumns,
     Records,
     View,
 )
@@ -324,7 +325,7 @@ class ABMetrics:
                 also_e = [i for i in kept_e if received.event_streams[i] in refused_streams]
                 kept_b = [i for i in kept_b if received.branch_streams[i] not in refused_streams]
                 kept_e = [i for i in kept_e if received.event_streams[i] not in refused_streams]
-                extra = sum(branches.n[i] for i in also) + sum(events.count[i] for i in also_e)
+                extra = int(sum(branches.n[i] for i in also)) + sum(events.count[i] for i in also_e)
                 if extra:
                     received.refused.records["limit_stream"] += extra
                 refused_points = len(branches.keys) + len(events.keys) - len(kept_b) - len(kept_e)
@@ -349,12 +350,13 @@ class ABMetrics:
         return Written(version)
 
     def _admit_parts(
-        self, branches: BranchParts, events: EventParts, refused: Counter[str]
+        self, branches: BranchParts | PartColumns, events: EventParts, refused: Counter[str]
     ) -> tuple[list[int], list[int]]:
         """Indices of the parts whose series exist or fit the limits, and whose counts stay
         below MAX_COUNT; the rest counted in records by reason."""
         aggregate = self._aggregate
-        if limits.all_held(aggregate, branches.keys, branches.n) and limits.all_held(
+        counts = branches.n if isinstance(branches.n, list) else branches.n.tolist()  # ints
+        if limits.all_held(aggregate, branches.keys, counts) and limits.all_held(
             aggregate, events.keys, events.count
         ):
             return list(range(len(branches.keys))), list(range(len(events.keys)))
@@ -378,7 +380,7 @@ class ABMetrics:
             return kept
 
         return (
-            admitted(branches.keys, branches.n, admission.branch),
+            admitted(branches.keys, counts, admission.branch),
             admitted(events.keys, events.count, admission.event),
         )
 
