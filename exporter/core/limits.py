@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .aggregate import Aggregate, BranchKey, EventKey, group_rows
 from .validation import MAX_COUNT, MAX_NAME_LENGTH, ValidationError
@@ -154,20 +155,28 @@ def _counts_fit(
     table, column = (aggregate.branches, "n") if len(keys[0]) == 2 else (aggregate.events, "count")
     total = sum(counts)
     if total > MAX_COUNT:
-        return False
-    ids: dict[Any, int] = table.ids
-    rows = found if found is not None else [r for r in map(ids.get, keys) if r is not None]
-    # the fullest series plus everything the batch adds: one gather in the usual case
-    if not rows or int(table.columns[column][rows].max()) + total <= MAX_COUNT:
+        return False  # too many for any one series; a new series holds at most this
+    if found is None:  # only the series held add to a count already there
+        ids: dict[Any, int] = table.ids
+        looked = zip(map(ids.get, keys), counts, strict=True)
+        pairs = [(row, count) for row, count in looked if row is not None]
+        found, counts = [r for r, _ in pairs], [c for _, c in pairs]
+    return _held_fit(table.columns[column], found, counts, total)
+
+
+def _held_fit(
+    held: npt.NDArray[Any], rows: Sequence[int], counts: Sequence[int], total: int
+) -> bool:
+    """Whether each of these held rows stays within MAX_COUNT with the counts added to it
+    (`total`, at most MAX_COUNT, is what they add in all)."""
+    if not len(rows):
         return True
-    added: dict[Any, int] = {}
-    for key, count in zip(keys, counts, strict=True):
-        added[key] = added.get(key, 0) + count
-    held = table.columns[column]
-    return all(
-        (int(held[row]) if (row := ids.get(key)) is not None else 0) + count <= MAX_COUNT
-        for key, count in added.items()
-    )
+    if int(held[rows].max()) + total <= MAX_COUNT:  # the fullest row and everything
+        return True
+    # float sums of integers are exact while every partial sum stays below 2**53
+    unique, groups, size = group_rows(rows)  # np.unique's answer, sooner
+    added = np.bincount(groups, np.array(counts, dtype=np.float64), size)
+    return bool((held[unique].astype(np.int64) + added.astype(np.int64) <= MAX_COUNT).all())
 
 
 def all_held(
@@ -190,10 +199,7 @@ def all_held(
             return False
         if len(key) == 3 and key[2] not in names.get(key[0], ()):
             return False
-    if min(counts) < 0 or sum(counts) > MAX_COUNT:
+    total = int(sum(counts))
+    if min(counts) < 0 or total > MAX_COUNT:
         return False  # too many for any one series anyway; and no sum below may overflow
-    # float sums of integers are exact while every partial sum stays below 2**53
-    unique, groups, size = group_rows(cast(list[int], rows))  # np.unique's answer, sooner
-    added = np.bincount(groups, np.array(counts, dtype=np.float64), size)
-    held = table.columns[column][unique].astype(np.int64)
-    return bool((held + added.astype(np.int64) <= MAX_COUNT).all())
+    return _held_fit(table.columns[column], cast(list[int], rows), counts, total)
