@@ -93,8 +93,15 @@ class StoreStats:
 
 def crc(values: tuple[Any, ...]) -> int:
     """CRC-32 of a row's values (floats by their exact repr, blobs as hex)."""
-    text = "\x1f".join(v.hex() if isinstance(v, bytes) else repr(v) for v in values)
-    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+    return zlib.crc32(_text(values).encode("utf-8", "surrogatepass"))
+
+
+def _text(values: tuple[Any, ...]) -> str:
+    """The text a row's checksum is taken of: one C-level join for a row without blobs,
+    the commit writer's usual row."""
+    if not any(issubclass(kind, bytes) for kind in set(map(type, values))):
+        return "\x1f".join(map(repr, values))
+    return "\x1f".join(v.hex() if isinstance(v, bytes) else repr(v) for v in values)
 
 
 def _with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -104,16 +111,11 @@ def _with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
 _INSERT_BRANCH = f"INSERT OR REPLACE INTO branches VALUES ({', '.join('?' * 13)})"
 
 
-def _plain_with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """_with_crc of a row without bytes: the same checksum, one C-level join."""
-    return (*row, zlib.crc32("\x1f".join(map(repr, row)).encode("utf-8", "surrogatepass")))
-
-
 def _branch_with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A branch row as stored (buckets as little-endian int64 bytes) and its checksum,
-    the same as crc() gives: eleven values without bytes, then the blob."""
+    """A branch row as stored (buckets as little-endian int64 bytes, the last value) and
+    its checksum, crc()'s: the text of the eleven values before the blob, then the blob."""
     blob = row[11].astype("<i8").tobytes()
-    text = "\x1f".join((*map(repr, row[:11]), blob.hex()))
+    text = f"{_text(row[:11])}\x1f{blob.hex()}"
     return (*row[:11], blob, zlib.crc32(text.encode("utf-8", "surrogatepass")))
 
 
@@ -355,10 +357,10 @@ class Store:
                 many(_INSERT_BRANCH, map(_branch_with_crc, batch.branches))
             if batch.events:
                 many("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     map(_plain_with_crc, batch.events))  # fmt: skip
+                     map(_with_crc, batch.events))  # fmt: skip
             if batch.activity:
                 many("INSERT OR REPLACE INTO activity VALUES (?, ?, ?)",
-                     map(_plain_with_crc, batch.activity))  # fmt: skip
+                     map(_with_crc, batch.activity))  # fmt: skip
             for experiment, config in batch.configs.items():
                 if config is None:
                     execute("DELETE FROM configs WHERE experiment = ?", (experiment,))
