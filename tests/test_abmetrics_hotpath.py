@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from exporter import ABMetrics, ValidationError
+from exporter.core.aggregate import BranchParts, EventParts
 from exporter.core.limits import LimitError, Limits
 from exporter.state import abmetrics
 
@@ -167,6 +168,54 @@ def test_a_record_racing_a_clear_of_its_series_is_dropped_not_recreated() -> Non
     assert metrics.experiments() == []
     stats = metrics.stats()
     assert (stats.total_queries_recorded, stats.total_events_recorded) == (0, 0)
+
+
+def test_a_record_racing_a_clear_never_lands_in_the_series_that_reuses_its_row() -> None:
+    """Pending records hold their series' code (row and serial), not its row alone: a
+    freed row taken by another series, or the same names made again, is not theirs."""
+    clock = ClearingClock()
+    metrics = ABMetrics(clock=clock)
+    metrics.record_query("e", "b", 1.0, True)
+    metrics.record_event("f", "b", "x", 1.0)
+
+    def clear_and_reuse(experiment: str) -> None:
+        metrics.clear_experiment(experiment)
+        metrics.record_query("new", "b", 10.0, True)  # takes a freed branch row
+        metrics.record_event("new", "b", "x", 10.0)  # and a freed event row
+        metrics.record_query(experiment, "b", 20.0, False)  # the same names again
+        metrics.record_event(experiment, "b", "x", 20.0)
+
+    clock.action = lambda: clear_and_reuse("e")
+    metrics.record_query("e", "b", 2.0, True)  # its code was found, then the clear came
+    clock.action = lambda: clear_and_reuse("f")
+    metrics.record_event("f", "b", "x", 2.0)
+    new = metrics.get_branch_metrics("new", "b")
+    assert new is not None
+    assert (new.query_count, new.total_latency_ms, new.events["x"].total) == (2, 20.0, 20.0)
+    for experiment in ("e", "f"):  # only what was written after its clear
+        branch = metrics.get_branch_metrics(experiment, "b")
+        assert branch is not None
+        assert (branch.query_count, branch.failure_count, branch.total_latency_ms) == (
+            1, 1, 20.0,
+        )  # fmt: skip
+        assert (branch.events["x"].count, branch.events["x"].total) == (1, 20.0)
+
+
+def test_a_record_racing_a_replace_of_the_aggregate_is_dropped() -> None:
+    """The analyzer swaps in a fresh aggregate whose rows start at 0 again: a code from
+    the old one must not fit a row of the new one."""
+    clock = ClearingClock()
+    metrics = ABMetrics(clock=clock)
+    metrics.record_query("e", "b", 1.0, True)
+    parts = BranchParts()
+    buckets = [0] * (len(metrics.buckets) + 1)
+    buckets[-1] = 5  # five queries of 10 s each
+    parts.append(("e", "b"), 5, 5, 50_000.0, 0.0, 10_000.0, 10_000.0, 1.0, 1.0, buckets)
+    clock.action = lambda: metrics.replace(parts, EventParts(), {"e": 1.0})
+    metrics.record_query("e", "b", 2.0, True)
+    branch = metrics.get_branch_metrics("e", "b")
+    assert branch is not None
+    assert (branch.query_count, branch.total_latency_ms) == (5, 50_000.0)
 
 
 def test_names_are_shared_between_the_series_of_an_experiment(metrics: ABMetrics) -> None:

@@ -505,8 +505,8 @@ class Aggregate:
             self._add_few_queries(_plain_rows(rows), latency_ms, success, when)
             return
         unique, groups, count = group_rows(rows)
-        lat = np.array(latency_ms, dtype=np.float64)
-        ts = np.array(when, dtype=np.float64)
+        lat = np.asarray(latency_ms, dtype=np.float64)
+        ts = np.asarray(when, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
         total = np.bincount(groups, lat, count)
         mean = total / n
@@ -516,7 +516,7 @@ class Aggregate:
             unique,
             n,
             # bools convert to numpy faster as bools than as floats
-            np.bincount(groups, np.array(success, dtype=np.bool_), count).astype(np.int64),
+            np.bincount(groups, np.asarray(success, dtype=np.bool_), count).astype(np.int64),
             total,
             mean,
             np.bincount(groups, np.square(lat - mean[groups]), count),
@@ -605,7 +605,7 @@ class Aggregate:
                 self.touch_latest(latest)
             return
         unique, groups, count = group_rows(rows)
-        v = np.array(values, dtype=np.float64)
+        v = np.asarray(values, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
         total = np.bincount(groups, v, count)
         mean = total / n

@@ -1,12 +1,15 @@
 """Growable column tables: one row per series, one numpy array per figure.
 
 Rows are addressed by a key tuple of names; freed rows are reused so that
-clearing experiments does not leak.
+clearing experiments does not leak. A row's code (`code`) names the row and the series
+that holds it, so a record kept by code finds no row once its series is gone, even when
+the row has been reused (`live`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from itertools import count
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -16,6 +19,13 @@ K = TypeVar("K", bound=Hashable)
 
 # name -> (dtype, fill value for a fresh row, extra trailing shape)
 ColumnSpec = dict[str, tuple[type[Any], float, tuple[int, ...]]]
+
+# Every series a row takes gets a serial no other one has in this process, in every
+# table (a table replaced whole leaves no code that fits the new one): codes stay
+# unique until 2**31 series have been made. itertools.count is atomic under the GIL.
+_serials = count(1)
+_ROW_BITS = 32
+_ROW_MASK = (1 << _ROW_BITS) - 1
 
 
 class Table(Generic[K]):
@@ -31,6 +41,7 @@ class Table(Generic[K]):
         self.ids: dict[K, int] = {}
         self.keys: list[K | None] = []
         self._free: list[int] = []
+        self._serials = np.zeros(self._capacity, dtype=np.int64)  # 0: a free row
         self.columns: dict[str, npt.NDArray[Any]] = {
             name: np.full((self._capacity, *shape), fill, dtype=dtype)
             for name, (dtype, fill, shape) in self._spec.items()
@@ -55,10 +66,22 @@ class Table(Generic[K]):
         else:
             index = len(self.keys)
             self.keys.append(key)
-            if index >= len(next(iter(self.columns.values()))):
+            if index >= len(self._serials):
                 self._grow()
         self.ids[key] = index
+        self._serials[index] = next(_serials) & 0x7FFFFFFF or 1
         return index
+
+    def code(self, row: int) -> int:
+        """The row's code: its row number and its series' serial, as one int."""
+        return int(self._serials[row]) << _ROW_BITS | row
+
+    def live(self, codes: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+        """The rows of codes, -1 for a code whose series is gone."""
+        rows = (codes & _ROW_MASK).astype(np.intp)
+        # clip: a row past the end (the table was cleared) meets another row's serial
+        held = np.take(self._serials, rows, mode="clip") == codes >> _ROW_BITS
+        return np.where(held, rows, -1)
 
     def rows(self, keys: Iterable[K]) -> npt.NDArray[np.intp]:
         return np.fromiter(map(self.row, keys), dtype=np.intp)
@@ -66,11 +89,15 @@ class Table(Generic[K]):
     def remove(self, key: K) -> None:
         index = self.ids.pop(key)
         self.keys[index] = None
+        self._serials[index] = 0
         for name, (_, fill, _) in self._spec.items():
             self.columns[name][index] = fill
         self._free.append(index)
 
     def _grow(self) -> None:
+        serials = np.zeros(len(self._serials) * 2, dtype=np.int64)
+        serials[: len(self._serials)] = self._serials
+        self._serials = serials
         for name, column in self.columns.items():
             _, fill, _ = self._spec[name]
             bigger = np.full((len(column) * 2, *column.shape[1:]), fill, dtype=column.dtype)

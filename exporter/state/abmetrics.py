@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,6 +23,7 @@ import numpy.typing as npt
 from ..core import limits
 from ..core.aggregate import (
     DEFAULT_BUCKETS,
+    FEW,
     Aggregate,
     BranchKey,
     BranchParts,
@@ -48,6 +48,7 @@ from ..core.results import (
     events_by_branch,
     summarise,
 )
+from ..core.tables import Table
 from ..core.validation import (
     MAX_ABS_EVENT_VALUE,
     MAX_COUNT,
@@ -139,16 +140,16 @@ class ABMetrics:
         self.receiver = receiver or Receiver(self._aggregate.bounds)
         self._keys = Keys(clock=clock)
         self._lock = threading.Lock()
-        # Pending records, flat: [key, latency, success, time, key, ...] and
-        # [key, value, time, ...]. Keys are resolved to rows when folded, so a record
-        # racing a clear of its series finds no row and is dropped rather than landing
-        # in a reused one (or re-creating the series past the limits).
+        # Pending records, flat: [code, latency, success, time, code, ...] and
+        # [code, value, time, ...], all numbers, made arrays in one pass each when
+        # folded. A code is its series' row and serial (Table.code): a record racing a
+        # clear of its series finds no row and is dropped rather than landing in a
+        # reused one (or re-creating the series past the limits).
         self._queries: list[Any] = []
         self._events: list[Any] = []
-        # The keys of the series created here, checked: key -> the one shared copy,
-        # which is what pending records hold (no new object kept per record).
-        self._branch_keys: dict[BranchKey, BranchKey] = {}
-        self._event_keys: dict[EventKey, EventKey] = {}
+        # The series checked here: key -> its code, the one int pending records share
+        self._branch_codes: dict[BranchKey, int] = {}
+        self._event_codes: dict[EventKey, int] = {}
         self._file_configs: dict[str, ExperimentConfig] = dict(configs or {})
         self._configs: dict[str, ExperimentConfig] = dict(self._file_configs)
         self._changed_configs: set[str] = set()  # set since the store last looked
@@ -172,12 +173,12 @@ class ABMetrics:
             or success.__class__ is not bool
         ):
             latency_ms = _checked_query(latency_ms, success)
-        try:  # a series seen before had its names checked: finding its key is enough
-            key = self._branch_keys[experiment, branch]
+        try:  # a series seen before had its names checked: finding its code is enough
+            code = self._branch_codes[experiment, branch]
         except (KeyError, TypeError):  # a new series (or an unhashable name)
-            key = self._admit_branch((experiment, branch))
+            code = self._admit_branch((experiment, branch))
         queries = self._queries
-        queries.extend((key, latency_ms, success, self._clock()))  # one atomic extend
+        queries.extend((code, latency_ms, success, self._clock()))  # one atomic extend
         if len(queries) >= _FOLD_AT:
             self._fold()
 
@@ -190,11 +191,11 @@ class ABMetrics:
         ):
             value = _checked_value(value)
         try:
-            key = self._event_keys[experiment, branch, event]
+            code = self._event_codes[experiment, branch, event]
         except (KeyError, TypeError):
-            key = self._admit_event((experiment, branch, event))
+            code = self._admit_event((experiment, branch, event))
         events = self._events
-        events.extend((key, value, self._clock()))
+        events.extend((code, value, self._clock()))
         if len(events) >= _FOLD_AT:
             self._fold()
 
@@ -255,23 +256,25 @@ class ABMetrics:
         aggregate = self._aggregate
         # series that exist and are far from MAX_COUNT (whatever is pending for them):
         # anything else goes the direct way, which folds and checks counts exactly
-        held: list[tuple[Mapping[Any, int], npt.NDArray[Any], Sequence[Any]]] = [
-            (aggregate.branches.ids, aggregate.branches.columns["n"], query_keys),
-            (aggregate.events.ids, aggregate.events.columns["count"], event_keys),
+        held: list[tuple[Table[Any], str, Sequence[Any]]] = [
+            (aggregate.branches, "n", query_keys),
+            (aggregate.events, "count", event_keys),
         ]
-        for ids, counts, keys in held:
+        codes: list[list[int]] = []
+        for table, count, keys in held:
+            ids, counts, found = table.ids, table.columns[count], []
             for key in keys:
                 row = ids.get(key)
                 if row is None or counts[row] > _NEAR_MAX_COUNT:
                     return False
+                found.append(table.code(row))
+            codes.append(found)
         now = self._clock()
         queries, events = self._queries, self._events
-        for entry in zip(
-            query_keys, records.latency_ms, records.success, records.when, strict=True
-        ):
+        for entry in zip(codes[0], records.latency_ms, records.success, records.when, strict=True):
             queries.extend(entry)
-        for event_key, value in zip(event_keys, records.event_values, strict=True):
-            events.extend((event_key, value, now))
+        for code, value in zip(codes[1], records.event_values, strict=True):
+            events.extend((code, value, now))
         aggregate.touch({key[0] for key in query_keys} | {key[0] for key in event_keys}, now)
         # a version above every commit taken before: the one that folds these passes it
         aggregate.bump()
@@ -405,21 +408,23 @@ class ABMetrics:
         with self._lock:
             self.receiver.streams.forget(gone)
 
-    def _admit_branch(self, key: BranchKey) -> BranchKey:
+    def _admit_branch(self, key: BranchKey) -> int:
         """Check a new series' names and create its row (within the limits); returns
-        its key as kept. Names are interned: the series of an experiment share them."""
+        its code. Names are interned: the series of an experiment share them."""
         length = self.limits.max_name_length
         key = (
             _interned(check_name("experiment", key[0], length)),
             _interned(check_name("branch", key[1], length)),
         )
         with self._lock:
-            if key not in self._aggregate.branches.ids:
+            row = self._aggregate.branches.ids.get(key)
+            if row is None:
                 limits.check(self._aggregate, self.limits, [key], ())
-                self._aggregate.branch_row(key)
-            return self._branch_keys.setdefault(key, key)
+                row = self._aggregate.branch_row(key)
+            code = self._branch_codes[key] = self._aggregate.branches.code(row)
+            return code
 
-    def _admit_event(self, key: EventKey) -> EventKey:
+    def _admit_event(self, key: EventKey) -> int:
         length = self.limits.max_name_length
         key = (
             _interned(check_name("experiment", key[0], length)),
@@ -427,39 +432,41 @@ class ABMetrics:
             _interned(check_name("event", key[2], length)),
         )
         with self._lock:
-            if key not in self._aggregate.events.ids:
+            row = self._aggregate.events.ids.get(key)
+            if row is None:
                 limits.check(self._aggregate, self.limits, (), [key])
-                self._aggregate.event_row(key)
-            return self._event_keys.setdefault(key, key)
+                row = self._aggregate.event_row(key)
+            code = self._event_codes[key] = self._aggregate.events.code(row)
+            return code
 
     def _forget_keys(self, experiment: str | None) -> None:
         """A clear (of one experiment, or of all when None): its series must be checked
         against the limits again before they take records."""
         if experiment is None:
-            self._branch_keys.clear()
-            self._event_keys.clear()
+            self._branch_codes.clear()
+            self._event_codes.clear()
             return
         aggregate = self._aggregate
         for branch in aggregate.experiments.get(experiment, ()):
-            self._branch_keys.pop((experiment, branch), None)
+            self._branch_codes.pop((experiment, branch), None)
         for row in aggregate.experiment_events.get(experiment, ()):
             if (key := aggregate.events.keys[row]) is not None:
-                self._event_keys.pop(key, None)
+                self._event_codes.pop(key, None)
 
     def _fold(self) -> None:
         with self._lock:
             self._fold_locked()
 
     def _fold_locked(self) -> None:
-        """Fold the pending records in, column by column (keys to rows in one C-level
-        pass; records whose series was cleared meanwhile find no row and are dropped)."""
+        """Fold the pending records in, column by column (records whose series was
+        cleared meanwhile find no row and are dropped)."""
         queries = _take(self._queries)
         if queries:
-            rows, columns = _live(self._aggregate.branches.ids, queries, 4)
+            rows, columns = _live(self._aggregate.branches, queries, _QUERY_COLUMNS)
             self._aggregate.add_queries(rows, *columns)
         events = _take(self._events)
         if events:
-            rows, columns = _live(self._aggregate.events.ids, events, 3)
+            rows, columns = _live(self._aggregate.events, events, _EVENT_COLUMNS)
             self._aggregate.add_events(rows, *columns)
 
     # -- configuration ------------------------------------------------------
@@ -773,17 +780,35 @@ def _take(pending: list[T]) -> list[T]:
 
 
 def _live(
-    ids: Mapping[Any, int], pending: list[Any], width: int
-) -> tuple[npt.NDArray[np.intp], list[list[Any]]]:
-    """The rows of a flat pending list's keys and its other columns, leaving out the
-    records whose key has no row (their series was cleared after they were checked)."""
-    keys = pending[0::width]
-    rows = np.fromiter(map(ids.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
-    columns = [pending[k::width] for k in range(1, width)]
+    table: Table[Any], pending: list[Any], dtypes: tuple[type[Any], ...]
+) -> tuple[npt.NDArray[np.intp], list[Any]]:
+    """A flat pending list as its rows and typed columns (plain lists when few),
+    leaving out the records whose series is gone (cleared after they were checked)."""
+    width, size = len(dtypes) + 1, len(pending) // (len(dtypes) + 1)
+    rows = table.live(np.fromiter(pending[0::width], np.int64, size))
+    if size <= FEW:  # the small-batch folds take plain Python numbers
+        plain = [pending[k::width] for k in range(1, width)]
+        if rows.min() >= 0:
+            return rows, plain
+        live = np.flatnonzero(rows >= 0).tolist()
+        return rows[live], [[column[i] for i in live] for column in plain]
+    columns = [_typed(pending[k::width], dtype, size) for k, dtype in enumerate(dtypes, 1)]
     if rows.min() >= 0:
         return rows, columns
-    live = np.flatnonzero(rows >= 0).tolist()
-    return rows[live], [[column[i] for i in live] for column in columns]
+    held = rows >= 0
+    return rows[held], [column[held] for column in columns]
+
+
+def _typed(column: list[Any], dtype: type[Any], size: int) -> npt.NDArray[Any]:
+    # bools are the ints 0 and 1: bytes() packs them three times faster than fromiter
+    if dtype is np.bool_:
+        return np.frombuffer(bytes(column), np.bool_)
+    return np.fromiter(column, dtype, size)
+
+
+# the pending columns after the code, as folded: latency, success, time; value, time
+_QUERY_COLUMNS = (np.float64, np.bool_, np.float64)
+_EVENT_COLUMNS = (np.float64, np.float64)
 
 
 def _checked_query(latency_ms: object, success: object) -> float:
