@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -65,7 +65,6 @@ from ..stats.pairwise import BranchComparison, compare
 
 Clock = Callable[[], float]
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "last")
-T = TypeVar("T")
 _FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
 _MIN_EVENT_VALUE = -MAX_ABS_EVENT_VALUE
 _PEND_AT_MOST = 16  # records of a batch that may join the pending lists (record_batch)
@@ -460,13 +459,11 @@ class ABMetrics:
     def _fold_locked(self) -> None:
         """Fold the pending records in, column by column (records whose series was
         cleared meanwhile find no row and are dropped)."""
-        queries = _take(self._queries)
-        if queries:
-            rows, columns = _live(self._aggregate.branches, queries, _QUERY_COLUMNS)
+        if self._queries:
+            rows, columns = _drain(self._aggregate.branches, self._queries, _QUERY_COLUMNS)
             self._aggregate.add_queries(rows, *columns)
-        events = _take(self._events)
-        if events:
-            rows, columns = _live(self._aggregate.events, events, _EVENT_COLUMNS)
+        if self._events:
+            rows, columns = _drain(self._aggregate.events, self._events, _EVENT_COLUMNS)
             self._aggregate.add_events(rows, *columns)
 
     # -- configuration ------------------------------------------------------
@@ -770,29 +767,26 @@ class Restored:
     stored_streams: int  # stream states in the file (only the recent ones in `streams`)
 
 
-def _take(pending: list[T]) -> list[T]:
-    """Remove and return what is pending now. Slicing then deleting the same
-    prefix is safe against concurrent appends, which land after it."""
-    count = len(pending)
-    batch = pending[:count]
-    del pending[:count]
-    return batch
-
-
-def _live(
+def _drain(
     table: Table[Any], pending: list[Any], dtypes: tuple[type[Any], ...]
 ) -> tuple[npt.NDArray[np.intp], list[Any]]:
-    """A flat pending list as its rows and typed columns (plain lists when few),
-    leaving out the records whose series is gone (cleared after they were checked)."""
-    width, size = len(dtypes) + 1, len(pending) // (len(dtypes) + 1)
-    rows = table.live(np.fromiter(pending[0::width], np.int64, size))
+    """Take what is pending now, as rows and typed columns (plain lists when few),
+    leaving out the records whose series is gone (cleared after they were checked).
+    Each record came in one atomic extend, so the length is whole records; records
+    appended meanwhile land after it, and deleting the prefix read leaves them."""
+    width = len(dtypes) + 1
+    end = len(pending)
+    size = end // width
+    rows = table.live(np.fromiter(pending[0:end:width], np.int64, size))
     if size <= FEW:  # the small-batch folds take plain Python numbers
-        plain = [pending[k::width] for k in range(1, width)]
+        plain = [pending[k:end:width] for k in range(1, width)]
+        del pending[:end]
         if rows.min() >= 0:
             return rows, plain
         live = np.flatnonzero(rows >= 0).tolist()
         return rows[live], [[column[i] for i in live] for column in plain]
-    columns = [_typed(pending[k::width], dtype, size) for k, dtype in enumerate(dtypes, 1)]
+    columns = [_typed(pending[k:end:width], dtype, size) for k, dtype in enumerate(dtypes, 1)]
+    del pending[:end]
     if rows.min() >= 0:
         return rows, columns
     held = rows >= 0
