@@ -4,9 +4,16 @@ clear, expire and replace."""
 
 from __future__ import annotations
 
+import random
+import sys
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
 from exporter import ABMetrics
+from exporter.core.aggregate import Records
 from exporter.state.store import Store
 
 from .test_abmetrics_hotpath import ClearingClock
@@ -58,3 +65,102 @@ def test_a_fold_left_with_few_live_records_writes_an_activity_row_that_restores(
     assert branch is not None
     assert (branch.events["x"].count, branch.events["x"].total) == (2, 3.0)
     assert restored.get_experiment_metrics("gone") is None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_threads_recording_while_others_clear_keep_exact_totals(seed: int) -> None:
+    """Recorders write to series never cleared ("kept"), to one cleared over and over
+    ("churn") and to short-lived experiments (whose rows are freed and taken again);
+    a clearer and a reader run meanwhile. "kept" must hold exactly what was written to
+    it, and every series only its own records (each kind has its own latency/value)."""
+    rng = random.Random(seed)
+    metrics = ABMetrics()
+    threads, per_thread = 4, 3000
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+
+    def recorder(t: int) -> None:
+        try:
+            local = random.Random(seed * 100 + t)
+            for i in range(per_thread):
+                metrics.record_query("kept", f"b{t}", 1.0, True)
+                metrics.record_event("kept", f"b{t}", "x", 2.0)
+                if local.random() < 0.5:
+                    metrics.record_query("churn", "b", 1000.0, False)
+                    metrics.record_event("churn", "b", "x", 1000.0)
+                if local.random() < 0.1:
+                    name = f"tmp{t}-{i % 7}"
+                    metrics.record_query(name, "b", 7.0, False)
+                    metrics.record_event(name, f"b{i % 3}", "y", 7.0)
+                if i % 97 == 0:  # a single-record POST: the pending shortcut
+                    records = Records()
+                    records.add_query(("kept", f"b{t}"), 1.0, True, 1.0)
+                    records.add_event(("kept", f"b{t}", "x"), 2.0)
+                    metrics.record_batch(records)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def clearer() -> None:
+        try:
+            while not stop.is_set():
+                what = rng.random()
+                if what < 0.5:
+                    metrics.clear_experiment("churn")
+                else:
+                    for name in metrics.experiments():
+                        if name.startswith("tmp"):
+                            metrics.clear_experiment(name)
+                time.sleep(rng.random() * 1e-3)
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                metrics.stats()
+                time.sleep(rng.random() * 1e-3)
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    workers = [threading.Thread(target=recorder, args=(t,)) for t in range(threads)]
+    others = [threading.Thread(target=clearer), threading.Thread(target=reader)]
+    try:
+        for w in workers + others:
+            w.start()
+        for w in workers:
+            w.join()
+        stop.set()
+        for w in others:
+            w.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors
+    batches = len(range(0, per_thread, 97))
+    kept = metrics.get_experiment_metrics("kept")
+    assert kept is not None
+    for t in range(threads):
+        branch = kept.branches[f"b{t}"]
+        n = per_thread + batches
+        assert (branch.query_count, branch.failure_count) == (n, 0)
+        assert (branch.total_latency_ms, branch.min_latency_ms, branch.max_latency_ms) == (
+            float(n), 1.0, 1.0,
+        )  # fmt: skip
+        assert set(branch.events) == {"x"}
+        assert (branch.events["x"].count, branch.events["x"].total) == (n, 2.0 * n)
+    view = metrics.snapshot().view
+    for experiment, rows in view.experiments.items():
+        figure = 1.0 if experiment == "kept" else 1000.0 if experiment == "churn" else 7.0
+        for row in rows.values():
+            n = int(view.branch.n[row])
+            assert view.branch.total[row] == figure * n / 1000.0  # in seconds
+            assert int(view.branch.ok[row]) == (n if experiment == "kept" else 0)
+        for row in view.experiment_events.get(experiment, []):
+            count = int(view.event.count[row])
+            expected = 2.0 if experiment == "kept" else figure
+            assert view.event.total[row] == expected * count
+    stats = metrics.stats()
+    assert stats.total_queries_recorded == sum(
+        int(view.branch.n[r]) for rows in view.experiments.values() for r in rows.values()
+    )
