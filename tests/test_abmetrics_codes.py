@@ -4,6 +4,7 @@ clear, expire and replace."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from exporter import ABMetrics
+from exporter.core import tables
 from exporter.core.aggregate import Records
 from exporter.state.store import Store
 
@@ -164,3 +166,27 @@ def test_threads_recording_while_others_clear_keep_exact_totals(seed: int) -> No
     assert stats.total_queries_recorded == sum(
         int(view.branch.n[r]) for rows in view.experiments.values() for r in rows.values()
     )
+
+
+@pytest.mark.parametrize("start", [2**31 - 2, 2**31 - 1, 2**31, 2**31 + 1])
+def test_series_made_one_after_the_other_at_the_serial_wrap_have_distinct_codes(
+    monkeypatch: pytest.MonkeyPatch, start: int
+) -> None:
+    """Serials are 31 bits: where they wrap, two series made one after the other (the
+    cleared one and the one taking its row) must not share one, or a record racing the
+    clear lands in the series that reused the row."""
+    monkeypatch.setattr(tables, "_serials", itertools.count(start))
+    clock = ClearingClock()
+    metrics = ABMetrics(clock=clock)
+    metrics.record_query("e", "b", 1.0, True)  # row 0, the serial at `start`
+
+    def clear_and_reuse() -> None:
+        metrics.clear_experiment("e")
+        metrics.record_query("new", "b", 10.0, True)  # row 0 again, the next serial
+
+    clock.action = clear_and_reuse
+    metrics.record_query("e", "b", 2.0, False)  # found its code, then the clear came
+    new = metrics.get_branch_metrics("new", "b")
+    assert new is not None
+    assert (new.query_count, new.failure_count, new.total_latency_ms) == (1, 0, 10.0)
+    assert metrics.get_branch_metrics("e", "b") is None
