@@ -15,7 +15,7 @@ import pytest
 
 from exporter import ABMetrics
 from exporter.core import tables
-from exporter.core.aggregate import Records
+from exporter.core.aggregate import BranchParts, EventParts, Records
 from exporter.state.store import Store
 
 from .test_abmetrics_hotpath import ClearingClock
@@ -190,3 +190,86 @@ def test_series_made_one_after_the_other_at_the_serial_wrap_have_distinct_codes(
     assert new is not None
     assert (new.query_count, new.failure_count, new.total_latency_ms) == (1, 0, 10.0)
     assert metrics.get_branch_metrics("e", "b") is None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_threads_recording_while_all_is_cleared_expired_and_replaced(seed: int) -> None:
+    """Every series gets records of one figure only (its own latency, value and success):
+    whatever clear_all, expire and replace (with parts of the same figures) drop, what
+    is left in each series must be made of its own records, with nothing left pending."""
+    rng = random.Random(seed)
+    metrics = ABMetrics()
+    threads, per_thread = 4, 2000
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    slots = len(metrics.buckets) + 1
+
+    def figure(t: int) -> float:
+        return float(t + 1)
+
+    def recorder(t: int) -> None:
+        try:
+            for i in range(per_thread):
+                experiment = f"e{i % 3}"
+                metrics.record_query(experiment, f"b{t}", figure(t), t % 2 == 0)
+                metrics.record_event(experiment, f"b{t}", "x", 10 * figure(t))
+                if i % 61 == 0:
+                    records = Records()
+                    records.add_query((experiment, f"b{t}"), figure(t), t % 2 == 0, 1.0)
+                    records.add_event((experiment, f"b{t}", "x"), 10 * figure(t))
+                    metrics.record_batch(records)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def disturber() -> None:
+        try:
+            while not stop.is_set():
+                what = rng.random()
+                if what < 0.3:
+                    metrics.clear_all()
+                elif what < 0.6:
+                    metrics.expire(0.0)
+                elif what < 0.8:
+                    metrics.clear_experiment(f"e{rng.randrange(3)}")
+                else:
+                    parts, events = BranchParts(), EventParts()
+                    for t in range(threads):
+                        x, buckets = figure(t), [0] * slots
+                        buckets[0] = 2  # 1..4 ms: the first bucket
+                        ok = 2 if t % 2 == 0 else 0
+                        parts.append(("e0", f"b{t}"), 2, ok, 2 * x, 0.0, x, x, 1.0, 1.0, buckets)
+                        events.append(("e0", f"b{t}", "x"), 2, 20 * x, 0.0, 200 * x * x)
+                    metrics.replace(parts, events, {"e0": 1.0})
+                time.sleep(rng.random() * 2e-3)
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    workers = [threading.Thread(target=recorder, args=(t,)) for t in range(threads)]
+    other = threading.Thread(target=disturber)
+    try:
+        for w in [*workers, other]:
+            w.start()
+        for w in workers:
+            w.join()
+        stop.set()
+        other.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors
+    view = metrics.snapshot().view
+    assert not metrics._queries and not metrics._events
+    for experiment, rows in view.experiments.items():
+        for branch, row in rows.items():
+            t = int(branch[1:])
+            n = int(view.branch.n[row])
+            assert int(view.branch.ok[row]) == (n if t % 2 == 0 else 0)
+            assert view.branch.total[row] == figure(t) * n / 1000.0
+            if n:
+                assert view.branch.lo[row] == view.branch.hi[row] == figure(t) / 1000.0
+        for row in view.experiment_events.get(experiment, []):
+            key = view.event_keys[row]
+            assert key is not None
+            count = int(view.event.count[row])
+            assert view.event.total[row] == 10 * figure(int(key[1][1:])) * count
