@@ -22,8 +22,10 @@ ColumnSpec = dict[str, tuple[type[Any], float, tuple[int, ...]]]
 
 # Every series a row takes gets a serial no other one has in this process, in every
 # table (a table replaced whole leaves no code that fits the new one): codes stay
-# unique until 2**31 series have been made. itertools.count is atomic under the GIL.
-_serials = count(1)
+# unique until 2**31 - 1 series have been made, then taken again in the same order (never
+# twice in a row, never 0). itertools.count is atomic under the GIL.
+_serials = count(0)
+_SERIAL_CYCLE = (1 << 31) - 1  # serials are 1 .. 2**31 - 1: a code fits an int64
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
@@ -69,7 +71,7 @@ class Table(Generic[K]):
             if index >= len(self._serials):
                 self._grow()
         self.ids[key] = index
-        self._serials[index] = next(_serials) & 0x7FFFFFFF or 1
+        self._serials[index] = next(_serials) % _SERIAL_CYCLE + 1
         return index
 
     def code(self, row: int) -> int:

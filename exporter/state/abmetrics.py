@@ -790,7 +790,10 @@ def _drain(
     if rows.min() >= 0:
         return rows, columns
     held = rows >= 0
-    return rows[held], [column[held] for column in columns]
+    rows, columns = rows[held], [column[held] for column in columns]
+    if len(rows) <= FEW:  # few left: the small-batch folds take plain Python numbers
+        return rows, [column.tolist() for column in columns]
+    return rows, columns
 
 
 def _typed(column: list[Any], dtype: type[Any], size: int) -> npt.NDArray[Any]:
