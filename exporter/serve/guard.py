@@ -16,16 +16,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .keys import INFLIGHT, READINESS, SELF, SETTINGS, STORE
-from .refusals import Refusal
+from .refusals import Refusal, source_of
 
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _source(request: web.Request) -> str:
-    return "otlp" if request.path == "/v1/metrics" else "http"
 
 
 def _authorised(request: web.Request, token: str) -> bool:
@@ -56,7 +52,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         settings = request.app[SETTINGS]
         token = settings.token if request.method in WRITE_METHODS else settings.metrics_token
         if token and not _authorised(request, token):
-            request.app[SELF].reject(_source(request), "unauthorized")
+            request.app[SELF].reject(source_of(request), "unauthorized")
             return web.Response(
                 status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -107,7 +103,7 @@ def admit_write(request: web.Request) -> None:
     when the disk writer is behind or memory is short: better a retry later than falling
     over."""
     app = request.app
-    settings, store, source = app[SETTINGS], app.get(STORE), _source(request)
+    settings, store, source = app[SETTINGS], app.get(STORE), source_of(request)
     if not app[READINESS].ready:
         raise Refusal(
             503, "the exporter is restoring its data; retry shortly", "restoring", source,

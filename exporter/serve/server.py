@@ -53,7 +53,7 @@ from .keys import (
     Readiness,
 )
 from .openapi import document
-from .refusals import Refusal, refusals
+from .refusals import Refusal, refusals, source_of
 from .selfmetrics import SelfMetrics
 from .settings import Settings
 
@@ -95,10 +95,6 @@ def _name(request: web.Request, key: str) -> str:
 # -- the write path: guard, read, once, apply, wait for the disk ----------------------
 
 
-def _source(request: web.Request) -> str:
-    return "otlp" if request.path == "/v1/metrics" else "http"
-
-
 def _too_large(limit: int, source: str) -> Refusal:
     return Refusal(
         413,
@@ -118,7 +114,7 @@ def _busy(source: str) -> Refusal:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     """The decompressed body, read as it streams in: refused past `limit` (or past the
     in-flight budget, or too slow) before more of it is held in memory."""
-    source = _source(request)
+    source = source_of(request)
     if (request.content_length or 0) > limit + 1024:  # compressed and still too large
         raise _too_large(limit, source)
     weight = guard.DECODED_WEIGHT[source]
@@ -182,7 +178,7 @@ def _once(request: web.Request, body: bytes) -> Once | None:
         return None
     problem = idempotency.key_problem(key)
     if problem:
-        raise Refusal(400, problem, "invalid_idempotency_key", _source(request))
+        raise Refusal(400, problem, "invalid_idempotency_key", source_of(request))
     return Once(key, idempotency.fingerprint(request.method, request.path, body))
 
 
@@ -211,7 +207,7 @@ async def _finish(
     same key is safe); without one, 202 (applied, not yet on disk: a resend would count
     twice)."""
     if written.repeat is not None:
-        request.app[SELF].repeated(_source(request))
+        request.app[SELF].repeated(source_of(request))
         answer = written.repeat
     guard.release(request)  # the body is applied: what waits for the disk is small
     if await guard.durable(request, written.version):
