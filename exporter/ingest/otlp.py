@@ -659,13 +659,15 @@ _NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never 
 @dataclass(slots=True)
 class _Stream:
     """A stream's last point. Its arrays are never changed in place (a new state replaces
-    them), so states may share them (the empty windows of cumulative streams)."""
+    them), so states may share them (the empty windows of cumulative streams). Its bucket
+    counts are packed native int64 bytes (a slice of a request's table costs half an
+    array's): read them as numbers through `_counts`, never by iterating the bytes."""
 
     start: int
     time: int  # the latest end time seen
     count: int  # cumulative: the last point's figures
     total: float  # NaN: the point had no sum
-    buckets: array[int]
+    buckets: bytes  # native int64s, packed: see `_counts`
     bounds: tuple[float, ...]
     windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
     seen: float = 0.0  # the receiver's clock when the stream last sent
@@ -841,10 +843,20 @@ class StreamChanges:
         return bool(self.rows or self.gone or self.horizon is not None)
 
 
+def _counts(packed: bytes) -> memoryview:
+    """A state's packed bucket counts as the numbers they are (a view, no copy)."""
+    return memoryview(packed).cast("q")
+
+
+def _packed(counts: Iterable[int]) -> bytes:
+    """Bucket counts packed as a state holds them (native int64; OverflowError beyond)."""
+    return array("q", counts).tobytes()
+
+
 def _dump(state: _Stream) -> str:
     return json.dumps(
         [state.start, state.time, state.count,
-         None if math.isnan(state.total) else state.total, state.buckets.tolist(),
+         None if math.isnan(state.total) else state.total, _counts(state.buckets).tolist(),
          state.bounds, state.windows.tolist()]
     )  # fmt: skip
 
@@ -868,7 +880,7 @@ def _load(text: str) -> _Stream:
     if len(windows) % 2 or end < start:
         raise ValueError("stream windows must be (start, end) pairs")
     return _Stream(
-        start, end, count, float(total), array("q", buckets), tuple(map(float, bounds)),
+        start, end, count, float(total), _packed(buckets), tuple(map(float, bounds)),
         array("q", windows),
     )  # fmt: skip
 
@@ -1113,16 +1125,17 @@ class Receiver:
             if end <= state.time:
                 out.duplicates += 1  # a retry or a late point: a later one holds its counts
                 return None
+            old = _counts(state.buckets)
             restarted = (
                 start != state.start
                 or point.count < state.count
                 or point.bounds != state.bounds
-                or any(map(operator.lt, point.buckets, state.buckets))  # same lengths here
+                or any(map(operator.lt, point.buckets, old))  # same lengths here
             )
             if not restarted:
                 count = point.count - state.count
                 total = total - state.total
-                increments = list(map(operator.sub, point.buckets, state.buckets))
+                increments = list(map(operator.sub, point.buckets, old))
         limit = count * MAX_LATENCY_MS / point.factor
         if point.query and count > 0 and not math.isnan(total) and not 0 <= total <= limit:
             return "invalid_value", "cumulative duration sum went down or grew too fast"
@@ -1131,7 +1144,7 @@ class Receiver:
             out.new_streams += 1
             out.created.add(key)
         out.updates[key] = _Stream(
-            start, latest, point.count, point.total, array("q", point.buckets), bounds, windows
+            start, latest, point.count, point.total, _packed(point.buckets), bounds, windows
         )
         if count <= 0:
             return None
@@ -1206,11 +1219,12 @@ class Receiver:
         return found
 
 
-def _rows(table: npt.NDArray[np.int64]) -> list[array[int]]:
-    """A table's rows as arrays of their own: a state holding a view would keep its whole
-    request's table alive for as long as the stream stays silent."""
-    whole, width = array("q", table.tobytes()), table.shape[1]
-    return [whole[i : i + width] for i in range(0, len(whole), width)]  # slices: copies
+def _rows(table: npt.NDArray[np.int64]) -> list[bytes]:
+    """A table's rows packed as states hold them (see `_Stream`), each bytes of its own: a
+    state holding a view would keep its whole request's table alive for as long as the
+    stream stays silent."""
+    whole, size = table.tobytes(), 8 * table.shape[1]
+    return [whole[i : i + size] for i in range(0, len(whole), size)]  # slices: copies
 
 
 _STREAM_OF: Final = operator.attrgetter("stream")

@@ -84,7 +84,7 @@ def plain(
         and (new_count >= old_count).all()
     ):
         return None
-    # states hold array("q"): buffers of native int64, joined as they are
+    # states hold their counts as packed native int64 bytes: joined as they are
     zero = bytes(8 * width)
     old_rows = (
         list(map(_BUCKETS, held))
