@@ -186,7 +186,7 @@ class Exporter:
 
     def state(self) -> Any:
         streams = self.metrics.receiver.streams
-        held = [(k, otlp._dump(s), s.seen) for k, s in streams.held.items()]
+        held = [(k, otlp._dump(s), streams.seen(k)) for k, s in streams.held.items()]
         aggregate = self.metrics._aggregate
         tables = []
         for table in (aggregate.branches, aggregate.events):

@@ -48,10 +48,10 @@ import operator
 import time
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise, repeat
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -659,21 +659,27 @@ _NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never 
 # -- stream state --------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Stream:
-    """A stream's last point. Its arrays are never changed in place (a new state replaces
-    them), so states may share them (the empty windows of cumulative streams). Its bucket
-    counts are packed native int64 bytes (a slice of a request's table costs half an
-    array's): read them as numbers through `_counts`, never by iterating the bytes."""
+class _Stream(NamedTuple):
+    """A stream's last point, never changed (a new state replaces it), so states may share
+    their arrays (the empty windows of cumulative streams). A tuple: `_plain` makes one
+    per point in C (`_streams`), at a fraction of a class's __init__; when the stream last
+    sent is `Streams`' to remember. Its bucket counts are packed native int64 bytes (a
+    slice of a request's table costs half an array's): read them as numbers through
+    `_counts`, never by iterating the bytes."""
 
     start: int
     time: int  # the latest end time seen
-    count: int  # cumulative: the last point's figures
+    count: int  # type: ignore[assignment]  # cumulative: the last point's figures (a field
+    # in place of tuple.count, which no state is asked for)
     total: float  # NaN: the point had no sum
     buckets: bytes  # native int64s, packed: see `_counts`
     bounds: tuple[float, ...]
     windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
-    seen: float = 0.0  # the receiver's clock when the stream last sent
+
+
+def _streams(fields: Iterable[tuple[Any, ...]]) -> Iterator[_Stream]:
+    """States made from tuples of their fields, in order, with no Python call per state."""
+    return map(tuple.__new__, repeat(_Stream), fields)
 
 
 class Streams:
@@ -693,6 +699,7 @@ class Streams:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._states: OrderedDict[StreamKey, _Stream] = OrderedDict()
+        self._seen: dict[StreamKey, float] = {}  # the clock when each held stream last sent
         self.max_streams = max_streams
         self.max_stored = 10 * max_streams
         self.ttl = ttl
@@ -717,10 +724,14 @@ class Streams:
             text = self.cold(repr(key))
             if text is not None:
                 state = _load(text)
-                state.seen = self._clock()
+                self._seen[key] = self._clock()
                 self._states[key] = state
                 self.recalled += 1
         return state
+
+    def seen(self, key: StreamKey) -> float:
+        """The clock when a held stream last sent."""
+        return self._seen[key]
 
     @property
     def held(self) -> dict[StreamKey, _Stream]:
@@ -735,7 +746,7 @@ class Streams:
         return len(self._states) + new <= self.max_streams
 
     def put(self, key: StreamKey, state: _Stream, new: bool) -> None:
-        state.seen = self._clock()
+        self._seen[key] = self._clock()
         states = self._states
         states[key] = state
         states.move_to_end(key)
@@ -746,10 +757,9 @@ class Streams:
     def put_many(self, states: dict[StreamKey, _Stream], new: set[StreamKey]) -> None:
         """`put` for each of `states` in order (`new`: those seen for the first time), at
         one reading of the clock: they arrived together."""
-        now = self._clock()
+        self._seen.update(zip(states, repeat(self._clock())))
         held, last = self._states, self._states.move_to_end
         for key, state in states.items():
-            state.seen = now
             held[key] = state
             last(key)
         # one key at a time as `put` adds them (a dict would presize the set: another
@@ -762,22 +772,21 @@ class Streams:
         """Memory only: forget streams silent for longer than the ttl, behind the horizon.
         With a data file: let clean states silent for the ttl, or past `max_streams`, go
         from memory (they are on disk)."""
-        states, cutoff = self._states, self._clock() - self.ttl
+        states, seen, cutoff = self._states, self._seen, self._clock() - self.ttl
         if self.cold is None:
             while states:
                 key, oldest = next(iter(states.items()))
-                if oldest.seen >= cutoff:
+                if seen[key] >= cutoff:
                     break
-                del states[key]
+                del states[key], seen[key]
                 self._forgotten(key, oldest.time)
             return
         excess = len(states) - self.max_streams
         for key in list(states):
-            state = states[key]
-            if excess <= 0 and state.seen >= cutoff:
+            if excess <= 0 and seen[key] >= cutoff:
                 break
             if key not in self._changed and key not in self._in_flight:
-                del states[key]
+                del states[key], seen[key]
                 excess -= 1
 
     def forget(self, keys: Iterable[tuple[StreamKey, int]]) -> None:
@@ -822,9 +831,8 @@ class Streams:
         self.stored = stored
         now = self._clock()
         for key, text in rows:
-            state = _load(text)
-            state.seen = now
-            self._states[key] = state
+            self._states[key] = _load(text)
+            self._seen[key] = now
 
 
 @dataclass(frozen=True, slots=True)
@@ -991,7 +999,7 @@ class Receiver:
                 bounds = self._bounds_pool[chunk.bounds] = chunk.bounds
             chunk_keys = list(map(_STREAM_OF, chunk.identities))
             last = list(map(held.get, chunk_keys))
-            # all held with these bounds (`all`, not `None in`: no dataclass __eq__ per state)
+            # all held with these bounds (`all`, not `None in`: no __eq__ per state)
             if not (all(last) and set(map(id, map(_BOUNDS_OF, last))) == {id(bounds)}):
                 for key, state, start in zip(chunk_keys, last, chunk.start, strict=True):
                     if state is None:  # new: its point is the increment (or a baseline)
@@ -1038,9 +1046,9 @@ class Receiver:
         out.created.update(fresh)
         updates = out.updates
         for chunk, chunk_keys, bounds in zip(chunks, keys, pooled, strict=True):
-            states = map(_Stream, chunk.start, chunk.end, chunk.count, chunk.total,
+            fields = zip(chunk.start, chunk.end, chunk.count, chunk.total,
                          _rows(chunk.buckets), repeat(bounds), repeat(_NO_WINDOWS))  # fmt: skip
-            updates.update(zip(chunk_keys, states, strict=True))
+            updates.update(zip(chunk_keys, _streams(fields), strict=True))
         # the pending groups in the order `_increment` would open them: by first point kept
         opened = []
         for shape, members, answer in answers:

@@ -65,7 +65,7 @@ def plain(
     increment, or only a baseline when it starts at or before the `horizon` (its
     increments are then left out: `kept` says so). None if any point is not plain."""
     width = buckets.shape[1]
-    if all(last):  # the usual case: every stream held (`all`: no dataclass __eq__ per state)
+    if all(last):  # the usual case: every stream held (`all`: no __eq__ per state)
         fresh = np.zeros(len(last), dtype=bool)
         held = last
     else:
