@@ -661,16 +661,15 @@ _NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never 
 
 class _Stream(NamedTuple):
     """A stream's last point, never changed (a new state replaces it), so states may share
-    their arrays (the empty windows of cumulative streams). A tuple: `_plain` makes one
-    per point in C (`_streams`), at a fraction of a class's __init__; when the stream last
-    sent is `Streams`' to remember. Its bucket counts are packed native int64 bytes (a
-    slice of a request's table costs half an array's): read them as numbers through
-    `_counts`, never by iterating the bytes."""
+    their arrays (the empty windows of cumulative streams). A named tuple, so that `_plain`
+    makes one per point in C (`_streams`), not through a Python __init__; `Streams` keeps
+    when each stream last sent. Its bucket counts are packed native int64 bytes (a slice
+    of a request's table costs half an array's): read them as numbers through `_counts`,
+    never by iterating the bytes. (Its `count` field hides tuple.count.)"""
 
     start: int
     time: int  # the latest end time seen
-    count: int  # type: ignore[assignment]  # cumulative: the last point's figures (a field
-    # in place of tuple.count, which no state is asked for)
+    count: int  # type: ignore[assignment]  # cumulative: the last point's figures
     total: float  # NaN: the point had no sum
     buckets: bytes  # native int64s, packed: see `_counts`
     bounds: tuple[float, ...]
