@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import tempfile
-from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -187,7 +186,7 @@ class Exporter:
 
     def state(self) -> Any:
         streams = self.metrics.receiver.streams
-        held = [(k, otlp._dump(s), s.seen) for k, s in streams.held.items()]
+        held = [(k, otlp._dump(s), streams.seen(k)) for k, s in streams.held.items()]
         aggregate = self.metrics._aggregate
         tables = []
         for table in (aggregate.branches, aggregate.events):
@@ -325,7 +324,7 @@ def test_the_plain_path_takes_steady_exports() -> None:
         before = queries(app)
         assert recorded().total_queries_recorded == before
         # each state owns its counts: none keeps a whole request's table alive
-        assert {type(s.buckets) for s in exporter.metrics.receiver.streams.held.values()} == {array}
+        assert {type(s.buckets) for s in exporter.metrics.receiver.streams.held.values()} == {bytes}
         exporter.send(body([(s, app.point(s, "restart", 2, rng)) for s in range(STREAMS)], 0))
     assert taken == [True, True, True, False]  # a restart: point by point
     assert recorded().total_queries_recorded == before + queries(app)

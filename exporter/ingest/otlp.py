@@ -48,10 +48,10 @@ import operator
 import time
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise, repeat
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -361,6 +361,8 @@ _FIELDS: Final = operator.attrgetter(
     "flags", "attributes", "explicit_bounds", "bucket_counts", "count",
     "start_time_unix_nano", "time_unix_nano", *_VALUES,
 )  # fmt: skip
+# a repeated field's items as a list: a slice is one call, iterating it one per item (3x)
+_ALL: Final = operator.itemgetter(slice(None))
 _CHUNK: Final = 4096  # points viewed at once: a body of millions of tiny points stays small
 
 
@@ -402,8 +404,9 @@ def _columns(
     skip: npt.NDArray[np.bool_] = np.zeros(size, dtype=bool)
     if any(flags):
         skip = (np.array(flags, dtype=np.uint64) & _NO_RECORDED_VALUE) != 0
-    # (scope, *attributes) per point, built by C loops: map, tuple and tuple concatenation
-    keys = list(map(operator.add, repeat((identity_scope,), size), map(tuple, attribute_lists)))
+    # (scope, *attributes) per point, built by C loops: map, slice, tuple and concatenation
+    listed = map(tuple, map(_ALL, attribute_lists))
+    keys = list(map(operator.add, repeat((identity_scope,), size), listed))
     found: list[_Identity | None] = list(map(identities.get, keys))
     if not all(found):  # (`None in` would call each identity's dataclass __eq__)
         for i in [i for i, identity in enumerate(found) if identity is None]:
@@ -656,19 +659,26 @@ _NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never 
 # -- stream state --------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Stream:
-    """A stream's last point. Its arrays are never changed in place (a new state replaces
-    them), so states may share them (the empty windows of cumulative streams)."""
+class _Stream(NamedTuple):
+    """A stream's last point, never changed (a new state replaces it), so states may share
+    their arrays (the empty windows of cumulative streams). A named tuple, so that `_plain`
+    makes one per point in C (`_streams`), not through a Python __init__; `Streams` keeps
+    when each stream last sent. Its bucket counts are packed native int64 bytes (a slice
+    of a request's table costs half an array's): read them as numbers through `_counts`,
+    never by iterating the bytes. (Its `count` field hides tuple.count.)"""
 
     start: int
     time: int  # the latest end time seen
-    count: int  # cumulative: the last point's figures
+    count: int  # type: ignore[assignment]  # cumulative: the last point's figures
     total: float  # NaN: the point had no sum
-    buckets: array[int]
+    buckets: bytes  # native int64s, packed: see `_counts`
     bounds: tuple[float, ...]
     windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
-    seen: float = 0.0  # the receiver's clock when the stream last sent
+
+
+def _streams(fields: Iterable[tuple[Any, ...]]) -> Iterator[_Stream]:
+    """States made from tuples of their fields, in order, with no Python call per state."""
+    return map(tuple.__new__, repeat(_Stream), fields)
 
 
 class Streams:
@@ -688,6 +698,7 @@ class Streams:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._states: OrderedDict[StreamKey, _Stream] = OrderedDict()
+        self._seen: dict[StreamKey, float] = {}  # the clock when each held stream last sent
         self.max_streams = max_streams
         self.max_stored = 10 * max_streams
         self.ttl = ttl
@@ -712,10 +723,14 @@ class Streams:
             text = self.cold(repr(key))
             if text is not None:
                 state = _load(text)
-                state.seen = self._clock()
+                self._seen[key] = self._clock()
                 self._states[key] = state
                 self.recalled += 1
         return state
+
+    def seen(self, key: StreamKey) -> float:
+        """The clock when a held stream last sent."""
+        return self._seen[key]
 
     @property
     def held(self) -> dict[StreamKey, _Stream]:
@@ -730,7 +745,7 @@ class Streams:
         return len(self._states) + new <= self.max_streams
 
     def put(self, key: StreamKey, state: _Stream, new: bool) -> None:
-        state.seen = self._clock()
+        self._seen[key] = self._clock()
         states = self._states
         states[key] = state
         states.move_to_end(key)
@@ -741,10 +756,9 @@ class Streams:
     def put_many(self, states: dict[StreamKey, _Stream], new: set[StreamKey]) -> None:
         """`put` for each of `states` in order (`new`: those seen for the first time), at
         one reading of the clock: they arrived together."""
-        now = self._clock()
+        self._seen.update(zip(states, repeat(self._clock())))
         held, last = self._states, self._states.move_to_end
         for key, state in states.items():
-            state.seen = now
             held[key] = state
             last(key)
         # one key at a time as `put` adds them (a dict would presize the set: another
@@ -757,22 +771,21 @@ class Streams:
         """Memory only: forget streams silent for longer than the ttl, behind the horizon.
         With a data file: let clean states silent for the ttl, or past `max_streams`, go
         from memory (they are on disk)."""
-        states, cutoff = self._states, self._clock() - self.ttl
+        states, seen, cutoff = self._states, self._seen, self._clock() - self.ttl
         if self.cold is None:
             while states:
                 key, oldest = next(iter(states.items()))
-                if oldest.seen >= cutoff:
+                if seen[key] >= cutoff:
                     break
-                del states[key]
+                del states[key], seen[key]
                 self._forgotten(key, oldest.time)
             return
         excess = len(states) - self.max_streams
         for key in list(states):
-            state = states[key]
-            if excess <= 0 and state.seen >= cutoff:
+            if excess <= 0 and seen[key] >= cutoff:
                 break
             if key not in self._changed and key not in self._in_flight:
-                del states[key]
+                del states[key], seen[key]
                 excess -= 1
 
     def forget(self, keys: Iterable[tuple[StreamKey, int]]) -> None:
@@ -817,9 +830,8 @@ class Streams:
         self.stored = stored
         now = self._clock()
         for key, text in rows:
-            state = _load(text)
-            state.seen = now
-            self._states[key] = state
+            self._states[key] = _load(text)
+            self._seen[key] = now
 
 
 @dataclass(frozen=True, slots=True)
@@ -841,10 +853,20 @@ class StreamChanges:
         return bool(self.rows or self.gone or self.horizon is not None)
 
 
+def _counts(packed: bytes) -> memoryview:
+    """A state's packed bucket counts as the numbers they are (a view, no copy)."""
+    return memoryview(packed).cast("q")
+
+
+def _packed(counts: Iterable[int]) -> bytes:
+    """Bucket counts packed as a state holds them (native int64; OverflowError beyond)."""
+    return array("q", counts).tobytes()
+
+
 def _dump(state: _Stream) -> str:
     return json.dumps(
         [state.start, state.time, state.count,
-         None if math.isnan(state.total) else state.total, state.buckets.tolist(),
+         None if math.isnan(state.total) else state.total, _counts(state.buckets).tolist(),
          state.bounds, state.windows.tolist()]
     )  # fmt: skip
 
@@ -868,7 +890,7 @@ def _load(text: str) -> _Stream:
     if len(windows) % 2 or end < start:
         raise ValueError("stream windows must be (start, end) pairs")
     return _Stream(
-        start, end, count, float(total), array("q", buckets), tuple(map(float, bounds)),
+        start, end, count, float(total), _packed(buckets), tuple(map(float, bounds)),
         array("q", windows),
     )  # fmt: skip
 
@@ -976,7 +998,7 @@ class Receiver:
                 bounds = self._bounds_pool[chunk.bounds] = chunk.bounds
             chunk_keys = list(map(_STREAM_OF, chunk.identities))
             last = list(map(held.get, chunk_keys))
-            # all held with these bounds (`all`, not `None in`: no dataclass __eq__ per state)
+            # all held with these bounds (`all`, not `None in`: no __eq__ per state)
             if not (all(last) and set(map(id, map(_BOUNDS_OF, last))) == {id(bounds)}):
                 for key, state, start in zip(chunk_keys, last, chunk.start, strict=True):
                     if state is None:  # new: its point is the increment (or a baseline)
@@ -1023,9 +1045,9 @@ class Receiver:
         out.created.update(fresh)
         updates = out.updates
         for chunk, chunk_keys, bounds in zip(chunks, keys, pooled, strict=True):
-            states = map(_Stream, chunk.start, chunk.end, chunk.count, chunk.total,
+            fields = zip(chunk.start, chunk.end, chunk.count, chunk.total,
                          _rows(chunk.buckets), repeat(bounds), repeat(_NO_WINDOWS))  # fmt: skip
-            updates.update(zip(chunk_keys, states, strict=True))
+            updates.update(zip(chunk_keys, _streams(fields), strict=True))
         # the pending groups in the order `_increment` would open them: by first point kept
         opened = []
         for shape, members, answer in answers:
@@ -1113,16 +1135,17 @@ class Receiver:
             if end <= state.time:
                 out.duplicates += 1  # a retry or a late point: a later one holds its counts
                 return None
+            old = _counts(state.buckets)
             restarted = (
                 start != state.start
                 or point.count < state.count
                 or point.bounds != state.bounds
-                or any(map(operator.lt, point.buckets, state.buckets))  # same lengths here
+                or any(map(operator.lt, point.buckets, old))  # same lengths here
             )
             if not restarted:
                 count = point.count - state.count
                 total = total - state.total
-                increments = list(map(operator.sub, point.buckets, state.buckets))
+                increments = list(map(operator.sub, point.buckets, old))
         limit = count * MAX_LATENCY_MS / point.factor
         if point.query and count > 0 and not math.isnan(total) and not 0 <= total <= limit:
             return "invalid_value", "cumulative duration sum went down or grew too fast"
@@ -1131,7 +1154,7 @@ class Receiver:
             out.new_streams += 1
             out.created.add(key)
         out.updates[key] = _Stream(
-            start, latest, point.count, point.total, array("q", point.buckets), bounds, windows
+            start, latest, point.count, point.total, _packed(point.buckets), bounds, windows
         )
         if count <= 0:
             return None
@@ -1206,11 +1229,12 @@ class Receiver:
         return found
 
 
-def _rows(table: npt.NDArray[np.int64]) -> list[array[int]]:
-    """A table's rows as arrays of their own: a state holding a view would keep its whole
-    request's table alive for as long as the stream stays silent."""
-    whole, width = array("q", table.tobytes()), table.shape[1]
-    return [whole[i : i + width] for i in range(0, len(whole), width)]  # slices: copies
+def _rows(table: npt.NDArray[np.int64]) -> list[bytes]:
+    """A table's rows packed as states hold them (see `_Stream`), each bytes of its own: a
+    state holding a view would keep its whole request's table alive for as long as the
+    stream stays silent."""
+    whole, size = table.tobytes(), 8 * table.shape[1]
+    return [whole[i : i + size] for i in range(0, len(whole), size)]  # slices: copies
 
 
 _STREAM_OF: Final = operator.attrgetter("stream")

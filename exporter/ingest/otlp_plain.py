@@ -65,7 +65,7 @@ def plain(
     increment, or only a baseline when it starts at or before the `horizon` (its
     increments are then left out: `kept` says so). None if any point is not plain."""
     width = buckets.shape[1]
-    if all(last):  # the usual case: every stream held (`all`: no dataclass __eq__ per state)
+    if all(last):  # the usual case: every stream held (`all`: no __eq__ per state)
         fresh = np.zeros(len(last), dtype=bool)
         held = last
     else:
@@ -84,7 +84,7 @@ def plain(
         and (new_count >= old_count).all()
     ):
         return None
-    # states hold array("q"): buffers of native int64, joined as they are
+    # states hold their counts as packed native int64 bytes: joined as they are
     zero = bytes(8 * width)
     old_rows = (
         list(map(_BUCKETS, held))
