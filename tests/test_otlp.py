@@ -765,3 +765,24 @@ def test_a_delta_point_on_a_cumulative_stream_is_refused_not_a_500() -> None:
         assert received is not None and received.refused.points == 1
         assert received.refused.records == {"non_monotonic_delta": 3} and not received.updates
     assert metrics.stats().total_queries_recorded == 3
+
+
+@pytest.mark.parametrize(
+    ("count", "buckets", "windows"),
+    [
+        (2**63, [2**63, 0], []),  # past int64: array("q") raised OverflowError
+        (2, [1.5, 0.5], []),  # floats where counts belong: TypeError
+        (2, ["1", "1"], []),  # strings: TypeError in sum()
+        (2, [1, 1], [0, 2**63]),  # a window past int64
+        (2, [1, 1], ["a", "b"]),
+    ],
+)
+def test_a_stored_stream_state_out_of_range_is_refused_as_a_value_error(
+    count: int, buckets: list[Any], windows: list[Any]
+) -> None:
+    """check_state promises ValueError for an unbelievable state (the store turns it into
+    a one-line refusal of the data file), never another exception type."""
+    from exporter.ingest.otlp import check_state
+
+    with pytest.raises(ValueError):
+        check_state(json.dumps([1, 2, count, 1.0, buckets, [10.0], windows]))

@@ -877,6 +877,13 @@ def check_state(text: str) -> None:
 
 
 def _load(text: str) -> _Stream:
+    try:
+        return _loaded(text)
+    except (TypeError, OverflowError) as exc:  # a field of the wrong kind, or past int64
+        raise ValueError(f"stream state out of range or of the wrong type: {exc}") from None
+
+
+def _loaded(text: str) -> _Stream:
     start, end, count, total, buckets, bounds, windows = json.loads(text)
     for number in (start, end, count):
         if not isinstance(number, int) or not 0 <= number < 2**64:
