@@ -16,23 +16,18 @@ import logging
 import sys
 import time
 
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    ResourceMetrics,
-    ScopeMetrics,
-)
-
 from exporter import ABMetrics
 from exporter.client import Client
 from exporter.core.aggregate import DEFAULT_BUCKETS
 from exporter.ingest.otlp import OtlpLimits, decode, parse
+from tests.otlp_messages import (
+    CUMULATIVE,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    export_request,
+    text,
+)
 
 from .common import best_of
 
@@ -43,12 +38,9 @@ def request(series: int, step: int) -> bytes:
     points = []
     for i in range(series):
         attributes = [
-            KeyValue(key="abtest.experiment", value=AnyValue(string_value=f"exp-{i // 8}")),
-            KeyValue(key="abtest.branch", value=AnyValue(string_value=f"b{i % 4}")),
-            KeyValue(
-                key="abtest.outcome",
-                value=AnyValue(string_value="success" if i % 8 < 4 else "failure"),
-            ),
+            text("abtest.experiment", f"exp-{i // 8}"),
+            text("abtest.branch", f"b{i % 4}"),
+            text("abtest.outcome", "success" if i % 8 < 4 else "failure"),
         ]
         counts = [step * (k % 3 + 1) for k in range(len(bounds) + 1)]
         points.append(
@@ -69,13 +61,10 @@ def request(series: int, step: int) -> bytes:
         unit="ms",
         histogram=Histogram(
             data_points=points,
-            aggregation_temporality=AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
+            aggregation_temporality=CUMULATIVE,
         ),
     )
-    message = ExportMetricsServiceRequest(
-        resource_metrics=[ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=[metric])])]
-    )
-    return bytes(message.SerializeToString())
+    return bytes(export_request([metric]).SerializeToString())
 
 
 def bench_otlp(series: int, requests: int) -> float:

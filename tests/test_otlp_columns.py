@@ -12,22 +12,23 @@ from unittest.mock import patch
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    ResourceMetrics,
-    ScopeMetrics,
-)
 
 from exporter.core.validation import MAX_COUNT
 from exporter.ingest import otlp
 from exporter.ingest.otlp import OtlpLimits, Parsed, Point, Refusals, parse
+
+from .otlp_messages import (
+    CUMULATIVE,
+    DELTA,
+    AnyValue,
+    ExportMetricsServiceRequest,
+    Histogram,
+    HistogramDataPoint,
+    KeyValue,
+    Metric,
+    export_request,
+    text,
+)
 
 NOW = 1_700_000_000.0
 NOW_NS = int(NOW * 1e9)
@@ -133,20 +134,11 @@ def requests(draw: Any) -> ExportMetricsServiceRequest:
                 unit=draw(st.sampled_from(["s", "ms"])),
                 histogram=Histogram(
                     data_points=draw(st.lists(points(), max_size=8)),
-                    aggregation_temporality=draw(
-                        st.sampled_from(
-                            [
-                                AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA,
-                                AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
-                            ]
-                        )
-                    ),
+                    aggregation_temporality=draw(st.sampled_from([DELTA, CUMULATIVE])),
                 ),
             )
         )
-    return ExportMetricsServiceRequest(
-        resource_metrics=[ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=metrics)])]
-    )
+    return export_request(metrics)
 
 
 def reference(request: ExportMetricsServiceRequest) -> Parsed:
@@ -157,10 +149,7 @@ def reference(request: ExportMetricsServiceRequest) -> Parsed:
         for scope_metrics in resource_metrics.scope_metrics:
             scope = (scope_metrics.scope.name, scope_metrics.scope.version)
             for metric in scope_metrics.metrics:
-                delta = (
-                    metric.histogram.aggregation_temporality
-                    == AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
-                )
+                delta = metric.histogram.aggregation_temporality == DELTA
                 factor = {"s": 1000.0, "ms": 1.0}[metric.unit]
                 factor = factor if metric.name == otlp.QUERY_METRIC else 1.0
                 prefix = (resource, scope, metric.name)
@@ -198,9 +187,9 @@ def test_unpacked_repeated_numbers_are_read_as_packed() -> None:
     """A sender may write repeated numbers unpacked; the view sees them all the same."""
     point = HistogramDataPoint(
         attributes=[
-            KeyValue(key="abtest.experiment", value=AnyValue(string_value="exp")),
-            KeyValue(key="abtest.branch", value=AnyValue(string_value="b0")),
-            KeyValue(key="abtest.outcome", value=AnyValue(string_value="success")),
+            text("abtest.experiment", "exp"),
+            text("abtest.branch", "b0"),
+            text("abtest.outcome", "success"),
         ],
         start_time_unix_nano=1,
         time_unix_nano=2,
@@ -211,20 +200,8 @@ def test_unpacked_repeated_numbers_are_read_as_packed() -> None:
     # field 6 (bucket_counts) as two unpacked fixed64, field 7 (bounds) as one double
     body += b"\x31" + struct.pack("<Q", 1) + b"\x31" + struct.pack("<Q", 2)
     body += b"\x39" + struct.pack("<d", 0.25)
-    histogram = Histogram(
-        aggregation_temporality=AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
-    )
+    histogram = Histogram(aggregation_temporality=CUMULATIVE)
     histogram.data_points.add().ParseFromString(body)
-    request = ExportMetricsServiceRequest(
-        resource_metrics=[
-            ResourceMetrics(
-                scope_metrics=[
-                    ScopeMetrics(
-                        metrics=[Metric(name=otlp.QUERY_METRIC, unit="s", histogram=histogram)]
-                    )
-                ]
-            )
-        ]
-    )
+    request = export_request([Metric(name=otlp.QUERY_METRIC, unit="s", histogram=histogram)])
     (parsed,) = parse(request, LIMITS, now=NOW).points
     assert (parsed.buckets, parsed.bounds, parsed.count, parsed.total) == ([1, 2], (0.25,), 3, 1.5)

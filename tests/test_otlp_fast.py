@@ -20,18 +20,6 @@ from unittest.mock import patch
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    ResourceMetrics,
-    ScopeMetrics,
-)
 
 from exporter import ABMetrics
 from exporter.core import limits
@@ -42,14 +30,23 @@ from exporter.ingest import otlp
 from exporter.ingest.otlp import OtlpLimits, Received, Receiver, parse
 from exporter.state.store import Store
 
+from .otlp_messages import (
+    CUMULATIVE,
+    DELTA,
+    Histogram,
+    HistogramDataPoint,
+    KeyValue,
+    Metric,
+    export_request,
+    text,
+)
+
 T0 = 1_700_000_000_000_000_000
 NOW = 2_000_000_000.0
 STREAMS = 8  # 0-3: durations in s, 4-5: events, 6-7: durations in ms
 BOUNDS = ([0.005, 0.05], [0.01], [1.0, 10.0], [5.0, 50.0])
 EVENTS = (4, 5)
 MILLISECONDS = (6, 7)
-CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
-DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 
 
 class App:
@@ -101,9 +98,6 @@ class App:
 
 
 def attributes(stream: int) -> list[KeyValue]:
-    def text(key: str, value: str) -> KeyValue:
-        return KeyValue(key=key, value=AnyValue(string_value=value))
-
     names = [text("abtest.experiment", f"e{stream % 2}"), text("abtest.branch", f"b{stream % 3}")]
     if stream in MILLISECONDS:  # a branch of their own: a stream apart from 0-3's
         names[1] = text("abtest.branch", f"m{stream}")
@@ -133,10 +127,7 @@ def body(points: list[tuple[int, HistogramDataPoint]], deltas: int) -> bytes:
             Metric(name=otlp.QUERY_METRIC, unit="ms",
                    histogram=Histogram(data_points=[delta], aggregation_temporality=DELTA))
         )  # fmt: skip
-    message = ExportMetricsServiceRequest(
-        resource_metrics=[ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=metrics)])]
-    )
-    return bytes(message.SerializeToString())
+    return bytes(export_request(metrics).SerializeToString())
 
 
 @contextmanager
