@@ -97,10 +97,7 @@ def test_threads_recording_while_others_clear_keep_exact_totals(seed: int) -> No
                     metrics.record_query(name, "b", 7.0, False)
                     metrics.record_event(name, f"b{i % 3}", "y", 7.0)
                 if i % 97 == 0:  # a single-record POST: the pending shortcut
-                    records = Records()
-                    records.add_query(("kept", f"b{t}"), 1.0, True, 1.0)
-                    records.add_event(("kept", f"b{t}", "x"), 2.0)
-                    metrics.record_batch(records)
+                    _post_one(metrics, "kept", f"b{t}", 1.0, True, 2.0)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -216,10 +213,7 @@ def test_threads_recording_while_all_is_cleared_expired_and_replaced(seed: int) 
                 metrics.record_query(experiment, f"b{t}", figure(t), t % 2 == 0)
                 metrics.record_event(experiment, f"b{t}", "x", 10 * figure(t))
                 if i % 61 == 0:
-                    records = Records()
-                    records.add_query((experiment, f"b{t}"), figure(t), t % 2 == 0, 1.0)
-                    records.add_event((experiment, f"b{t}", "x"), 10 * figure(t))
-                    metrics.record_batch(records)
+                    _post_one(metrics, experiment, f"b{t}", figure(t), t % 2 == 0, 10 * figure(t))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -273,3 +267,13 @@ def test_threads_recording_while_all_is_cleared_expired_and_replaced(seed: int) 
             assert key is not None
             count = int(view.event.count[row])
             assert view.event.total[row] == 10 * figure(int(key[1][1:])) * count
+
+
+def _post_one(
+    metrics: ABMetrics, experiment: str, branch: str, latency: float, ok: bool, value: float
+) -> None:
+    """What a POST of one query and one event "x" applies (record_batch's pending path)."""
+    records = Records()
+    records.add_query((experiment, branch), latency, ok, 1.0)
+    records.add_event((experiment, branch, "x"), value)
+    metrics.record_batch(records)
