@@ -152,7 +152,7 @@ def _counts_fit(
     counts: Sequence[int],
     found: Sequence[int] | None,
 ) -> bool:
-    table, column = (aggregate.branches, "n") if len(keys[0]) == 2 else (aggregate.events, "count")
+    table, held = _held_counts(aggregate, keys)
     total = sum(counts)
     if total > MAX_COUNT:
         return False  # too many for any one series; a new series holds at most this
@@ -161,7 +161,17 @@ def _counts_fit(
         looked = zip(map(ids.get, keys), counts, strict=True)
         pairs = [(row, count) for row, count in looked if row is not None]
         found, counts = [r for r, _ in pairs], [c for _, c in pairs]
-    return _held_fit(table.columns[column], found, counts, total)
+    return _held_fit(held, found, counts, total)
+
+
+def _held_counts(
+    aggregate: Aggregate, keys: Sequence[BranchKey] | Sequence[EventKey]
+) -> tuple[Any, npt.NDArray[Any]]:
+    """The table these keys' series live in (branches or events, by the keys' length)
+    and its column of record counts."""
+    if len(keys[0]) == 2:
+        return aggregate.branches, aggregate.branches.columns["n"]
+    return aggregate.events, aggregate.events.columns["count"]
 
 
 def _held_fit(
@@ -189,8 +199,7 @@ def all_held(
     if not keys:
         return True
     experiments, names = aggregate.experiments, aggregate.event_names
-    table, column = (aggregate.branches, "n") if len(keys[0]) == 2 else (aggregate.events, "count")
-    ids: dict[Any, int] = table.ids
+    ids: dict[Any, int] = _held_counts(aggregate, keys)[0].ids
     rows = list(map(ids.get, keys))
     if None in rows:
         return False
@@ -199,7 +208,5 @@ def all_held(
             return False
         if len(key) == 3 and key[2] not in names.get(key[0], ()):
             return False
-    total = int(sum(counts))
-    if min(counts) < 0 or total > MAX_COUNT:
-        return False  # too many for any one series anyway; and no sum below may overflow
-    return _held_fit(table.columns[column], cast(list[int], rows), counts, total)
+    # a negative count is refused by the part checks: never let one lower a sum here
+    return min(counts) >= 0 and _counts_fit(aggregate, keys, counts, cast(list[int], rows))

@@ -745,6 +745,7 @@ class Streams:
         return len(self._states) + new <= self.max_streams
 
     def put(self, key: StreamKey, state: _Stream, new: bool) -> None:
+        """One state at a time: the reference `put_many` is held to (tests/test_otlp_fast)."""
         self._seen[key] = self._clock()
         states = self._states
         states[key] = state
@@ -754,8 +755,8 @@ class Streams:
         self.stored += new
 
     def put_many(self, states: dict[StreamKey, _Stream], new: set[StreamKey]) -> None:
-        """`put` for each of `states` in order (`new`: those seen for the first time), at
-        one reading of the clock: they arrived together."""
+        """Keep each of `states`, in order, as the most recently seen (`new`: those seen
+        for the first time), at one reading of the clock: they arrived together."""
         self._seen.update(zip(states, repeat(self._clock())))
         held, last = self._states, self._states.move_to_end
         for key, state in states.items():
@@ -998,11 +999,9 @@ class Receiver:
         for index, chunk in enumerate(chunks):
             if chunk.delta:
                 return False
-            bounds = self._bounds_pool.get(chunk.bounds)
-            if bounds is None:  # pooled as `_increment` would, first thing, for any point
-                if len(self._bounds_pool) >= self.limits.max_bounds_sets:
-                    return False
-                bounds = self._bounds_pool[chunk.bounds] = chunk.bounds
+            bounds = self._pooled(chunk.bounds)  # as `_increment` does, first thing
+            if bounds is None:
+                return False
             chunk_keys = list(map(_STREAM_OF, chunk.identities))
             last = list(map(held.get, chunk_keys))
             # all held with these bounds (`all`, not `None in`: no __eq__ per state)
@@ -1071,6 +1070,16 @@ class Receiver:
             group.extend([chunks[j] for j in members], answer)
         return True
 
+    def _pooled(self, bounds: tuple[float, ...]) -> tuple[float, ...] | None:
+        """The one kept copy of these bounds (kept now if new: every point's state then
+        shares it); None when `max_bounds_sets` distinct ones are in use already."""
+        pooled = self._bounds_pool.get(bounds)
+        if pooled is None:
+            if len(self._bounds_pool) >= self.limits.max_bounds_sets:
+                return None
+            pooled = self._bounds_pool[bounds] = bounds
+        return pooled
+
     def _increment(
         self,
         out: Received,
@@ -1081,14 +1090,12 @@ class Receiver:
         # tuple's hash is not cached, so the last one found is tried by identity first
         last_in, bounds = self._last_bounds
         if point.bounds is not last_in:
-            pooled = self._bounds_pool.get(point.bounds)
+            pooled = self._pooled(point.bounds)
             if pooled is None:
-                if len(self._bounds_pool) >= self.limits.max_bounds_sets:
-                    return (
-                        "limit_otlp_bounds",
-                        f"more than {self.limits.max_bounds_sets} distinct explicit_bounds in use",
-                    )
-                pooled = self._bounds_pool[point.bounds] = point.bounds
+                return (
+                    "limit_otlp_bounds",
+                    f"more than {self.limits.max_bounds_sets} distinct explicit_bounds in use",
+                )
             bounds = pooled
             self._last_bounds = (point.bounds, bounds)
         key = point.stream
@@ -1105,7 +1112,7 @@ class Receiver:
             )
         start, end, horizon = point.start, point.end, self.streams.horizon
         count, total, increments = point.count, point.total, point.buckets
-        windows = array("q")
+        windows = _NO_WINDOWS
         if point.delta:
             if state is None:
                 if horizon and end <= horizon:

@@ -37,13 +37,8 @@ class SelfMetrics:
         self.started = time.time()
         self.role = "single"  # set by the server: the analyzer selects replicas by it
 
-    def accept(self, source: str, kind: str, count: int) -> None:
-        if count:
-            with self._lock:
-                self.accepted[source, kind] += count
-
     def accept_records(self, source: str, queries: int, events: int) -> None:
-        """accept() of a batch's queries and events, under one taking of the lock."""
+        """Count a batch's accepted queries and events, under one taking of the lock."""
         with self._lock:
             accepted = self.accepted
             if queries:

@@ -240,7 +240,7 @@ class ABMetrics:
             now = self._clock()
             aggregate.add(records, now, rows)
             if parts is not None:
-                self._aggregate.add_parts(parts[0], parts[1], now)
+                aggregate.add_parts(parts[0], parts[1], now)
             return self._written(once, answer)
 
     def _pend_few(self, records: Records) -> bool:

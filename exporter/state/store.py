@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +102,11 @@ def _text(values: tuple[Any, ...]) -> str:
     if not any(issubclass(kind, bytes) for kind in set(map(type, values))):
         return "\x1f".join(map(repr, values))
     return "\x1f".join(v.hex() if isinstance(v, bytes) else repr(v) for v in values)
+
+
+def _one(value: Any) -> tuple[Any]:
+    """A row of one column (the key a DELETE names)."""
+    return (value,)
 
 
 def _with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -327,40 +332,34 @@ class Store:
     def _write(self, batch: StoreBatch) -> None:
         connection = self._connection
         assert connection is not None
-        execute, many = connection.execute, connection.executemany
+        execute = connection.execute
+
+        def many(sql: str, rows: Sequence[Any], row: Callable[[Any], Any]) -> None:
+            # an empty executemany still costs a statement look-up: skipped
+            if rows:
+                connection.executemany(sql, map(row, rows))
+
         streams, keys = batch.streams, batch.keys
         with _transaction(connection):
             now = self._clock()
-            # (an empty executemany still costs a statement look-up: skipped)
-            if streams.rows:
-                many(
-                    "INSERT OR REPLACE INTO otlp_streams VALUES (?, ?, ?, ?)",
-                    [_with_crc((key, state, now)) for key, state in streams.rows],
-                )
-            if streams.gone:
-                many("DELETE FROM otlp_streams WHERE stream = ?", [(k,) for k in streams.gone])
+            many("INSERT OR REPLACE INTO otlp_streams VALUES (?, ?, ?, ?)", streams.rows,
+                 lambda row: _with_crc((*row, now)))  # fmt: skip
+            many("DELETE FROM otlp_streams WHERE stream = ?", streams.gone, _one)
             if streams.horizon is not None:
                 execute("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
                         _with_crc(("otlp_horizon", str(streams.horizon))))  # fmt: skip
-            if keys.rows:
-                many("INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?)",
-                     map(_with_crc, keys.rows))  # fmt: skip
-            if keys.gone:
-                many("DELETE FROM idempotency WHERE key = ?", [(k,) for k in keys.gone])
+            many("INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?)", keys.rows, _with_crc)
+            many("DELETE FROM idempotency WHERE key = ?", keys.gone, _one)
             if batch.changes.cleared:
                 for table in ("branches", "events", "activity"):
                     execute(f"DELETE FROM {table}")
             for experiment in batch.changes.removed:
                 for table in ("branches", "events", "activity"):
                     execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,))
-            if batch.branches:
-                many(_INSERT_BRANCH, map(_branch_with_crc, batch.branches))
-            if batch.events:
-                many("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     map(_with_crc, batch.events))  # fmt: skip
-            if batch.activity:
-                many("INSERT OR REPLACE INTO activity VALUES (?, ?, ?)",
-                     map(_with_crc, batch.activity))  # fmt: skip
+            many(_INSERT_BRANCH, batch.branches, _branch_with_crc)
+            many("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.events,
+                 _with_crc)  # fmt: skip
+            many("INSERT OR REPLACE INTO activity VALUES (?, ?, ?)", batch.activity, _with_crc)
             for experiment, config in batch.configs.items():
                 if config is None:
                     execute("DELETE FROM configs WHERE experiment = ?", (experiment,))
