@@ -12,7 +12,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from ..core.aggregate import DEFAULT_BUCKETS, BranchParts, EventParts, Records
+import numpy as np
+
+from ..core.aggregate import DEFAULT_BUCKETS, BranchParts, EventParts, PartColumns, Records
 from ..core.validation import (
     MAX_ABS_EVENT_VALUE,
     MAX_LATENCY_MS,
@@ -78,7 +80,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.records = Records()
-        self._parts: BranchParts | None = None
+        self._parts: BranchParts | PartColumns | None = None
         self._event_parts: EventParts | None = None
         self.errors: list[dict[str, str]] = []
         self.error_count = 0
@@ -88,9 +90,21 @@ class Batch:
         self.reasons: dict[str, int] = {}
 
     @property
-    def parts(self) -> BranchParts:
+    def parts(self) -> BranchParts | PartColumns:
+        """The query parts: columns when every one passed the column checks."""
         if self._parts is None:
             self._parts = BranchParts()
+        return self._parts
+
+    def take_columns(self, columns: PartColumns) -> None:
+        assert self._parts is None, "columns are the whole of a batch's query parts"
+        self._parts = columns
+
+    def listed_parts(self) -> BranchParts:
+        """The parts taken one by one (only when the column checks took none)."""
+        if self._parts is None:
+            self._parts = BranchParts()
+        assert isinstance(self._parts, BranchParts)
         return self._parts
 
     @property
@@ -118,7 +132,8 @@ class Batch:
         """The queries and events the parts stand for (counted like records)."""
         if not self.has_parts:
             return 0, 0
-        return sum(self.parts.n), sum(self.event_parts.count)
+        n = self.parts.n
+        return int(n.sum()) if isinstance(n, np.ndarray) else sum(n), sum(self.event_parts.count)
 
 
 def parse_batch(
@@ -172,14 +187,15 @@ def parse_batch(
     if "parts" in body or "event_parts" in body:
         part_fields, event_part_fields = _part_fields(max_name_length)
         parts = lists.get("parts", [])
-        if parts and take_all(batch.parts, parts, now, max_name_length, MAX_COUNT, bounds):
-            parts = []  # every part good: checked and taken column by column
+        if parts and (columns := take_all(parts, now, max_name_length, MAX_COUNT, bounds)):
+            batch.take_columns(columns)
+            parts = []  # every part good: checked and taken as columns
         for index, part in enumerate(parts):
             path = f"parts[{index}]"
             if _check_record(batch, path, part, part_fields) and _check_part(
                 batch, path, part, bounds
             ):
-                batch.parts.append(
+                batch.listed_parts().append(
                     (part["experiment"], part["branch"]),
                     part["queries"],
                     part["successes"],

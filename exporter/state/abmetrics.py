@@ -203,7 +203,7 @@ class ABMetrics:
         records: Records,
         once: Once | None = None,
         answer: Answer | None = None,
-        parts: tuple[BranchParts, EventParts] | None = None,
+        parts: tuple[BranchParts | PartColumns, EventParts] | None = None,
     ) -> Written:
         """Apply already-validated records (and a client's pre-aggregated `parts`)
         together: a read sees all of them or none. With `once`, a repeat of its key
@@ -217,27 +217,30 @@ class ABMetrics:
                 return self._written(once, answer)
             self._fold_locked()
             aggregate = self._aggregate
-            # the rows of series that exist, looked up once: when every record has one,
-            # no series is new and the limits have nothing to check
+            if parts is not None:
+                query_keys = query_keys + parts[0].keys
+                event_keys = event_keys + parts[1].keys
+            # the rows of series that exist, looked up once: when every record and part
+            # has one, no series is new and the limits have nothing to check
             rows: tuple[list[int], list[int]] | None = (
                 list(map(aggregate.branches.ids.get, query_keys)),  # type: ignore[arg-type]
                 list(map(aggregate.events.ids.get, event_keys)),  # type: ignore[arg-type]
             )
-            if parts is not None or None in rows[0] or None in rows[1]:  # type: ignore[index]
+            if None in rows[0] or None in rows[1]:  # type: ignore[index]
                 rows = None
-                if parts is not None:
-                    query_keys = query_keys + parts[0].keys
-                    event_keys = event_keys + parts[1].keys
                 limits.check(aggregate, self.limits, query_keys, event_keys)
             branch_counts = [1] * len(records.query_keys)
             event_counts = [1] * len(records.event_keys)
             if parts is not None:
-                branch_counts += parts[0].n
+                n = parts[0].n
+                branch_counts += n if isinstance(n, list) else n.tolist()
                 event_counts += parts[1].count
             limits.check_counts(
                 aggregate, query_keys, branch_counts, event_keys, event_counts, rows
             )
             now = self._clock()
+            if rows is not None and parts is not None:  # the records' own rows come first
+                rows = rows[0][: len(records.query_keys)], rows[1][: len(records.event_keys)]
             aggregate.add(records, now, rows)
             if parts is not None:
                 aggregate.add_parts(parts[0], parts[1], now)
