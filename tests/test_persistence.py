@@ -196,7 +196,7 @@ def test_the_store_file_is_sqlite_in_wal_mode(tmp_path: Path) -> None:
         with sqlite3.connect(tmp_path / FILE_NAME) as connection:
             assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-        assert meta["format_version"] == "3"
+        assert meta["format_version"] == "4"
         assert json.loads(meta["buckets"])[0] == 0.001
     finally:
         store.close()

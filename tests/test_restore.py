@@ -18,7 +18,7 @@ import pytest
 
 from exporter import ABMetrics
 from exporter.core.aggregate import DEFAULT_BUCKETS
-from exporter.state.store import FILE_NAME, Store, StoreError, crc
+from exporter.state.store import FILE_NAME, Store, StoreError, checksum, crc
 
 
 def fill(metrics: ABMetrics) -> None:
@@ -102,7 +102,7 @@ def test_invariants_are_checked_even_when_the_checksum_fits(
         connection.execute("DELETE FROM branches WHERE experiment = ? AND branch = ?", row[:2])
         connection.execute(
             "INSERT INTO branches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*values, crc(values)),
+            (*values, checksum("branches", values)),
         )
     with pytest.raises(StoreError, match=r"0 <= ok <= n.*mv "):
         Store(tmp_path, ABMetrics()).open()
@@ -174,7 +174,82 @@ def test_a_format_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     assert branch is not None and (branch.query_count, branch.success_count) == (4, 3)
     assert branch.events["x"].total == 3.0
     with sqlite3.connect(tmp_path / FILE_NAME) as connection:
+        assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "4"
+
+
+def _as_format_3(path: Path, damage: bool = False) -> None:
+    """Give a file format 3's checksums (the text of every row's values) and version;
+    with `damage`, change one branch's count after its checksum was taken."""
+    with sqlite3.connect(path) as connection:
+        for table in ("branches", "events", "activity"):
+            rows = connection.execute(f"SELECT rowid, * FROM {table}").fetchall()
+            assert rows, table
+            connection.executemany(
+                f"UPDATE {table} SET crc = ? WHERE rowid = ?",
+                [(crc(tuple(row[1:-1])), row[0]) for row in rows],
+            )
+        version = ("format_version", "3")
+        connection.execute("UPDATE meta SET value = ?, crc = ? WHERE key = ?",
+                           (version[1], crc(version), version[0]))  # fmt: skip
+        if damage:
+            connection.execute("UPDATE branches SET n = n + 1, ok = ok + 1 WHERE rowid = 1")
+
+
+def test_a_format_3_file_is_migrated_to_binary_checksums(
+    good_file: tuple[Path, Any], tmp_path: Path
+) -> None:
+    path, truth = good_file
+    shutil.copy(path, tmp_path / FILE_NAME)
+    _as_format_3(tmp_path / FILE_NAME)
+    metrics = ABMetrics()
+    store = Store(tmp_path, metrics)
+    store.open()
+    store.close()
+    assert state(metrics) == truth
+    with sqlite3.connect(tmp_path / FILE_NAME) as connection:
+        assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "4"
+        for table in ("branches", "events", "activity"):
+            rows = connection.execute(f"SELECT * FROM {table}").fetchall()
+            assert rows and all(row[-1] == checksum(table, row[:-1]) for row in rows)
+            assert all(row[-1] != crc(row[:-1]) for row in rows)
+    again = ABMetrics()
+    Store(tmp_path, again).open()  # and the migrated file opens as format 4
+    assert state(again) == truth
+
+
+def test_a_damaged_format_3_row_is_refused_not_given_a_fresh_checksum(
+    good_file: tuple[Path, Any], tmp_path: Path
+) -> None:
+    path, _ = good_file
+    shutil.copy(path, tmp_path / FILE_NAME)
+    _as_format_3(tmp_path / FILE_NAME, damage=True)
+    with pytest.raises(StoreError, match=r"fails its checksum.*mv "):
+        Store(tmp_path, ABMetrics()).open()
+    with sqlite3.connect(tmp_path / FILE_NAME) as connection:  # the file was left as it was
         assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value"),
+    [
+        ("branches", "n", "four"),
+        ("branches", "buckets", "x"),
+        ("events", "total", b"\x00"),
+        ("activity", "experiment", 7),
+    ],
+)
+def test_a_value_of_the_wrong_kind_fails_the_binary_checksum(
+    good_file: tuple[Path, Any], tmp_path: Path, table: str, column: str, value: Any
+) -> None:
+    """Text where a count belongs (and so on) cannot be packed: the row is refused in
+    one line, whatever its stored checksum."""
+    path, _ = good_file
+    shutil.copy(path, tmp_path / FILE_NAME)
+    with sqlite3.connect(tmp_path / FILE_NAME) as connection:
+        connection.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = 1", (value,))
+    with pytest.raises(StoreError, match=r"mv ") as refused:
+        Store(tmp_path, ABMetrics()).open()
+    assert "\n" not in str(refused.value)
 
 
 def test_a_format_2_file_is_migrated_with_its_sums_of_squares_rebuilt(tmp_path: Path) -> None:
@@ -210,7 +285,7 @@ def test_a_format_2_file_is_migrated_with_its_sums_of_squares_rebuilt(tmp_path: 
     assert view.branch.sq[0] * 1e6 == pytest.approx(2.0 + 20.0**2 / 4, rel=1e-15)  # ms², stored
     assert view.event.sq[0] == 0.5 + 3.0**2 / 2
     with sqlite3.connect(tmp_path / FILE_NAME) as connection:
-        assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "3"
+        assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "4"
         assert connection.execute("SELECT sq FROM branches").fetchone() == (102.0,)
 
 
