@@ -41,7 +41,7 @@ async def test_a_refused_batch_of_many_full_parts_counts_its_records_exactly(
     assert response.status == 422, await response.text()
     text = await (await client.get("/metrics")).text()
     line = next(x for x in text.splitlines() if 'reason="limit_count"' in x and x[0] != "#")
-    assert float(line.rsplit(" ", 1)[1]) == 1025 * MAX_COUNT, line
+    assert int(line.rsplit(" ", 1)[1]) == 1025 * MAX_COUNT, line
 
 
 def test_a_latency_of_minus_zero_does_not_make_the_next_start_refuse_the_file(
@@ -70,10 +70,11 @@ def test_a_row_of_the_wrong_kind_is_refused_whatever_its_stored_checksum(
     metrics = ABMetrics()
     store = Store(tmp_path, metrics)
     store.open()
-    metrics.record_query("e", "b", 5.0, True)
+    metrics.record_event("e", "b", "x", 5.0)  # an event marks its experiment written
     store.commit()
     store.close()
     with sqlite3.connect(tmp_path / FILE_NAME) as connection:
-        connection.execute("UPDATE activity SET last = 'nan', crc = -1")
+        changed = connection.execute("UPDATE activity SET last = 'nan', crc = -1").rowcount
+    assert changed == 1
     with pytest.raises(StoreError, match=r"checksum.*mv "):
         Store(tmp_path, ABMetrics()).open()
