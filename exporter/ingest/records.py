@@ -132,8 +132,8 @@ class Batch:
         """The queries and events the parts stand for (counted like records)."""
         if not self.has_parts:
             return 0, 0
-        n = self.parts.n
-        return int(n.sum()) if isinstance(n, np.ndarray) else sum(n), sum(self.event_parts.count)
+        n = self.parts.n  # summed as Python ints: int64 wraps past 1024 parts of MAX_COUNT
+        return sum(n.tolist() if isinstance(n, np.ndarray) else n), sum(self.event_parts.count)
 
 
 def parse_batch(

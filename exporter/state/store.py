@@ -147,7 +147,9 @@ _INSERT_BRANCH = f"INSERT OR REPLACE INTO branches VALUES ({', '.join('?' * 13)}
 def _branch_with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A branch row as stored (buckets as little-endian int64 bytes, the last value) and
     its checksum."""
-    values = (*row[:11], row[11].astype("<i8").tobytes())
+    # min and max (+ 0.0): SQLite keeps no -0.0 in a REAL column (it reads back 0.0), so a
+    # latency of -0.0 would be checksummed as a value the file cannot give back
+    values = (*row[:5], row[5] + 0.0, row[6] + 0.0, *row[7:11], row[11].astype("<i8").tobytes())
     return (*values, checksum("branches", values))
 
 
@@ -556,7 +558,8 @@ def _rows(
     """Each row of `table`, its checksum checked (`old`: as formats before 4 took it)."""
     for *values, stored in connection.execute(f"SELECT * FROM {table}"):
         row = tuple(values)
-        if stored != (crc(row) if old else checksum(table, row)):
+        expected = crc(row) if old else checksum(table, row)
+        if expected < 0 or stored != expected:  # -1: a value the table cannot hold
             raise ValueError(f"a row of {table} fails its checksum: {row[:3]!r}")
         yield row
 
