@@ -16,6 +16,7 @@ from exporter import ABMetrics
 from exporter.client import Client as AppClient
 from exporter.client import parts_body
 from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.ingest.records import MAX_COUNT
 from exporter.serve.server import create_app
 from exporter.serve.settings import Settings
 
@@ -265,3 +266,27 @@ async def test_the_async_client_folds_records_into_parts_too() -> None:
         assert (stats["total_queries_recorded"], stats["total_events_recorded"]) == (300, 300)
     finally:
         server.stop()
+
+
+def _full_part(i: int) -> dict[str, Any]:
+    buckets = [0] * (len(DEFAULT_BUCKETS) + 1)
+    buckets[0] = MAX_COUNT
+    return {"experiment": f"e{i}", "branch": "b", "queries": MAX_COUNT, "successes": 0,
+            "latency_sum_ms": 0.0, "latency_m2_ms2": 0.0, "latency_min_ms": 0.0,
+            "latency_max_ms": 0.0, "buckets": buckets}  # fmt: skip
+
+
+async def test_a_refused_batch_of_many_full_parts_counts_its_records_exactly(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """1025 parts of MAX_COUNT queries each: int64 n.sum() wraps (the list pass's sum()
+    does not), and the refusal's count goes into a counter, which then goes negative."""
+    metrics = ABMetrics()
+    settings = Settings(max_body_bytes=50_000_000, max_batch_records=10_000)
+    client = await aiohttp_client(create_app(metrics, settings))
+    body = {"parts": [_full_part(i) for i in range(1025)]}
+    response = await client.post("/api/v1/records", json=body)
+    assert response.status == 422, await response.text()
+    text = await (await client.get("/metrics")).text()
+    line = next(x for x in text.splitlines() if 'reason="limit_count"' in x and x[0] != "#")
+    assert int(line.rsplit(" ", 1)[1]) == 1025 * MAX_COUNT, line

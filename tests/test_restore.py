@@ -235,7 +235,7 @@ def test_a_damaged_format_3_row_is_refused_not_given_a_fresh_checksum(
         ("branches", "n", "four"),
         ("branches", "buckets", "x"),
         ("events", "total", b"\x00"),
-        ("activity", "experiment", 7),
+        ("activity", "last", "soon"),
     ],
 )
 def test_a_value_of_the_wrong_kind_fails_the_binary_checksum(
@@ -313,3 +313,52 @@ def test_a_data_directory_this_user_cannot_write(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "not writable by this user (uid 65534)" in result.stderr
     assert "Traceback" not in result.stderr and "mv " not in result.stderr
+
+
+def test_a_latency_of_minus_zero_does_not_make_the_next_start_refuse_the_file(
+    tmp_path: Path,
+) -> None:
+    """SQLite keeps no -0.0 in a REAL column (it reads back 0.0), but the checksum is
+    taken over -0.0's bits: one record of latency -0.0 (or a part's min/max of -0.0,
+    both accepted) and the next start calls the file damaged."""
+    metrics = ABMetrics()
+    store = Store(tmp_path, metrics)
+    store.open()
+    metrics.record_query("e", "b", -0.0, True)
+    store.commit()
+    store.close()
+    again = ABMetrics()
+    Store(tmp_path, again).open()  # StoreError: a row of branches fails its checksum
+    branch = again.get_branch_metrics("e", "b")
+    assert branch is not None and branch.query_count == 1
+
+
+def test_a_row_of_the_wrong_kind_is_refused_whatever_its_stored_checksum(
+    tmp_path: Path,
+) -> None:
+    """checksum() answers -1 for a value the table cannot hold; a stored crc of -1 then
+    verifies it: text in a REAL column restored as the activity time."""
+    metrics = ABMetrics()
+    store = Store(tmp_path, metrics)
+    store.open()
+    metrics.record_event("e", "b", "x", 5.0)  # an event marks its experiment written
+    store.commit()
+    store.close()
+    with sqlite3.connect(tmp_path / FILE_NAME) as connection:
+        changed = connection.execute("UPDATE activity SET last = 'nan', crc = -1").rowcount
+    assert changed == 1
+    with pytest.raises(StoreError, match=r"checksum.*mv "):
+        Store(tmp_path, ABMetrics()).open()
+
+
+def test_a_table_whose_columns_changed_stops_the_start(
+    good_file: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """A flipped bit in a column's name in the schema: rows are read with SELECT *, so
+    the file opened and restored, then every commit and stream read failed."""
+    path, _ = good_file
+    shutil.copy(path, tmp_path / FILE_NAME)
+    with sqlite3.connect(tmp_path / FILE_NAME) as connection:
+        connection.execute("ALTER TABLE otlp_streams RENAME COLUMN stream TO rtream")
+    with pytest.raises(StoreError, match=r"table otlp_streams has columns \['rtream'.*mv "):
+        Store(tmp_path, ABMetrics()).open()

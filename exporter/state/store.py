@@ -100,8 +100,9 @@ def crc(values: tuple[Any, ...]) -> int:
 
 # Rows a commit writes by the thousand: their checksums are taken over the names (UTF-8,
 # joined by \x1f), the numbers packed little-endian (int64 counts, float64 figures:
-# exact, like repr, at a tenth of the cost: repr of seven floats was 4 us a row), then
-# a blob if the row ends with one. (names, numbers, ends with a blob) per table:
+# exact, as repr was, for a fifth of the writer's cost: repr of a branch row's seven
+# floats took 4 us), then a blob if the row ends with one. (names, numbers, ends with a
+# blob) per table:
 _BINARY: dict[str, tuple[int, struct.Struct, bool]] = {
     "branches": (2, struct.Struct("<2q7d"), True),
     "events": (3, struct.Struct("<q3d"), False),
@@ -110,18 +111,25 @@ _BINARY: dict[str, tuple[int, struct.Struct, bool]] = {
 
 
 def checksum(table: str, values: tuple[Any, ...]) -> int:
-    """A row's checksum as this format stores it for `table`; -1 (which no CRC-32 is)
-    for values of kinds the table cannot hold, such as text where a count belongs."""
+    """A row's checksum as this format stores it for `table`, to check a row read back:
+    -1 (which no CRC-32 is, and which never verifies) for values of kinds the table
+    cannot hold, such as text where a count belongs."""
     layout = _BINARY.get(table)
     if layout is None:
         return crc(values)
-    names, numbers, blob = layout
     try:
-        head = "\x1f".join(values[:names]).encode("utf-8", "surrogatepass")
-        value = zlib.crc32(numbers.pack(*values[names : len(values) - blob]), zlib.crc32(head))
-        return zlib.crc32(values[-1], value) if blob else value
+        return _packed_crc(layout, values)
     except (TypeError, struct.error):
         return -1
+
+
+def _packed_crc(layout: tuple[int, struct.Struct, bool], values: tuple[Any, ...]) -> int:
+    """The writer's checksum: a value that cannot be packed raises (a bug, and the
+    commit fails in one line and is retried) rather than write a row no start accepts."""
+    names, numbers, blob = layout
+    head = "\x1f".join(values[:names]).encode("utf-8", "surrogatepass")
+    value = zlib.crc32(numbers.pack(*values[names : len(values) - blob]), zlib.crc32(head))
+    return zlib.crc32(values[-1], value) if blob else value
 
 
 def _text(values: tuple[Any, ...]) -> str:
@@ -150,15 +158,15 @@ def _branch_with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
     # min and max (+ 0.0): SQLite keeps no -0.0 in a REAL column (it reads back 0.0), so a
     # latency of -0.0 would be checksummed as a value the file cannot give back
     values = (*row[:5], row[5] + 0.0, row[6] + 0.0, *row[7:11], row[11].astype("<i8").tobytes())
-    return (*values, checksum("branches", values))
+    return (*values, _packed_crc(_BINARY["branches"], values))
 
 
 def _event_with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (*row, checksum("events", row))
+    return (*row, _packed_crc(_BINARY["events"], row))
 
 
 def _activity_with_crc(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (*row, checksum("activity", row))
+    return (*row, _packed_crc(_BINARY["activity"], row))
 
 
 class Store:
@@ -278,6 +286,8 @@ class Store:
                 connection.execute(statement)
             if version < 4 and tables:
                 _migrate_v3(connection)
+            if problem := _shape_problem(connection):
+                raise StoreError(f"{self.path} is damaged ({problem}). Move it aside: {aside}")
             connection.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
                 [
@@ -597,6 +607,24 @@ def _branch_problem(
     return None
 
 
+def _shape_problem(connection: sqlite3.Connection) -> str | None:
+    """A table whose columns are not the ones this format writes. Rows are read with
+    SELECT *, so a flipped bit in a column's name in the schema opens and restores, then
+    fails every later write: it must stop the start instead."""
+    expected = sqlite3.connect(":memory:")
+    try:
+        expected.executescript(_SCHEMA)
+        for table in ("meta", *_TABLES):
+            want = expected.execute(f"PRAGMA table_info({table})").fetchall()
+            have = connection.execute(f"PRAGMA table_info({table})").fetchall()
+            if have != want:
+                names = [c[1] for c in have], [c[1] for c in want]
+                return f"table {table} has columns {names[0]}, not {names[1]}"
+    finally:
+        expected.close()
+    return None
+
+
 def _migrate_v1(connection: sqlite3.Connection) -> None:
     """Format 1 had no checksums, no activity and no idempotency tables: add them, and
     checksum the rows as they are (their invariants are checked on the read that follows)."""
@@ -648,7 +676,7 @@ def _migrate_v3(connection: sqlite3.Connection) -> None:
         connection.executemany(
             f"UPDATE {table} SET crc = ? WHERE rowid = ?",
             [(checksum(table, tuple(row[1:-1])), row[0]) for row in rows],
-        )
+        )  # a row that cannot be packed gets -1, and the read that follows refuses it
 
 
 def _rebuilt(n: Any, total: Any, m2: Any) -> float:
