@@ -79,7 +79,8 @@ from ..core.validation import (
     name_problem,
 )
 from . import otlp_plain as plain_
-from .otlp_columns import Memo, Table, bucket_rows, bucket_table, doubtful
+from . import otlp_wire as wire
+from .otlp_columns import Memo, Table, bucket_rows, bucket_table, checked_table, doubtful
 from .otlp_view import view
 
 QUERY_METRIC: Final = "abtest.query.duration"
@@ -388,6 +389,9 @@ def _columns(
     when it may not (`_point` decides and says why), None when it has no recorded value;
     a Chunk of them all when every point passes with the same bounds. Each check here is
     `_point`'s, or stricter; nothing passes that `_point` refuses."""
+    wired = _wire_chunk(prefix, name, delta, factor, histogram, limits, now_ns)
+    if wired is not None:
+        return wired
     points = view(histogram)
     size = len(points)
     query = name == QUERY_METRIC
@@ -464,6 +468,54 @@ def _columns(
                 end[i], count[i], total[i], low[i], high[i], row, edges, factor,
             ))  # fmt: skip
     return result
+
+
+def _wire_chunk(
+    prefix: tuple[Any, ...],
+    name: str,
+    delta: bool,
+    factor: float,
+    histogram: Histogram,
+    limits: OtlpLimits,
+    now_ns: int,
+) -> Chunk | None:
+    """The usual histogram at its cheapest: points of one layout (`otlp_wire`), every one
+    of them passing `_columns`' checks; None for any other (`_columns` then decides)."""
+    columns = wire.read(histogram)
+    if columns is None:
+        return None
+    query = name == QUERY_METRIC
+    identities = _IDENTITIES.answers
+    scope = _IDENTITIES.scope((prefix, name, limits.max_name_length))
+    # None sets these keys apart from `_columns`' (scope, *attributes), all bytes
+    keys = list(zip(repeat(scope), repeat(None), columns.attributes))
+    found: list[_Identity | tuple[str, str] | None] = list(map(identities.get, keys))
+    if not all(found):
+        for i in [i for i, identity in enumerate(found) if identity is None]:
+            listed = wire.attributes(keys[i][2])
+            if listed is None:
+                return None
+            attributes = map(KeyValue.FromString, listed)
+            found[i] = identities.put(keys[i], _identity(prefix, name, attributes, limits))
+    if set(map(type, found)) != {_Identity}:
+        return None
+    shapes = _SHAPES.answers
+    shape_scope = _SHAPES.scope((name, limits.max_bounds))
+    edges, problem = _bounds_shape(shapes, shape_scope, name, query, columns.bounds, limits)
+    if problem is not None:
+        return None
+    start, end, count = columns.start, columns.end, columns.count
+    total, low, high = columns.total, columns.low, columns.high
+    if doubtful(
+        query, delta, factor, count, start, end, total, low, high, now_ns, _MAX_CLOCK_AHEAD_NS
+    ).any():
+        return None
+    table = checked_table(columns.buckets, len(edges) + 1, count)
+    if table is None:
+        return None
+    identified = cast(list[_Identity], found)
+    return Chunk(identified, query, delta, factor, edges, start, end, count, total, low, high,
+                 table)  # fmt: skip
 
 
 def _point(

@@ -57,13 +57,25 @@ def bucket_table(raw: list[bytes], width: int, count: list[int]) -> npt.NDArray[
     """All points' bucket counts as one table when every point sent `width` of them (or
     none, with width 1) and each row is believable and adds up to its count; else None
     (`bucket_rows` then says which rows do)."""
+    if not any(raw):
+        return checked_table(None, width, count)
+    if set(map(len, raw)) != {8 * width}:
+        return None
+    table = np.frombuffer(b"".join(raw), dtype="<u8").reshape(len(raw), width)
+    return checked_table(table, width, count)
+
+
+def checked_table(
+    table: npt.NDArray[np.uint64] | None, width: int, count: list[int]
+) -> npt.NDArray[np.int64] | None:
+    """`bucket_table` for counts read as one table already (None: no point sent any)."""
     if width >= _MAX_WIDTH:
         return None
-    if not any(raw) and width == 1:  # no bucket_counts and no bounds: one bucket, all
-        table = np.array(count, dtype=np.uint64).reshape(len(raw), 1)
-    elif set(map(len, raw)) == {8 * width}:
-        table = np.frombuffer(b"".join(raw), dtype="<u8").reshape(len(raw), width)
-    else:
+    if table is None:
+        if width != 1:
+            return None
+        table = np.array(count, dtype=np.uint64).reshape(len(count), 1)  # one bucket, all
+    elif table.shape[1] != width:
         return None
     if not (table <= MAX_COUNT).all():
         return None
