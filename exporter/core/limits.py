@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import contains, itemgetter
 from typing import Any, cast
 
 import numpy as np
@@ -203,10 +205,17 @@ def all_held(
     rows = list(map(ids.get, keys))
     if None in rows:
         return False
-    for key in set(keys):
-        if key[1] not in experiments.get(key[0], ()):
+    # each distinct key once, by C loops (map, itemgetter, contains): no bytecode per key
+    unique = set(keys)
+    firsts = list(map(itemgetter(0), unique))
+    branches = map(experiments.get, firsts, repeat(()))
+    if not all(map(contains, branches, map(itemgetter(1), unique))):
+        return False
+    lengths = set(map(len, unique))
+    if lengths == {3}:  # event keys: their names too
+        if not all(map(contains, map(names.get, firsts, repeat(())), map(itemgetter(2), unique))):
             return False
-        if len(key) == 3 and key[2] not in names.get(key[0], ()):
-            return False
+    elif 3 in lengths and any(k[2] not in names.get(k[0], ()) for k in unique if len(k) == 3):
+        return False
     # a negative count is refused by the part checks: never let one lower a sum here
     return min(counts) >= 0 and _counts_fit(aggregate, keys, counts, cast(list[int], rows))

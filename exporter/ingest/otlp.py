@@ -47,7 +47,7 @@ import math
 import operator
 import time
 from array import array
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise, repeat
@@ -810,10 +810,9 @@ class Streams:
         """Keep each of `states`, in order, as the most recently seen (`new`: those seen
         for the first time), at one reading of the clock: they arrived together."""
         self._seen.update(zip(states, repeat(self._clock())))
-        held, last = self._states, self._states.move_to_end
-        for key, state in states.items():
-            held[key] = state
-            last(key)
+        held = self._states
+        held.update(states)  # then each moved to the end, in order: as `put` leaves them
+        deque(map(held.move_to_end, states), maxlen=0)  # (a C loop: no bytecode per key)
         # one key at a time as `put` adds them (a dict would presize the set: another
         # iteration order, so another order of rows in the file and after a restart)
         self._changed.update(iter(states))
