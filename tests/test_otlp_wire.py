@@ -110,12 +110,13 @@ def viewed(point: Any) -> tuple[Any, ...]:
 
 def read_back(columns: otlp_wire.Columns) -> list[tuple[Any, ...]]:
     buckets = columns.buckets
+    numbers = [columns.start.tolist(), columns.end.tolist(), columns.count.tolist()]
+    doubles = [list(map(repr, c.tolist())) for c in (columns.total, columns.low, columns.high)]
     return [
-        (otlp_wire.attributes(columns.attributes[i]), columns.bounds,
-         None if buckets is None else buckets[i].astype("<u8").tobytes(), columns.start[i],
-         columns.end[i], columns.count[i], repr(columns.total[i]), repr(columns.low[i]),
-         repr(columns.high[i]))
-        for i in range(len(columns.attributes))
+        (otlp_wire.attributes(run), columns.bounds,
+         None if buckets is None else buckets[i].astype("<u8").tobytes(),
+         *(c[i] for c in numbers), *(c[i] for c in doubles))
+        for i, run in enumerate(columns.attributes)
     ]  # fmt: skip
 
 
@@ -182,7 +183,7 @@ def test_steady_points_are_read_from_the_wire() -> None:
     histogram = Histogram(data_points=points, aggregation_temporality=CUMULATIVE)
     columns = otlp_wire.read(histogram)
     assert columns is not None
-    assert columns.bounds == struct.pack("<d", 0.5) and columns.count == [3] * 5
+    assert columns.bounds == struct.pack("<d", 0.5) and columns.count.tolist() == [3] * 5
     request = export_request([Metric(name=otlp.QUERY_METRIC, unit="s", histogram=histogram)])
     with patch.object(otlp, "view", side_effect=AssertionError("viewed")):
         parsed = parse(request, LIMITS, now=NOW)

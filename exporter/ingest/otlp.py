@@ -504,18 +504,19 @@ def _wire_chunk(
     edges, problem = _bounds_shape(shapes, shape_scope, name, query, columns.bounds, limits)
     if problem is not None:
         return None
-    start, end, count = columns.start, columns.end, columns.count
-    total, low, high = columns.total, columns.low, columns.high
+    c = columns
     if doubtful(
-        query, delta, factor, count, start, end, total, low, high, now_ns, _MAX_CLOCK_AHEAD_NS
-    ).any():
+        query, delta, factor, c.count, c.start, c.end, c.total, c.low, c.high, now_ns,
+        _MAX_CLOCK_AHEAD_NS,
+    ).any():  # fmt: skip
         return None
-    table = checked_table(columns.buckets, len(edges) + 1, count)
+    table = checked_table(columns.buckets, len(edges) + 1, c.count)
     if table is None:
         return None
     identified = cast(list[_Identity], found)
-    return Chunk(identified, query, delta, factor, edges, start, end, count, total, low, high,
-                 table)  # fmt: skip
+    lists = (c.start.tolist(), c.end.tolist(), c.count.tolist(), c.total.tolist(),
+             c.low.tolist(), c.high.tolist())  # fmt: skip
+    return Chunk(identified, query, delta, factor, edges, *lists, table)
 
 
 def _point(
@@ -1237,24 +1238,24 @@ class Receiver:
         for (name, _, factor), group in pending.items():
             bounds = group.bounds
             low, high, m2, total = group.spread()
-            counts = group.count
+            numbers = group.numbers()
+            n = numbers.count
             # an OTLP point carries no sum of squares: each part adds M2 + total²/n
-            squares = m2 + np.square(total) / np.maximum(np.asarray(counts, dtype=np.float64), 1)
+            squares = m2 + np.square(total) / np.maximum(n.astype(np.float64), 1)
             if name == QUERY_METRIC:
-                n = np.asarray(counts, dtype=np.int64)
-                when = np.asarray(group.when, dtype=np.float64)
+                when = numbers.when
                 blocks.append(PartColumns(
                     cast(list[BranchKey], group.names),  # (experiment, branch)
-                    n, np.where(group.success, n, 0), total * factor, m2 * factor * factor,
+                    n, np.where(numbers.success, n, 0), total * factor, m2 * factor * factor,
                     low * factor, high * factor, when, when,
-                    self._rebinned(group.increments(), bounds, factor),
+                    self._rebinned(numbers.increments, bounds, factor),
                     squares * factor * factor,
                 ))  # fmt: skip
                 out.branch_streams.extend(group.streams)
             else:
                 events = out.events
                 events.keys.extend(cast(list[EventKey], group.names))  # (.., event)
-                events.count.extend(counts)
+                events.count.extend(n.tolist())
                 events.total.extend(total.tolist())
                 events.m2.extend(m2.tolist())
                 events.sq.extend(squares.tolist())
@@ -1326,8 +1327,22 @@ class _Shape:
     uppers: list[float]
 
 
+@dataclass(frozen=True, slots=True)
+class _Numbers:
+    """A pending group's numbers as arrays: its parts' arithmetic is done on these."""
+
+    success: npt.NDArray[np.bool_]
+    count: npt.NDArray[np.int64]
+    total: npt.NDArray[np.float64]  # NaN: not sent
+    low: npt.NDArray[np.float64]  # NaN: not sent
+    high: npt.NDArray[np.float64]
+    when: npt.NDArray[np.float64]  # end times, in unix seconds
+    increments: npt.NDArray[np.int64]  # bucket increments, one row per point
+
+
 class _Pending:
-    """Points of one shape waiting for their arithmetic, as parallel lists."""
+    """Points of one shape waiting for their arithmetic: appended one by one as parallel
+    lists, or (the plain path) all at once as arrays."""
 
     def __init__(self, bounds: tuple[float, ...], factor: float) -> None:
         self.bounds, self.factor = bounds, factor
@@ -1341,10 +1356,10 @@ class _Pending:
         self.high: list[float] = []
         self.buckets: list[list[int]] = []
         self.when: list[float] = []
-        self._increments: npt.NDArray[np.int64] | None = None
-        self._block: npt.NDArray[np.int64] | None = None  # all at once: see `extend`
+        self._numbers: _Numbers | None = None  # all at once: see `extend`
 
     def append(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
+        assert self._numbers is None  # one way or the other, never both
         self.streams.append(point.stream)
         self.names.append(point.names)
         self.success.append(point.success)
@@ -1356,31 +1371,39 @@ class _Pending:
         self.when.append(point.end / 1e9)
 
     def extend(self, chunks: list[Chunk], answer: plain_.Plain) -> None:
-        """Points whose increments `otlp_plain` took at once (`answer.kept` of them)."""
-        kept = answer.kept.tolist()
+        """Points whose increments `otlp_plain` took at once (`answer.kept` of them): their
+        numbers stay arrays, never lists of Python numbers read back into arrays."""
+        assert self._numbers is None and not self.streams
+        kept = answer.kept
         identities = _joined([c.identities for c in chunks])
-        low, high = _joined([c.low for c in chunks]), _joined([c.high for c in chunks])
-        end = _joined([c.end for c in chunks])
+        low = np.array(_joined([c.low for c in chunks]), dtype=np.float64)
+        high = np.array(_joined([c.high for c in chunks]), dtype=np.float64)
+        # (ints within int64: checked; int64 to float64 rounds as Python's int / float)
+        end = np.array(_joined([c.end for c in chunks]), dtype=np.int64)
+        success = np.fromiter(map(_SUCCESS_OF, identities), dtype=bool, count=len(identities))
         if len(kept) != len(identities):
-            identities = [identities[k] for k in kept]
-            low, high, end = [low[k] for k in kept], [high[k] for k in kept], [end[k] for k in kept]
+            identities = [identities[k] for k in kept.tolist()]
+            low, high, end, success = low[kept], high[kept], end[kept], success[kept]
         self.streams.extend(map(_STREAM_OF, identities))
         self.names.extend(map(_NAMES_OF, identities))
-        self.success.extend(map(_SUCCESS_OF, identities))
-        self.count.extend(answer.count[kept].tolist())
-        self.total.extend(answer.total[kept].tolist())
-        self.low.extend(low)
-        self.high.extend(high)
-        self.when.extend([e / 1e9 for e in end])
-        self._block = answer.buckets[kept]
+        self._numbers = _Numbers(
+            success, answer.count[kept], answer.total[kept], low, high,
+            end.astype(np.float64) / 1e9, answer.buckets[kept],
+        )  # fmt: skip
 
-    def increments(self) -> npt.NDArray[np.int64]:
-        """The bucket increments as one array (built once: spread and re-binning both use it)."""
-        if self._block is not None:
-            return self._block
-        if self._increments is None or len(self._increments) != len(self.buckets):
-            self._increments = np.array(self.buckets, dtype=np.int64)
-        return self._increments
+    def numbers(self) -> _Numbers:
+        """The group's numbers as arrays (made once from the lists, if appended)."""
+        if self._numbers is None:
+            self._numbers = _Numbers(
+                np.array(self.success, dtype=bool).reshape(len(self.success)),
+                np.array(self.count, dtype=np.int64).reshape(len(self.count)),
+                np.array(self.total, dtype=np.float64).reshape(len(self.total)),
+                np.array(self.low, dtype=np.float64).reshape(len(self.low)),
+                np.array(self.high, dtype=np.float64).reshape(len(self.high)),
+                np.array(self.when, dtype=np.float64).reshape(len(self.when)),
+                np.array(self.buckets, dtype=np.int64).reshape(len(self.buckets), -1),
+            )
+        return self._numbers
 
     def spread(
         self,
@@ -1388,9 +1411,10 @@ class _Pending:
         """(min, max, M2, sum) per point: the outer edges closed by min and max when sent,
         each bucket's values spread evenly around its midpoint (grouped data), the sum
         estimated from the midpoints when it was not sent."""
-        counts = self.increments().astype(np.float64)
+        numbers = self.numbers()
+        counts = numbers.increments.astype(np.float64)
         points = len(counts)
-        low, high = np.array(self.low), np.array(self.high)
+        low, high = numbers.low, numbers.high
         lowers = np.tile(np.array(self.shape.lowers), (points, 1))
         uppers = np.tile(np.array(self.shape.uppers), (points, 1))
         lowers[:, 0] = np.where(np.isnan(low), lowers[:, 0], low)
@@ -1398,10 +1422,10 @@ class _Pending:
         lowers[:, 0] = np.minimum(lowers[:, 0], uppers[:, 0])
         uppers[:, -1] = np.maximum(uppers[:, -1], lowers[:, -1])
         mids = (lowers + uppers) / 2.0
-        total = np.array(self.total)
+        total = numbers.total
         if np.isnan(total).any():  # (the estimate costs a pass over every bucket)
             total = np.where(np.isnan(total), (counts * mids).sum(axis=1), total)
-        mean = total / np.array(self.count, dtype=np.float64)
+        mean = total / numbers.count.astype(np.float64)
         widths = uppers - lowers
         m2 = (counts * (np.square(mids - mean[:, None]) + np.square(widths) / 12.0)).sum(axis=1)
         if np.isnan(low).any() or np.isnan(high).any():  # min or max not sent somewhere

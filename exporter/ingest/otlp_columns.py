@@ -9,6 +9,7 @@ and a doubted point is handed back to be checked on its own.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -66,7 +67,7 @@ def bucket_table(raw: list[bytes], width: int, count: list[int]) -> npt.NDArray[
 
 
 def checked_table(
-    table: npt.NDArray[np.uint64] | None, width: int, count: list[int]
+    table: npt.NDArray[np.uint64] | None, width: int, count: Sequence[int] | npt.NDArray[np.uint64]
 ) -> npt.NDArray[np.int64] | None:
     """`bucket_table` for counts read as one table already (None: no point sent any)."""
     if width >= _MAX_WIDTH:
@@ -88,12 +89,12 @@ def doubtful(
     query: bool,
     delta: bool,
     factor: float,
-    count: list[int],
-    start: list[int],
-    end: list[int],
-    total: list[float],
-    low: list[float],
-    high: list[float],
+    count: Sequence[int] | npt.NDArray[np.uint64],
+    start: Sequence[int] | npt.NDArray[np.uint64],
+    end: Sequence[int] | npt.NDArray[np.uint64],
+    total: Sequence[float] | npt.NDArray[np.float64],
+    low: Sequence[float] | npt.NDArray[np.float64],
+    high: Sequence[float] | npt.NDArray[np.float64],
     now_ns: int,
     ahead_ns: int,
 ) -> npt.NDArray[np.bool_]:

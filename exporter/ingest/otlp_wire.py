@@ -64,12 +64,12 @@ class Columns:
     attributes: list[bytes]  # each point's run of serialized attributes (see `attributes`)
     bounds: bytes  # packed explicit_bounds, the same for every point
     buckets: npt.NDArray[np.uint64] | None  # one row per point; None: none sent
-    start: list[int]
-    end: list[int]
-    count: list[int]
-    total: list[float]
-    low: list[float]
-    high: list[float]
+    start: npt.NDArray[np.uint64]
+    end: npt.NDArray[np.uint64]
+    count: npt.NDArray[np.uint64]
+    total: npt.NDArray[np.float64]
+    low: npt.NDArray[np.float64]
+    high: npt.NDArray[np.float64]
 
 
 def attributes(run: bytes) -> list[bytes] | None:
@@ -192,17 +192,17 @@ def read(histogram: Histogram) -> Columns | None:
             return None
     ends = (lengths - suffix).tolist()
     runs = cast(list[bytes], list(map(operator.getitem, points, map(slice, repeat(prefix), ends))))
-    columns: dict[str, list[Any]] = {}
+    columns: dict[str, npt.NDArray[Any]] = {}
     for table, offsets in ((heads, layout.head), (tails, layout.tail)):
         for name, offset in offsets.items():
             values = _numbers(table, offset, name in _DOUBLES)
             if name in _DOUBLES and np.isnan(values).any():
                 return None  # a sent NaN: refused, and `otlp_view` says why
-            columns[name] = values.tolist()
+            columns[name] = values
     for name in ("start", "end", "count"):
-        columns.setdefault(name, [0] * size)
+        columns.setdefault(name, np.zeros(size, dtype=np.uint64))
     for name in _DOUBLES:
-        columns.setdefault(name, [float("nan")] * size)
+        columns.setdefault(name, np.full(size, np.nan))
     bounds = b""
     if "bounds" in layout.packed:
         offset, width = layout.packed["bounds"]
