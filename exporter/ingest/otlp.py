@@ -47,7 +47,7 @@ import math
 import operator
 import time
 from array import array
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise, repeat
@@ -750,7 +750,10 @@ class Streams:
         ttl: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._states: OrderedDict[StreamKey, _Stream] = OrderedDict()
+        # least recently seen first: a state is re-inserted when its stream sends (a dict
+        # keeps insertion order, and takes a key out and back in 4x faster than an
+        # OrderedDict moves it to the end)
+        self._states: dict[StreamKey, _Stream] = {}
         self._seen: dict[StreamKey, float] = {}  # the clock when each held stream last sent
         self.max_streams = max_streams
         self.max_stored = 10 * max_streams
@@ -801,8 +804,8 @@ class Streams:
         """One state at a time: the reference `put_many` is held to (tests/test_otlp_fast)."""
         self._seen[key] = self._clock()
         states = self._states
+        states.pop(key, None)  # (re)inserted: last in the order
         states[key] = state
-        states.move_to_end(key)
         self._changed.add(key)
         self._dropped.discard(key)
         self.stored += new
@@ -812,8 +815,9 @@ class Streams:
         for the first time), at one reading of the clock: they arrived together."""
         self._seen.update(zip(states, repeat(self._clock())))
         held = self._states
-        held.update(states)  # then each moved to the end, in order: as `put` leaves them
-        deque(map(held.move_to_end, states), maxlen=0)  # (a C loop: no bytecode per key)
+        # each taken out, then all put back in order: last, as `put` leaves them (C loops)
+        deque(map(held.pop, states, repeat(None)), maxlen=0)
+        held.update(states)
         # one key at a time as `put` adds them (a dict would presize the set: another
         # iteration order, so another order of rows in the file and after a restart)
         self._changed.update(iter(states))
