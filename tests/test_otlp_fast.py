@@ -28,6 +28,7 @@ from exporter.core.limits import Limits
 from exporter.core.validation import MAX_COUNT
 from exporter.ingest import otlp
 from exporter.ingest.otlp import OtlpLimits, Received, Receiver, parse
+from exporter.ingest.otlp_state import BUCKETS
 from exporter.state.store import Store
 
 from .otlp_messages import (
@@ -315,7 +316,9 @@ def test_the_plain_path_takes_steady_exports() -> None:
         before = queries(app)
         assert recorded().total_queries_recorded == before
         # each state owns its counts: none keeps a whole request's table alive
-        assert {type(s.buckets) for s in exporter.metrics.receiver.streams.held.values()} == {bytes}
+        assert {type(s[BUCKETS]) for s in exporter.metrics.receiver.streams.held.values()} == {
+            bytes
+        }
         exporter.send(body([(s, app.point(s, "restart", 2, rng)) for s in range(STREAMS)], 0))
     assert taken == [True, True, True, False]  # a restart: point by point
     assert recorded().total_queries_recorded == before + queries(app)

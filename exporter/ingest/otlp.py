@@ -48,10 +48,10 @@ import operator
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise, repeat
-from typing import Any, Final, Literal, NamedTuple, cast
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -79,8 +79,10 @@ from ..core.validation import (
     name_problem,
 )
 from . import otlp_plain as plain_
+from . import otlp_state as state_
 from . import otlp_wire as wire
 from .otlp_columns import Memo, Table, bucket_rows, bucket_table, checked_table, doubtful
+from .otlp_state import Stream as _Stream
 from .otlp_view import view
 
 QUERY_METRIC: Final = "abtest.query.duration"
@@ -707,31 +709,7 @@ def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], .
     )
 
 
-_NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never changed
-
 # -- stream state --------------------------------------------------------------------
-
-
-class _Stream(NamedTuple):
-    """A stream's last point, never changed (a new state replaces it), so states may share
-    their arrays (the empty windows of cumulative streams). A named tuple, so that `_plain`
-    makes one per point in C (`_streams`), not through a Python __init__; `Streams` keeps
-    when each stream last sent. Its bucket counts are packed native int64 bytes (a slice
-    of a request's table costs half an array's): read them as numbers through `_counts`,
-    never by iterating the bytes. (Its `count` field hides tuple.count.)"""
-
-    start: int
-    time: int  # the latest end time seen
-    count: int  # type: ignore[assignment]  # cumulative: the last point's figures
-    total: float  # NaN: the point had no sum
-    buckets: bytes  # native int64s, packed: see `_counts`
-    bounds: tuple[float, ...]
-    windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
-
-
-def _streams(fields: Iterable[tuple[Any, ...]]) -> Iterator[_Stream]:
-    """States made from tuples of their fields, in order, with no Python call per state."""
-    return map(tuple.__new__, repeat(_Stream), fields)
 
 
 class Streams:
@@ -835,7 +813,7 @@ class Streams:
                 if seen[key] >= cutoff:
                     break
                 del states[key], seen[key]
-                self._forgotten(key, oldest.time)
+                self._forgotten(key, oldest[state_.TIME])
             return
         excess = len(states) - self.max_streams
         for key in list(states):
@@ -910,21 +888,11 @@ class StreamChanges:
         return bool(self.rows or self.gone or self.horizon is not None)
 
 
-def _counts(packed: bytes) -> memoryview:
-    """A state's packed bucket counts as the numbers they are (a view, no copy)."""
-    return memoryview(packed).cast("q")
-
-
-def _packed(counts: Iterable[int]) -> bytes:
-    """Bucket counts packed as a state holds them (native int64; OverflowError beyond)."""
-    return array("q", counts).tobytes()
-
-
 def _dump(state: _Stream) -> str:
+    start, end, count, total, buckets, bounds, windows = state
     return json.dumps(
-        [state.start, state.time, state.count,
-         None if math.isnan(state.total) else state.total, _counts(state.buckets).tolist(),
-         state.bounds, state.windows.tolist()]
+        [start, end, count, None if math.isnan(total) else total,
+         state_.counts(buckets).tolist(), bounds, windows.tolist()]
     )  # fmt: skip
 
 
@@ -953,8 +921,8 @@ def _loaded(text: str) -> _Stream:
         raise ValueError("stream buckets must add up to its count")
     if len(windows) % 2 or end < start:
         raise ValueError("stream windows must be (start, end) pairs")
-    return _Stream(
-        start, end, count, float(total), _packed(buckets), tuple(map(float, bounds)),
+    return (
+        start, end, count, float(total), state_.packed(buckets), tuple(map(float, bounds)),
         array("q", windows),
     )  # fmt: skip
 
@@ -1061,13 +1029,13 @@ class Receiver:
             chunk_keys = list(map(_STREAM_OF, chunk.identities))
             last = list(map(held.get, chunk_keys))
             # all held with these bounds (`all`, not `None in`: no __eq__ per state)
-            if not (all(last) and set(map(id, map(_BOUNDS_OF, last))) == {id(bounds)}):
+            if not (all(last) and set(map(id, map(_BOUNDS_OF_STATE, last))) == {id(bounds)}):
                 for key, state, start in zip(chunk_keys, last, chunk.start, strict=True):
                     if state is None:  # new: its point is the increment (or a baseline)
                         if streams.cold is not None or (warn is not None and start < warn):
                             return False  # it may be on disk; or the warning is due
                         fresh.append(key)
-                    elif state.bounds != bounds:
+                    elif state[state_.BOUNDS] != bounds:
                         return False
             keys.append(chunk_keys)
             lasts.append(last)
@@ -1107,9 +1075,9 @@ class Receiver:
         out.created.update(fresh)
         updates = out.updates
         for chunk, chunk_keys, bounds in zip(chunks, keys, pooled, strict=True):
-            fields = zip(chunk.start, chunk.end, chunk.count, chunk.total,
-                         _rows(chunk.buckets), repeat(bounds), repeat(_NO_WINDOWS))  # fmt: skip
-            updates.update(zip(chunk_keys, _streams(fields), strict=True))
+            states = zip(chunk.start, chunk.end, chunk.count, chunk.total, _rows(chunk.buckets),
+                         repeat(bounds), repeat(state_.NO_WINDOWS))  # fmt: skip
+            updates.update(zip(chunk_keys, states, strict=True))  # (zip's tuples: the states)
         # the pending groups in the order `_increment` would open them: by first point kept
         opened = []
         for shape, members, answer in answers:
@@ -1168,14 +1136,14 @@ class Receiver:
             )
         start, end, horizon = point.start, point.end, self.streams.horizon
         count, total, increments = point.count, point.total, point.buckets
-        windows = _NO_WINDOWS
+        windows = state_.NO_WINDOWS
         if point.delta:
             if state is None:
                 if horizon and end <= horizon:
                     return "stale_delta", "delta point older than forgotten stream state"
             else:
-                windows = state.windows
-                if start <= state.time:  # not simply the next window: a retry, or late
+                windows = state[state_.WINDOWS]
+                if start <= state[state_.TIME]:  # not simply the next window: a retry, or late
                     pairs = list(zip(windows[0::2], windows[1::2], strict=True))
                     if (start, end) in pairs:
                         out.duplicates += 1  # a retry: already counted
@@ -1202,29 +1170,35 @@ class Receiver:
                 out.uncertain += 1  # we may have forgotten this stream: only a baseline
                 count = 0
         else:
-            if end <= state.time:
+            if end <= state[state_.TIME]:
                 out.duplicates += 1  # a retry or a late point: a later one holds its counts
                 return None
-            old = _counts(state.buckets)
+            old = state_.counts(state[state_.BUCKETS])
             restarted = (
-                start != state.start
-                or point.count < state.count
-                or point.bounds != state.bounds
+                start != state[state_.START]
+                or point.count < state[state_.COUNT]
+                or point.bounds != state[state_.BOUNDS]
                 or any(map(operator.lt, point.buckets, old))  # same lengths here
             )
             if not restarted:
-                count = point.count - state.count
-                total = total - state.total
+                count = point.count - state[state_.COUNT]
+                total = total - state[state_.TOTAL]
                 increments = list(map(operator.sub, point.buckets, old))
         limit = count * MAX_LATENCY_MS / point.factor
         if point.query and count > 0 and not math.isnan(total) and not 0 <= total <= limit:
             return "invalid_value", "cumulative duration sum went down or grew too fast"
-        latest = max(end, state.time) if state is not None else end
+        latest = max(end, state[state_.TIME]) if state is not None else end
         if fresh:
             out.new_streams += 1
             out.created.add(key)
-        out.updates[key] = _Stream(
-            start, latest, point.count, point.total, _packed(point.buckets), bounds, windows
+        out.updates[key] = (
+            start,
+            latest,
+            point.count,
+            point.total,
+            state_.packed(point.buckets),
+            bounds,
+            windows,
         )
         if count <= 0:
             return None
@@ -1300,7 +1274,7 @@ class Receiver:
 
 
 def _rows(table: npt.NDArray[np.int64]) -> list[bytes]:
-    """A table's rows packed as states hold them (see `_Stream`), each bytes of its own: a
+    """A table's rows packed as states hold them (see `otlp_state`), each bytes of its own: a
     state holding a view would keep its whole request's table alive for as long as the
     stream stays silent."""
     whole, size = table.tobytes(), 8 * table.shape[1]
@@ -1308,7 +1282,7 @@ def _rows(table: npt.NDArray[np.int64]) -> list[bytes]:
 
 
 _STREAM_OF: Final = operator.attrgetter("stream")
-_BOUNDS_OF: Final = operator.attrgetter("bounds")
+_BOUNDS_OF_STATE: Final[Callable[[Any], Any]] = operator.itemgetter(state_.BOUNDS)
 _NAMES_OF: Final = operator.attrgetter("names")
 _SUCCESS_OF: Final = operator.attrgetter("success")
 
