@@ -225,6 +225,16 @@ class Chunk:
     low: list[float]  # NaN: not sent
     high: list[float]
     buckets: npt.NDArray[np.int64]  # one row per point
+    # the numbers as arrays too, by field name: as read (`otlp_wire`), or made once here
+    arrays: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+
+    def array(self, name: Literal["start", "end", "count", "total", "low", "high"]) -> Any:
+        """A column of numbers as an array (uint64 times and counts, float64 values)."""
+        found = self.arrays.get(name)
+        if found is None:
+            kind = np.float64 if name in ("total", "low", "high") else np.uint64
+            found = self.arrays[name] = np.array(getattr(self, name), dtype=kind)
+        return found
 
     def points(self) -> list[Point]:
         query, delta, factor, bounds = self.query, self.delta, self.factor, self.bounds
@@ -518,7 +528,9 @@ def _wire_chunk(
     identified = cast(list[_Identity], found)
     lists = (c.start.tolist(), c.end.tolist(), c.count.tolist(), c.total.tolist(),
              c.low.tolist(), c.high.tolist())  # fmt: skip
-    return Chunk(identified, query, delta, factor, edges, *lists, table)
+    arrays = {"start": c.start, "end": c.end, "count": c.count, "total": c.total, "low": c.low,
+              "high": c.high}  # fmt: skip
+    return Chunk(identified, query, delta, factor, edges, *lists, table, arrays)
 
 
 def _point(
@@ -1053,10 +1065,10 @@ class Receiver:
             answer = plain_.plain(
                 shape[0] == QUERY_METRIC,
                 shape[2],
-                _joined([c.start for c in parts]),
-                _joined([c.end for c in parts]),
-                _joined([c.count for c in parts]),
-                _joined([c.total for c in parts]),
+                _stacked([c.array("start") for c in parts]),
+                _stacked([c.array("end") for c in parts]),
+                _stacked([c.array("count") for c in parts]),
+                _stacked([c.array("total") for c in parts]),
                 np.concatenate([c.buckets for c in parts]) if len(parts) > 1 else parts[0].buckets,
                 _joined([lasts[j] for j in members]),
                 horizon,
@@ -1292,6 +1304,11 @@ def _joined(lists: list[list[Any]]) -> list[Any]:
     return lists[0] if len(lists) == 1 else [x for part in lists for x in part]
 
 
+def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """The arrays one after the other (the only one itself, uncopied: read only)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
 def _shape(bounds: tuple[float, ...]) -> _Shape:
     """The bucket edges (the open outer edges provisional until min/max are known)."""
     if not bounds:
@@ -1354,10 +1371,10 @@ class _Pending:
         assert self._numbers is None and not self.streams
         kept = answer.kept
         identities = _joined([c.identities for c in chunks])
-        low = np.array(_joined([c.low for c in chunks]), dtype=np.float64)
-        high = np.array(_joined([c.high for c in chunks]), dtype=np.float64)
-        # (ints within int64: checked; int64 to float64 rounds as Python's int / float)
-        end = np.array(_joined([c.end for c in chunks]), dtype=np.int64)
+        low = _stacked([c.array("low") for c in chunks])
+        high = _stacked([c.array("high") for c in chunks])
+        # (times below 2**63: checked; to float64 they round as Python's int / float does)
+        end = _stacked([c.array("end") for c in chunks])
         success = np.fromiter(map(_SUCCESS_OF, identities), dtype=bool, count=len(identities))
         if len(kept) != len(identities):
             identities = [identities[k] for k in kept.tolist()]

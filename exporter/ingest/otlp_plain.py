@@ -43,16 +43,16 @@ class Plain:
 def plain(
     query: bool,
     factor: float,
-    starts: Sequence[int],
-    ends: Sequence[int],
-    counts: Sequence[int],
-    totals: Sequence[float],
+    starts: npt.NDArray[np.uint64],
+    ends: npt.NDArray[np.uint64],
+    counts: npt.NDArray[np.uint64],
+    totals: npt.NDArray[np.float64],
     buckets: npt.NDArray[np.int64],
     last: Sequence[Any],
     horizon: int,
 ) -> Plain | None:
-    """Increments of points of one shape against `last`, each point's held state (a
-    state (`otlp_state`) with the same bounds) or None for a stream new to us: its point is the
+    """Increments of points of one shape against `last`, each point's held state (see
+    `otlp_state`; with the same bounds) or None for a stream new to us: its point is the
     increment, or only a baseline when it starts at or before the `horizon` (its
     increments are then left out: `kept` says so). None if any point is not plain."""
     width = buckets.shape[1]
