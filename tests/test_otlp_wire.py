@@ -17,6 +17,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Exemplar
 
 from exporter.ingest import otlp, otlp_wire
 from exporter.ingest.otlp import parse
+from exporter.ingest.otlp_columns import Runs
 from exporter.ingest.otlp_view import view
 
 from .otlp_messages import (
@@ -194,3 +195,14 @@ def test_a_run_that_is_not_only_attributes_is_not_taken_for_them() -> None:
     run = text("abtest.branch", "b0").SerializeToString()
     assert otlp_wire.attributes(b"\x4a" + bytes([len(run)]) + run) == [run]
     assert otlp_wire.attributes(b"\x4a" + bytes([len(run)]) + run + b"\x42\x00") is None
+
+
+def test_identities_by_run_are_bounded_and_kept_apart_by_scope() -> None:
+    runs = Runs(size=3)
+    runs.put(1, b"a", "1a")
+    runs.put(2, b"a", "2a")
+    runs.put(2, b"a", "2a again")  # replaced, not counted twice
+    assert runs.of(1) == {b"a": "1a"} and runs.of(2) == {b"a": "2a again"}
+    runs.put(1, b"b", "1b")
+    runs.put(1, b"c", "1c")  # the fourth: all cleared first
+    assert runs.of(1) == {b"c": "1c"} and runs.of(2) == {}

@@ -81,7 +81,7 @@ from ..core.validation import (
 from . import otlp_plain as plain_
 from . import otlp_state as state_
 from . import otlp_wire as wire
-from .otlp_columns import Memo, Table, bucket_rows, bucket_table, checked_table, doubtful
+from .otlp_columns import Memo, Runs, Table, bucket_rows, bucket_table, checked_table, doubtful
 from .otlp_state import Stream as _Stream
 from .otlp_view import view
 
@@ -497,18 +497,17 @@ def _wire_chunk(
     if columns is None:
         return None
     query = name == QUERY_METRIC
-    identities = _IDENTITIES.answers
     scope = _IDENTITIES.scope((prefix, name, limits.max_name_length))
-    # None sets these keys apart from `_columns`' (scope, *attributes), all bytes
-    keys = list(zip(repeat(scope), repeat(None), columns.attributes))
-    found: list[_Identity | tuple[str, str] | None] = list(map(identities.get, keys))
+    runs = columns.attributes
+    identities = _RUN_IDENTITIES.of(scope)
+    found: list[_Identity | tuple[str, str] | None] = list(map(identities.get, runs))
     if not all(found):
         for i in [i for i, identity in enumerate(found) if identity is None]:
-            listed = wire.attributes(keys[i][2])
+            listed = wire.attributes(runs[i])
             if listed is None:
                 return None
-            attributes = map(KeyValue.FromString, listed)
-            found[i] = identities.put(keys[i], _identity(prefix, name, attributes, limits))
+            identity = _identity(prefix, name, map(KeyValue.FromString, listed), limits)
+            found[i] = _RUN_IDENTITIES.put(scope, runs[i], identity)
     if set(map(type, found)) != {_Identity}:
         return None
     shapes = _SHAPES.answers
@@ -674,6 +673,7 @@ def _bounds_shape(
 
 
 _IDENTITIES: Final = Memo(size=32_768)
+_RUN_IDENTITIES: Final = Runs(size=32_768)  # the same, by the wire's attribute runs
 _SHAPES: Final = Memo(size=256)
 
 

@@ -158,3 +158,26 @@ class Memo:
                 self._scopes.clear()
             found = self._scopes[key] = next(self._numbers)
         return found
+
+
+class Runs:
+    """Answers by scope (a `Memo` scope's number) and a run of bytes, at most `size` in
+    all (cleared when full): a dict per scope, so that a look-up hashes only the run."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._held = 0
+        self._scopes: dict[int, dict[bytes, Any]] = {}
+
+    def of(self, scope: int) -> dict[bytes, Any]:
+        """The answers of a scope: read only (`put` adds to them)."""
+        return self._scopes.get(scope) or {}
+
+    def put(self, scope: int, run: bytes, value: Any) -> Any:
+        if self._held >= self.size:
+            self._scopes.clear()
+            self._held = 0
+        answers = self._scopes.setdefault(scope, {})
+        self._held += run not in answers
+        answers[run] = value
+        return value
