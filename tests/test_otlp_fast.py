@@ -1,4 +1,4 @@
-"""The column-wise OTLP paths (`otlp_plain` in `Receiver.increments`, `limits.all_held`
+"""The column-wise OTLP paths (`otlp_plain` in `Receiver.increments`, `limits.held_rows`
 in `ABMetrics._admit_parts`, batched stream puts) answer exactly as the point-by-point
 reference: the same parts, refusals, duplicates, stream states (and their order), and
 aggregate, over random exports with restarts, retries, late points, bounds changes,
@@ -136,7 +136,7 @@ def reference() -> Iterator[None]:
     """Only the point-by-point paths."""
     with (
         patch.object(Receiver, "_plain", lambda *_: False),
-        patch.object(limits, "all_held", lambda *_: False),
+        patch.object(limits, "held_rows", lambda *_: None),
         patch.object(otlp.Streams, "put_many", put_one_by_one),
     ):
         yield
