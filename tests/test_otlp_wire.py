@@ -51,12 +51,11 @@ def point(draw: Any, present: frozenset[str], width: int, odds: int) -> Histogra
         text("abtest.branch", draw(names) if odd() else draw(st.sampled_from(["b0", "b1"]))),
         text("abtest.outcome", "ok" if odd() else draw(st.sampled_from(["success", "failure"]))),
     ]
-    if odd():
-        attributes.append(
-            KeyValue(
-                key="service", value=AnyValue(int_value=draw(st.integers(-(2**63), 2**63 - 1)))
-            )
-        )
+    if odd():  # another attribute: a number, or text that may look like min and max
+        number = AnyValue(int_value=draw(st.integers(-(2**63), 2**63 - 1)))
+        mimic = "Y" + "A" * 8 + "a" + "B" * 8  # 0x59, 8 bytes, 0x61, 8 bytes
+        words = AnyValue(string_value=draw(st.sampled_from([mimic, mimic[9:], "x"])))
+        attributes.append(KeyValue(key="service", value=draw(st.sampled_from([number, words]))))
     if odd():
         attributes = attributes[: draw(st.integers(0, 2))]
     buckets = [draw(counts) % 2**64 if odd() else draw(st.integers(1, 3)) for _ in range(width)]
@@ -206,3 +205,24 @@ def test_identities_by_run_are_bounded_and_kept_apart_by_scope() -> None:
     runs.put(1, b"b", "1b")
     runs.put(1, b"c", "1c")  # the fourth: all cleared first
     assert runs.of(1) == {b"c": "1c"} and runs.of(2) == {}
+
+
+def test_an_attribute_that_mimics_min_and_max_is_not_cut_off() -> None:
+    """The run ends where the first point's min and max begin: in a point without them,
+    a string attribute whose last bytes look like them is not taken for them."""
+    names = [text("abtest.experiment", "e"), text("abtest.branch", "b"),
+             text("abtest.outcome", "success")]  # fmt: skip
+    fields: dict[str, Any] = {"start_time_unix_nano": 1, "time_unix_nano": 2, "count": 1,
+                              "sum": 0.5, "bucket_counts": [1]}  # fmt: skip
+    mimic = "Y" + "A" * 8 + "a" + "B" * 8  # 0x59 (min), 8 bytes, 0x61 (max), 8 bytes
+    points = [
+        HistogramDataPoint(attributes=names, min=0.5, max=0.5, **fields),
+        HistogramDataPoint(attributes=[*names, text("service", mimic)], **fields),
+    ]
+    assert points[1].SerializeToString().endswith(mimic.encode())
+    histogram = Histogram(data_points=points, aggregation_temporality=CUMULATIVE)
+    request = export_request([Metric(name=otlp.QUERY_METRIC, unit="s", histogram=histogram)])
+    expected = reference(request)
+    got = parse(request, LIMITS, now=NOW)
+    assert [same(p) for p in got.points] == [same(p) for p in expected.points]
+    assert len(got.points) == 2 and got.points[1].low != got.points[1].low  # min: not sent

@@ -22,7 +22,7 @@ from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Histogram
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -74,8 +74,12 @@ class Columns:
 
 def attributes(run: bytes) -> list[bytes] | None:
     """The serialized KeyValues of a point's run of attributes, None unless the run is
-    exactly a canonical run of field-9 entries (so it is what the point's attributes are)."""
-    items = list(_ATTRIBUTES.FromString(run).items)
+    exactly a canonical run of field-9 entries (so it is what the point's attributes are).
+    (A run cut short, an attribute whose text mimics the suffix, does not parse at all.)"""
+    try:
+        items = list(_ATTRIBUTES.FromString(run).items)
+    except message.DecodeError:
+        return None
     if _ATTRIBUTES(items=items).SerializeToString() != run:
         return None
     return items
