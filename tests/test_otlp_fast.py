@@ -1,10 +1,11 @@
-"""The column-wise OTLP paths (`otlp_plain` in `Receiver.increments`, `limits.held_rows`
-in `ABMetrics._admit_parts`, batched stream puts) answer exactly as the point-by-point
-reference: the same parts, refusals, duplicates, stream states (and their order), and
-aggregate, over random exports with restarts, retries, late points, bounds changes,
-refused sums, delta points, streams sent twice, stream and series limits, counts near
-MAX_COUNT, streams forgotten by their ttl, and states kept in a data file (read back
-on demand, and after a restart)."""
+"""The column-wise OTLP paths (`otlp_wire` in `parse`, `otlp_plain` in
+`Receiver.increments`, `limits.held_rows` in `ABMetrics._admit_parts` with its rows
+handed to `add_parts`, batched stream puts) answer exactly as the point-by-point
+reference (points read through the view): the same parts, refusals, duplicates, stream
+states (and their order), and aggregate, over random exports with restarts, retries,
+late points, bounds changes, refused sums, delta points, streams sent twice, stream and
+series limits, counts near MAX_COUNT, streams forgotten by their ttl, and states kept in
+a data file (read back on demand, and after a restart)."""
 
 from __future__ import annotations
 
@@ -133,8 +134,9 @@ def body(points: list[tuple[int, HistogramDataPoint]], deltas: int) -> bytes:
 
 @contextmanager
 def reference() -> Iterator[None]:
-    """Only the point-by-point paths."""
+    """Only the point-by-point paths (points read through the view, not the wire)."""
     with (
+        patch.object(otlp, "_wire_chunk", lambda *_: None),
         patch.object(Receiver, "_plain", lambda *_: False),
         patch.object(limits, "held_rows", lambda *_: None),
         patch.object(otlp.Streams, "put_many", put_one_by_one),

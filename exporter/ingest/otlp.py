@@ -1390,13 +1390,13 @@ class _Pending:
         """The group's numbers as arrays (made once from the lists, if appended)."""
         if self._numbers is None:
             self._numbers = _Numbers(
-                np.array(self.success, dtype=bool).reshape(len(self.success)),
-                np.array(self.count, dtype=np.int64).reshape(len(self.count)),
-                np.array(self.total, dtype=np.float64).reshape(len(self.total)),
-                np.array(self.low, dtype=np.float64).reshape(len(self.low)),
-                np.array(self.high, dtype=np.float64).reshape(len(self.high)),
-                np.array(self.when, dtype=np.float64).reshape(len(self.when)),
-                np.array(self.buckets, dtype=np.int64).reshape(len(self.buckets), -1),
+                np.array(self.success, dtype=bool),
+                np.array(self.count, dtype=np.int64),
+                np.array(self.total, dtype=np.float64),
+                np.array(self.low, dtype=np.float64),
+                np.array(self.high, dtype=np.float64),
+                np.array(self.when, dtype=np.float64),
+                np.array(self.buckets, dtype=np.int64),
             )
         return self._numbers
 
