@@ -401,10 +401,11 @@ def _columns(
     when it may not (`_point` decides and says why), None when it has no recorded value;
     a Chunk of them all when every point passes with the same bounds. Each check here is
     `_point`'s, or stricter; nothing passes that `_point` refuses."""
-    wired = _wire_chunk(prefix, name, delta, factor, histogram, limits, now_ns)
+    serialized = histogram.SerializeToString()  # canonical: see `otlp_view`, `otlp_wire`
+    wired = _wire_chunk(prefix, name, delta, factor, serialized, limits, now_ns)
     if wired is not None:
         return wired
-    points = view(histogram)
+    points = view(serialized)
     size = len(points)
     query = name == QUERY_METRIC
     identities, shapes = _IDENTITIES.answers, _SHAPES.answers
@@ -487,13 +488,13 @@ def _wire_chunk(
     name: str,
     delta: bool,
     factor: float,
-    histogram: Histogram,
+    serialized: bytes,
     limits: OtlpLimits,
     now_ns: int,
 ) -> Chunk | None:
     """The usual histogram at its cheapest: points of one layout (`otlp_wire`), every one
     of them passing `_columns`' checks; None for any other (`_columns` then decides)."""
-    columns = wire.read(histogram)
+    columns = wire.read(serialized)
     if columns is None:
         return None
     query = name == QUERY_METRIC

@@ -23,7 +23,6 @@ from typing import Any, Final, cast
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Histogram
 
 _F = descriptor_pb2.FieldDescriptorProto
 _PACKAGE: Final = "abtest_exporter.otlp_wire"
@@ -171,9 +170,10 @@ def _numbers(table: npt.NDArray[np.uint8], offset: int, double: bool) -> npt.NDA
     return raw.view("<f8" if double else "<u8").reshape(len(table))
 
 
-def read(histogram: Histogram) -> Columns | None:
-    """The points' fields as columns, or None unless they all have the first one's layout."""
-    points: list[bytes] = _ALL(_POINTS.FromString(histogram.SerializeToString()).items)
+def read(serialized: bytes) -> Columns | None:
+    """The fields of a histogram's points (`serialized` as its `SerializeToString` gives
+    it: canonical) as columns, or None unless they all have the first one's layout."""
+    points: list[bytes] = _ALL(_POINTS.FromString(serialized).items)
     size = len(points)
     if not size:
         return None
