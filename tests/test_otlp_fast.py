@@ -1,10 +1,11 @@
-"""The column-wise OTLP paths (`otlp_plain` in `Receiver.increments`, `limits.all_held`
-in `ABMetrics._admit_parts`, batched stream puts) answer exactly as the point-by-point
-reference: the same parts, refusals, duplicates, stream states (and their order), and
-aggregate, over random exports with restarts, retries, late points, bounds changes,
-refused sums, delta points, streams sent twice, stream and series limits, counts near
-MAX_COUNT, streams forgotten by their ttl, and states kept in a data file (read back
-on demand, and after a restart)."""
+"""The column-wise OTLP paths (`otlp_wire` in `parse`, `otlp_plain` in
+`Receiver.increments`, `limits.held_rows` in `ABMetrics._admit_parts` with its rows
+handed to `add_parts`, batched stream puts) answer exactly as the point-by-point
+reference (points read through the view): the same parts, refusals, duplicates, stream
+states (and their order), and aggregate, over random exports with restarts, retries,
+late points, bounds changes, refused sums, delta points, streams sent twice, stream and
+series limits, counts near MAX_COUNT, streams forgotten by their ttl, and states kept in
+a data file (read back on demand, and after a restart)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from exporter.core.limits import Limits
 from exporter.core.validation import MAX_COUNT
 from exporter.ingest import otlp
 from exporter.ingest.otlp import OtlpLimits, Received, Receiver, parse
+from exporter.ingest.otlp_state import BUCKETS
 from exporter.state.store import Store
 
 from .otlp_messages import (
@@ -132,10 +134,11 @@ def body(points: list[tuple[int, HistogramDataPoint]], deltas: int) -> bytes:
 
 @contextmanager
 def reference() -> Iterator[None]:
-    """Only the point-by-point paths."""
+    """Only the point-by-point paths (points read through the view, not the wire)."""
     with (
+        patch.object(otlp, "_wire_chunk", lambda *_: None),
         patch.object(Receiver, "_plain", lambda *_: False),
-        patch.object(limits, "all_held", lambda *_: False),
+        patch.object(limits, "held_rows", lambda *_: None),
         patch.object(otlp.Streams, "put_many", put_one_by_one),
     ):
         yield
@@ -315,7 +318,9 @@ def test_the_plain_path_takes_steady_exports() -> None:
         before = queries(app)
         assert recorded().total_queries_recorded == before
         # each state owns its counts: none keeps a whole request's table alive
-        assert {type(s.buckets) for s in exporter.metrics.receiver.streams.held.values()} == {bytes}
+        assert {type(s[BUCKETS]) for s in exporter.metrics.receiver.streams.held.values()} == {
+            bytes
+        }
         exporter.send(body([(s, app.point(s, "restart", 2, rng)) for s in range(STREAMS)], 0))
     assert taken == [True, True, True, False]  # a restart: point by point
     assert recorded().total_queries_recorded == before + queries(app)

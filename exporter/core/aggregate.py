@@ -763,12 +763,21 @@ class Aggregate:
         self.touch(experiments, now)
 
     def add_parts(
-        self, branches: BranchParts | PartColumns, events: EventParts, now: float | None
+        self,
+        branches: BranchParts | PartColumns,
+        events: EventParts,
+        now: float | None,
+        rows: tuple[list[int], list[int]] | None = None,
     ) -> None:
         """Apply increments; with `now`, mark their experiments written then (a restore
-        passes None: its activity times come from the file)."""
-        self.add_branch_parts(self.branch_rows(branches.keys), branches)
-        self.add_event_parts(self.event_rows(events.keys), events)
+        passes None: its activity times come from the file). `rows`: the parts' rows
+        (branches, events) when the caller has looked them all up already."""
+        branch_rows, event_rows = rows or (
+            self.branch_rows(branches.keys),
+            self.event_rows(events.keys),
+        )
+        self.add_branch_parts(branch_rows, branches)
+        self.add_event_parts(event_rows, events)
         if now is not None:
             experiments = map(itemgetter(0), itertools.chain(branches.keys, events.keys))
             self.touch(set(experiments), now)

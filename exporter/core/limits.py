@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import contains, itemgetter
 from typing import Any, cast
 
 import numpy as np
@@ -192,24 +194,33 @@ def _held_fit(
     return bool((held[unique].astype(np.int64) + added.astype(np.int64) <= MAX_COUNT).all())
 
 
-def all_held(
+def held_rows(
     aggregate: Aggregate, keys: Sequence[BranchKey] | Sequence[EventKey], counts: Sequence[int]
-) -> bool:
-    """Whether every part names a series that exists (branch, experiment and event name
-    alike) and each series stays within MAX_COUNT with all its parts: then an Admission
-    and the count check let each part in, in any order, and change nothing. One pass of
-    lookups and a few array operations: the usual case of an app's steady exports."""
+) -> list[int] | None:
+    """The rows of the series the parts name, if every part names a series that exists
+    (branch, experiment and event name alike) and each series stays within MAX_COUNT with
+    all its parts: then an Admission and the count check let each part in, in any order,
+    and change nothing (and the rows are those `Aggregate.add_parts` would look up); else
+    None. One pass of lookups and a few array operations: an app's steady exports."""
     if not keys:
-        return True
+        return []
     experiments, names = aggregate.experiments, aggregate.event_names
     ids: dict[Any, int] = _held_counts(aggregate, keys)[0].ids
     rows = list(map(ids.get, keys))
     if None in rows:
-        return False
-    for key in set(keys):
-        if key[1] not in experiments.get(key[0], ()):
-            return False
-        if len(key) == 3 and key[2] not in names.get(key[0], ()):
-            return False
+        return None
+    # each distinct key once, by C loops (map, itemgetter, contains): no bytecode per key
+    unique = set(keys)
+    firsts = list(map(itemgetter(0), unique))
+    branches = map(experiments.get, firsts, repeat(()))
+    if not all(map(contains, branches, map(itemgetter(1), unique))):
+        return None
+    lengths = set(map(len, unique))
+    if lengths == {3}:  # event keys: their names too
+        if not all(map(contains, map(names.get, firsts, repeat(())), map(itemgetter(2), unique))):
+            return None
+    elif 3 in lengths and any(k[2] not in names.get(k[0], ()) for k in unique if len(k) == 3):
+        return None
     # a negative count is refused by the part checks: never let one lower a sum here
-    return min(counts) >= 0 and _counts_fit(aggregate, keys, counts, cast(list[int], rows))
+    found = cast(list[int], rows)
+    return found if min(counts) >= 0 and _counts_fit(aggregate, keys, counts, found) else None

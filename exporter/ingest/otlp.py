@@ -47,11 +47,11 @@ import math
 import operator
 import time
 from array import array
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise, repeat
-from typing import Any, Final, Literal, NamedTuple, cast
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -79,7 +79,10 @@ from ..core.validation import (
     name_problem,
 )
 from . import otlp_plain as plain_
-from .otlp_columns import Memo, Table, bucket_rows, bucket_table, doubtful
+from . import otlp_state as state_
+from . import otlp_wire as wire
+from .otlp_columns import Memo, Runs, Table, bucket_rows, bucket_table, checked_table, doubtful
+from .otlp_state import Stream as _Stream
 from .otlp_view import view
 
 QUERY_METRIC: Final = "abtest.query.duration"
@@ -222,6 +225,16 @@ class Chunk:
     low: list[float]  # NaN: not sent
     high: list[float]
     buckets: npt.NDArray[np.int64]  # one row per point
+    # the numbers as arrays too, by field name: as read (`otlp_wire`), or made once here
+    arrays: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+
+    def array(self, name: Literal["start", "end", "count", "total", "low", "high"]) -> Any:
+        """A column of numbers as an array (uint64 times and counts, float64 values)."""
+        found = self.arrays.get(name)
+        if found is None:
+            kind = np.float64 if name in ("total", "low", "high") else np.uint64
+            found = self.arrays[name] = np.array(getattr(self, name), dtype=kind)
+        return found
 
     def points(self) -> list[Point]:
         query, delta, factor, bounds = self.query, self.delta, self.factor, self.bounds
@@ -388,7 +401,11 @@ def _columns(
     when it may not (`_point` decides and says why), None when it has no recorded value;
     a Chunk of them all when every point passes with the same bounds. Each check here is
     `_point`'s, or stricter; nothing passes that `_point` refuses."""
-    points = view(histogram)
+    serialized = histogram.SerializeToString()  # canonical: see `otlp_view`, `otlp_wire`
+    wired = _wire_chunk(prefix, name, delta, factor, serialized, limits, now_ns)
+    if wired is not None:
+        return wired
+    points = view(serialized)
     size = len(points)
     query = name == QUERY_METRIC
     identities, shapes = _IDENTITIES.answers, _SHAPES.answers
@@ -464,6 +481,56 @@ def _columns(
                 end[i], count[i], total[i], low[i], high[i], row, edges, factor,
             ))  # fmt: skip
     return result
+
+
+def _wire_chunk(
+    prefix: tuple[Any, ...],
+    name: str,
+    delta: bool,
+    factor: float,
+    serialized: bytes,
+    limits: OtlpLimits,
+    now_ns: int,
+) -> Chunk | None:
+    """The usual histogram at its cheapest: points of one layout (`otlp_wire`), every one
+    of them passing `_columns`' checks; None for any other (`_columns` then decides)."""
+    columns = wire.read(serialized)
+    if columns is None:
+        return None
+    query = name == QUERY_METRIC
+    scope = _IDENTITIES.scope((prefix, name, limits.max_name_length))
+    runs = columns.attributes
+    identities = _RUN_IDENTITIES.of(scope)
+    found: list[_Identity | tuple[str, str] | None] = list(map(identities.get, runs))
+    if not all(found):
+        for i in [i for i, identity in enumerate(found) if identity is None]:
+            listed = wire.attributes(runs[i])
+            if listed is None:
+                return None
+            identity = _identity(prefix, name, map(KeyValue.FromString, listed), limits)
+            found[i] = _RUN_IDENTITIES.put(scope, runs[i], identity)
+    if set(map(type, found)) != {_Identity}:
+        return None
+    shapes = _SHAPES.answers
+    shape_scope = _SHAPES.scope((name, limits.max_bounds))
+    edges, problem = _bounds_shape(shapes, shape_scope, name, query, columns.bounds, limits)
+    if problem is not None:
+        return None
+    c = columns
+    if doubtful(
+        query, delta, factor, c.count, c.start, c.end, c.total, c.low, c.high, now_ns,
+        _MAX_CLOCK_AHEAD_NS,
+    ).any():  # fmt: skip
+        return None
+    table = checked_table(columns.buckets, len(edges) + 1, c.count)
+    if table is None:
+        return None
+    identified = cast(list[_Identity], found)
+    lists = (c.start.tolist(), c.end.tolist(), c.count.tolist(), c.total.tolist(),
+             c.low.tolist(), c.high.tolist())  # fmt: skip
+    arrays = {"start": c.start, "end": c.end, "count": c.count, "total": c.total, "low": c.low,
+              "high": c.high}  # fmt: skip
+    return Chunk(identified, query, delta, factor, edges, *lists, table, arrays)
 
 
 def _point(
@@ -607,6 +674,7 @@ def _bounds_shape(
 
 
 _IDENTITIES: Final = Memo(size=32_768)
+_RUN_IDENTITIES: Final = Runs(size=32_768)  # the same, by the wire's attribute runs
 _SHAPES: Final = Memo(size=256)
 
 
@@ -654,31 +722,7 @@ def _attribute_key(attributes: Sequence[KeyValue]) -> tuple[tuple[str, bytes], .
     )
 
 
-_NO_WINDOWS: Final[array[int]] = array("q")  # shared: states' arrays are never changed
-
 # -- stream state --------------------------------------------------------------------
-
-
-class _Stream(NamedTuple):
-    """A stream's last point, never changed (a new state replaces it), so states may share
-    their arrays (the empty windows of cumulative streams). A named tuple, so that `_plain`
-    makes one per point in C (`_streams`), not through a Python __init__; `Streams` keeps
-    when each stream last sent. Its bucket counts are packed native int64 bytes (a slice
-    of a request's table costs half an array's): read them as numbers through `_counts`,
-    never by iterating the bytes. (Its `count` field hides tuple.count.)"""
-
-    start: int
-    time: int  # the latest end time seen
-    count: int  # type: ignore[assignment]  # cumulative: the last point's figures
-    total: float  # NaN: the point had no sum
-    buckets: bytes  # native int64s, packed: see `_counts`
-    bounds: tuple[float, ...]
-    windows: array[int]  # delta: recent windows, flat (start, end, start, end, ...)
-
-
-def _streams(fields: Iterable[tuple[Any, ...]]) -> Iterator[_Stream]:
-    """States made from tuples of their fields, in order, with no Python call per state."""
-    return map(tuple.__new__, repeat(_Stream), fields)
 
 
 class Streams:
@@ -697,7 +741,10 @@ class Streams:
         ttl: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._states: OrderedDict[StreamKey, _Stream] = OrderedDict()
+        # least recently seen first: a state is re-inserted when its stream sends (a dict
+        # keeps insertion order, and takes a key out and back in 4x faster than an
+        # OrderedDict moves it to the end)
+        self._states: dict[StreamKey, _Stream] = {}
         self._seen: dict[StreamKey, float] = {}  # the clock when each held stream last sent
         self.max_streams = max_streams
         self.max_stored = 10 * max_streams
@@ -748,8 +795,8 @@ class Streams:
         """One state at a time: the reference `put_many` is held to (tests/test_otlp_fast)."""
         self._seen[key] = self._clock()
         states = self._states
+        states.pop(key, None)  # (re)inserted: last in the order
         states[key] = state
-        states.move_to_end(key)
         self._changed.add(key)
         self._dropped.discard(key)
         self.stored += new
@@ -758,10 +805,10 @@ class Streams:
         """Keep each of `states`, in order, as the most recently seen (`new`: those seen
         for the first time), at one reading of the clock: they arrived together."""
         self._seen.update(zip(states, repeat(self._clock())))
-        held, last = self._states, self._states.move_to_end
-        for key, state in states.items():
-            held[key] = state
-            last(key)
+        held = self._states
+        # each taken out, then all put back in order: last, as `put` leaves them (C loops)
+        deque(map(held.pop, states, repeat(None)), maxlen=0)
+        held.update(states)
         # one key at a time as `put` adds them (a dict would presize the set: another
         # iteration order, so another order of rows in the file and after a restart)
         self._changed.update(iter(states))
@@ -779,7 +826,7 @@ class Streams:
                 if seen[key] >= cutoff:
                     break
                 del states[key], seen[key]
-                self._forgotten(key, oldest.time)
+                self._forgotten(key, oldest[state_.TIME])
             return
         excess = len(states) - self.max_streams
         for key in list(states):
@@ -854,21 +901,11 @@ class StreamChanges:
         return bool(self.rows or self.gone or self.horizon is not None)
 
 
-def _counts(packed: bytes) -> memoryview:
-    """A state's packed bucket counts as the numbers they are (a view, no copy)."""
-    return memoryview(packed).cast("q")
-
-
-def _packed(counts: Iterable[int]) -> bytes:
-    """Bucket counts packed as a state holds them (native int64; OverflowError beyond)."""
-    return array("q", counts).tobytes()
-
-
 def _dump(state: _Stream) -> str:
+    start, end, count, total, buckets, bounds, windows = state
     return json.dumps(
-        [state.start, state.time, state.count,
-         None if math.isnan(state.total) else state.total, _counts(state.buckets).tolist(),
-         state.bounds, state.windows.tolist()]
+        [start, end, count, None if math.isnan(total) else total,
+         state_.counts(buckets).tolist(), bounds, windows.tolist()]
     )  # fmt: skip
 
 
@@ -897,8 +934,8 @@ def _loaded(text: str) -> _Stream:
         raise ValueError("stream buckets must add up to its count")
     if len(windows) % 2 or end < start:
         raise ValueError("stream windows must be (start, end) pairs")
-    return _Stream(
-        start, end, count, float(total), _packed(buckets), tuple(map(float, bounds)),
+    return (
+        start, end, count, float(total), state_.packed(buckets), tuple(map(float, bounds)),
         array("q", windows),
     )  # fmt: skip
 
@@ -1005,13 +1042,13 @@ class Receiver:
             chunk_keys = list(map(_STREAM_OF, chunk.identities))
             last = list(map(held.get, chunk_keys))
             # all held with these bounds (`all`, not `None in`: no __eq__ per state)
-            if not (all(last) and set(map(id, map(_BOUNDS_OF, last))) == {id(bounds)}):
+            if not (all(last) and set(map(id, map(_BOUNDS_OF_STATE, last))) == {id(bounds)}):
                 for key, state, start in zip(chunk_keys, last, chunk.start, strict=True):
                     if state is None:  # new: its point is the increment (or a baseline)
                         if streams.cold is not None or (warn is not None and start < warn):
                             return False  # it may be on disk; or the warning is due
                         fresh.append(key)
-                    elif state.bounds != bounds:
+                    elif state[state_.BOUNDS] != bounds:
                         return False
             keys.append(chunk_keys)
             lasts.append(last)
@@ -1029,10 +1066,10 @@ class Receiver:
             answer = plain_.plain(
                 shape[0] == QUERY_METRIC,
                 shape[2],
-                _joined([c.start for c in parts]),
-                _joined([c.end for c in parts]),
-                _joined([c.count for c in parts]),
-                _joined([c.total for c in parts]),
+                _stacked([c.array("start") for c in parts]),
+                _stacked([c.array("end") for c in parts]),
+                _stacked([c.array("count") for c in parts]),
+                _stacked([c.array("total") for c in parts]),
                 np.concatenate([c.buckets for c in parts]) if len(parts) > 1 else parts[0].buckets,
                 _joined([lasts[j] for j in members]),
                 horizon,
@@ -1051,9 +1088,9 @@ class Receiver:
         out.created.update(fresh)
         updates = out.updates
         for chunk, chunk_keys, bounds in zip(chunks, keys, pooled, strict=True):
-            fields = zip(chunk.start, chunk.end, chunk.count, chunk.total,
-                         _rows(chunk.buckets), repeat(bounds), repeat(_NO_WINDOWS))  # fmt: skip
-            updates.update(zip(chunk_keys, _streams(fields), strict=True))
+            states = zip(chunk.start, chunk.end, chunk.count, chunk.total, _rows(chunk.buckets),
+                         repeat(bounds), repeat(state_.NO_WINDOWS))  # fmt: skip
+            updates.update(zip(chunk_keys, states, strict=True))  # (zip's tuples: the states)
         # the pending groups in the order `_increment` would open them: by first point kept
         opened = []
         for shape, members, answer in answers:
@@ -1112,14 +1149,14 @@ class Receiver:
             )
         start, end, horizon = point.start, point.end, self.streams.horizon
         count, total, increments = point.count, point.total, point.buckets
-        windows = _NO_WINDOWS
+        windows = state_.NO_WINDOWS
         if point.delta:
             if state is None:
                 if horizon and end <= horizon:
                     return "stale_delta", "delta point older than forgotten stream state"
             else:
-                windows = state.windows
-                if start <= state.time:  # not simply the next window: a retry, or late
+                windows = state[state_.WINDOWS]
+                if start <= state[state_.TIME]:  # not simply the next window: a retry, or late
                     pairs = list(zip(windows[0::2], windows[1::2], strict=True))
                     if (start, end) in pairs:
                         out.duplicates += 1  # a retry: already counted
@@ -1146,29 +1183,35 @@ class Receiver:
                 out.uncertain += 1  # we may have forgotten this stream: only a baseline
                 count = 0
         else:
-            if end <= state.time:
+            if end <= state[state_.TIME]:
                 out.duplicates += 1  # a retry or a late point: a later one holds its counts
                 return None
-            old = _counts(state.buckets)
+            old = state_.counts(state[state_.BUCKETS])
             restarted = (
-                start != state.start
-                or point.count < state.count
-                or point.bounds != state.bounds
+                start != state[state_.START]
+                or point.count < state[state_.COUNT]
+                or point.bounds != state[state_.BOUNDS]
                 or any(map(operator.lt, point.buckets, old))  # same lengths here
             )
             if not restarted:
-                count = point.count - state.count
-                total = total - state.total
+                count = point.count - state[state_.COUNT]
+                total = total - state[state_.TOTAL]
                 increments = list(map(operator.sub, point.buckets, old))
         limit = count * MAX_LATENCY_MS / point.factor
         if point.query and count > 0 and not math.isnan(total) and not 0 <= total <= limit:
             return "invalid_value", "cumulative duration sum went down or grew too fast"
-        latest = max(end, state.time) if state is not None else end
+        latest = max(end, state[state_.TIME]) if state is not None else end
         if fresh:
             out.new_streams += 1
             out.created.add(key)
-        out.updates[key] = _Stream(
-            start, latest, point.count, point.total, _packed(point.buckets), bounds, windows
+        out.updates[key] = (
+            start,
+            latest,
+            point.count,
+            point.total,
+            state_.packed(point.buckets),
+            bounds,
+            windows,
         )
         if count <= 0:
             return None
@@ -1186,24 +1229,24 @@ class Receiver:
         for (name, _, factor), group in pending.items():
             bounds = group.bounds
             low, high, m2, total = group.spread()
-            counts = group.count
+            numbers = group.numbers()
+            n = numbers.count
             # an OTLP point carries no sum of squares: each part adds M2 + total²/n
-            squares = m2 + np.square(total) / np.maximum(np.asarray(counts, dtype=np.float64), 1)
+            squares = m2 + np.square(total) / np.maximum(n.astype(np.float64), 1)
             if name == QUERY_METRIC:
-                n = np.asarray(counts, dtype=np.int64)
-                when = np.asarray(group.when, dtype=np.float64)
+                when = numbers.when
                 blocks.append(PartColumns(
                     cast(list[BranchKey], group.names),  # (experiment, branch)
-                    n, np.where(group.success, n, 0), total * factor, m2 * factor * factor,
+                    n, np.where(numbers.success, n, 0), total * factor, m2 * factor * factor,
                     low * factor, high * factor, when, when,
-                    self._rebinned(group.increments(), bounds, factor),
+                    self._rebinned(numbers.increments, bounds, factor),
                     squares * factor * factor,
                 ))  # fmt: skip
                 out.branch_streams.extend(group.streams)
             else:
                 events = out.events
                 events.keys.extend(cast(list[EventKey], group.names))  # (.., event)
-                events.count.extend(counts)
+                events.count.extend(n.tolist())
                 events.total.extend(total.tolist())
                 events.m2.extend(m2.tolist())
                 events.sq.extend(squares.tolist())
@@ -1244,7 +1287,7 @@ class Receiver:
 
 
 def _rows(table: npt.NDArray[np.int64]) -> list[bytes]:
-    """A table's rows packed as states hold them (see `_Stream`), each bytes of its own: a
+    """A table's rows packed as states hold them (see `otlp_state`), each bytes of its own: a
     state holding a view would keep its whole request's table alive for as long as the
     stream stays silent."""
     whole, size = table.tobytes(), 8 * table.shape[1]
@@ -1252,7 +1295,7 @@ def _rows(table: npt.NDArray[np.int64]) -> list[bytes]:
 
 
 _STREAM_OF: Final = operator.attrgetter("stream")
-_BOUNDS_OF: Final = operator.attrgetter("bounds")
+_BOUNDS_OF_STATE: Final[Callable[[Any], Any]] = operator.itemgetter(state_.BOUNDS)
 _NAMES_OF: Final = operator.attrgetter("names")
 _SUCCESS_OF: Final = operator.attrgetter("success")
 
@@ -1260,6 +1303,11 @@ _SUCCESS_OF: Final = operator.attrgetter("success")
 def _joined(lists: list[list[Any]]) -> list[Any]:
     """The lists one after the other (the only one itself, uncopied: read only)."""
     return lists[0] if len(lists) == 1 else [x for part in lists for x in part]
+
+
+def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """The arrays one after the other (the only one itself, uncopied: read only)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _shape(bounds: tuple[float, ...]) -> _Shape:
@@ -1275,8 +1323,22 @@ class _Shape:
     uppers: list[float]
 
 
+@dataclass(frozen=True, slots=True)
+class _Numbers:
+    """A pending group's numbers as arrays: its parts' arithmetic is done on these."""
+
+    success: npt.NDArray[np.bool_]
+    count: npt.NDArray[np.int64]
+    total: npt.NDArray[np.float64]  # NaN: not sent
+    low: npt.NDArray[np.float64]  # NaN: not sent
+    high: npt.NDArray[np.float64]
+    when: npt.NDArray[np.float64]  # end times, in unix seconds
+    increments: npt.NDArray[np.int64]  # bucket increments, one row per point
+
+
 class _Pending:
-    """Points of one shape waiting for their arithmetic, as parallel lists."""
+    """Points of one shape waiting for their arithmetic: appended one by one as parallel
+    lists, or (the plain path) all at once as arrays."""
 
     def __init__(self, bounds: tuple[float, ...], factor: float) -> None:
         self.bounds, self.factor = bounds, factor
@@ -1290,10 +1352,10 @@ class _Pending:
         self.high: list[float] = []
         self.buckets: list[list[int]] = []
         self.when: list[float] = []
-        self._increments: npt.NDArray[np.int64] | None = None
-        self._block: npt.NDArray[np.int64] | None = None  # all at once: see `extend`
+        self._numbers: _Numbers | None = None  # all at once: see `extend`
 
     def append(self, point: Point, count: int, total: float, buckets: list[int]) -> None:
+        assert self._numbers is None  # one way or the other, never both
         self.streams.append(point.stream)
         self.names.append(point.names)
         self.success.append(point.success)
@@ -1305,31 +1367,39 @@ class _Pending:
         self.when.append(point.end / 1e9)
 
     def extend(self, chunks: list[Chunk], answer: plain_.Plain) -> None:
-        """Points whose increments `otlp_plain` took at once (`answer.kept` of them)."""
-        kept = answer.kept.tolist()
+        """Points whose increments `otlp_plain` took at once (`answer.kept` of them): their
+        numbers stay arrays, never lists of Python numbers read back into arrays."""
+        assert self._numbers is None and not self.streams
+        kept = answer.kept
         identities = _joined([c.identities for c in chunks])
-        low, high = _joined([c.low for c in chunks]), _joined([c.high for c in chunks])
-        end = _joined([c.end for c in chunks])
+        low = _stacked([c.array("low") for c in chunks])
+        high = _stacked([c.array("high") for c in chunks])
+        # (times below 2**63: checked; to float64 they round as Python's int / float does)
+        end = _stacked([c.array("end") for c in chunks])
+        success = np.fromiter(map(_SUCCESS_OF, identities), dtype=bool, count=len(identities))
         if len(kept) != len(identities):
-            identities = [identities[k] for k in kept]
-            low, high, end = [low[k] for k in kept], [high[k] for k in kept], [end[k] for k in kept]
+            identities = [identities[k] for k in kept.tolist()]
+            low, high, end, success = low[kept], high[kept], end[kept], success[kept]
         self.streams.extend(map(_STREAM_OF, identities))
         self.names.extend(map(_NAMES_OF, identities))
-        self.success.extend(map(_SUCCESS_OF, identities))
-        self.count.extend(answer.count[kept].tolist())
-        self.total.extend(answer.total[kept].tolist())
-        self.low.extend(low)
-        self.high.extend(high)
-        self.when.extend([e / 1e9 for e in end])
-        self._block = answer.buckets[kept]
+        self._numbers = _Numbers(
+            success, answer.count[kept], answer.total[kept], low, high,
+            end.astype(np.float64) / 1e9, answer.buckets[kept],
+        )  # fmt: skip
 
-    def increments(self) -> npt.NDArray[np.int64]:
-        """The bucket increments as one array (built once: spread and re-binning both use it)."""
-        if self._block is not None:
-            return self._block
-        if self._increments is None or len(self._increments) != len(self.buckets):
-            self._increments = np.array(self.buckets, dtype=np.int64)
-        return self._increments
+    def numbers(self) -> _Numbers:
+        """The group's numbers as arrays (made once from the lists, if appended)."""
+        if self._numbers is None:
+            self._numbers = _Numbers(
+                np.array(self.success, dtype=bool),
+                np.array(self.count, dtype=np.int64),
+                np.array(self.total, dtype=np.float64),
+                np.array(self.low, dtype=np.float64),
+                np.array(self.high, dtype=np.float64),
+                np.array(self.when, dtype=np.float64),
+                np.array(self.buckets, dtype=np.int64),
+            )
+        return self._numbers
 
     def spread(
         self,
@@ -1337,9 +1407,10 @@ class _Pending:
         """(min, max, M2, sum) per point: the outer edges closed by min and max when sent,
         each bucket's values spread evenly around its midpoint (grouped data), the sum
         estimated from the midpoints when it was not sent."""
-        counts = self.increments().astype(np.float64)
+        numbers = self.numbers()
+        counts = numbers.increments.astype(np.float64)
         points = len(counts)
-        low, high = np.array(self.low), np.array(self.high)
+        low, high = numbers.low, numbers.high
         lowers = np.tile(np.array(self.shape.lowers), (points, 1))
         uppers = np.tile(np.array(self.shape.uppers), (points, 1))
         lowers[:, 0] = np.where(np.isnan(low), lowers[:, 0], low)
@@ -1347,10 +1418,10 @@ class _Pending:
         lowers[:, 0] = np.minimum(lowers[:, 0], uppers[:, 0])
         uppers[:, -1] = np.maximum(uppers[:, -1], lowers[:, -1])
         mids = (lowers + uppers) / 2.0
-        total = np.array(self.total)
+        total = numbers.total
         if np.isnan(total).any():  # (the estimate costs a pass over every bucket)
             total = np.where(np.isnan(total), (counts * mids).sum(axis=1), total)
-        mean = total / np.array(self.count, dtype=np.float64)
+        mean = total / numbers.count.astype(np.float64)
         widths = uppers - lowers
         m2 = (counts * (np.square(mids - mean[:, None]) + np.square(widths) / 12.0)).sum(axis=1)
         if np.isnan(low).any() or np.isnan(high).any():  # min or max not sent somewhere

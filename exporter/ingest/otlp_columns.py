@@ -9,6 +9,7 @@ and a doubted point is handed back to be checked on its own.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -57,13 +58,25 @@ def bucket_table(raw: list[bytes], width: int, count: list[int]) -> npt.NDArray[
     """All points' bucket counts as one table when every point sent `width` of them (or
     none, with width 1) and each row is believable and adds up to its count; else None
     (`bucket_rows` then says which rows do)."""
+    if not any(raw):
+        return checked_table(None, width, count)
+    if set(map(len, raw)) != {8 * width}:
+        return None
+    table = np.frombuffer(b"".join(raw), dtype="<u8").reshape(len(raw), width)
+    return checked_table(table, width, count)
+
+
+def checked_table(
+    table: npt.NDArray[np.uint64] | None, width: int, count: Sequence[int] | npt.NDArray[np.uint64]
+) -> npt.NDArray[np.int64] | None:
+    """`bucket_table` for counts read as one table already (None: no point sent any)."""
     if width >= _MAX_WIDTH:
         return None
-    if not any(raw) and width == 1:  # no bucket_counts and no bounds: one bucket, all
-        table = np.array(count, dtype=np.uint64).reshape(len(raw), 1)
-    elif set(map(len, raw)) == {8 * width}:
-        table = np.frombuffer(b"".join(raw), dtype="<u8").reshape(len(raw), width)
-    else:
+    if table is None:
+        if width != 1:
+            return None
+        table = np.array(count, dtype=np.uint64).reshape(len(count), 1)  # one bucket, all
+    elif table.shape[1] != width:
         return None
     if not (table <= MAX_COUNT).all():
         return None
@@ -76,12 +89,12 @@ def doubtful(
     query: bool,
     delta: bool,
     factor: float,
-    count: list[int],
-    start: list[int],
-    end: list[int],
-    total: list[float],
-    low: list[float],
-    high: list[float],
+    count: Sequence[int] | npt.NDArray[np.uint64],
+    start: Sequence[int] | npt.NDArray[np.uint64],
+    end: Sequence[int] | npt.NDArray[np.uint64],
+    total: Sequence[float] | npt.NDArray[np.float64],
+    low: Sequence[float] | npt.NDArray[np.float64],
+    high: Sequence[float] | npt.NDArray[np.float64],
     now_ns: int,
     ahead_ns: int,
 ) -> npt.NDArray[np.bool_]:
@@ -145,3 +158,26 @@ class Memo:
                 self._scopes.clear()
             found = self._scopes[key] = next(self._numbers)
         return found
+
+
+class Runs:
+    """Answers by scope (a `Memo` scope's number) and a run of bytes, at most `size` in
+    all (cleared when full): a dict per scope, so that a look-up hashes only the run."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._held = 0
+        self._scopes: dict[int, dict[bytes, Any]] = {}
+
+    def of(self, scope: int) -> dict[bytes, Any]:
+        """The answers of a scope: read only (`put` adds to them)."""
+        return self._scopes.get(scope) or {}
+
+    def put(self, scope: int, run: bytes, value: Any) -> Any:
+        if self._held >= self.size:
+            self._scopes.clear()
+            self._held = 0
+        answers = self._scopes.setdefault(scope, {})
+        self._held += run not in answers
+        answers[run] = value
+        return value

@@ -20,21 +20,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ..core.validation import MAX_LATENCY_MS
+from . import otlp_state as state_
 
-
-@dataclass(frozen=True, slots=True)
-class _Nothing:
-    """What a new stream's increment is taken against: nothing yet."""
-
-    start: int = 0
-    time: int = 0
-    count: int = 0
-    total: float = 0.0
-
-
-_NONE: Final = _Nothing()
+# what a new stream's increment is taken against: nothing yet
+_NONE: Final[state_.Stream] = (0, 0, 0, 0.0, b"", (), state_.NO_WINDOWS)
 _START, _TIME, _COUNT, _TOTAL, _BUCKETS = map(
-    operator.attrgetter, ("start", "time", "count", "total", "buckets")
+    operator.itemgetter, (state_.START, state_.TIME, state_.COUNT, state_.TOTAL, state_.BUCKETS)
 )
 
 
@@ -52,16 +43,16 @@ class Plain:
 def plain(
     query: bool,
     factor: float,
-    starts: Sequence[int],
-    ends: Sequence[int],
-    counts: Sequence[int],
-    totals: Sequence[float],
+    starts: npt.NDArray[np.uint64],
+    ends: npt.NDArray[np.uint64],
+    counts: npt.NDArray[np.uint64],
+    totals: npt.NDArray[np.float64],
     buckets: npt.NDArray[np.int64],
     last: Sequence[Any],
     horizon: int,
 ) -> Plain | None:
-    """Increments of points of one shape against `last`, each point's held state (a
-    `_Stream` with the same bounds) or None for a stream new to us: its point is the
+    """Increments of points of one shape against `last`, each point's held state (see
+    `otlp_state`; with the same bounds) or None for a stream new to us: its point is the
     increment, or only a baseline when it starts at or before the `horizon` (its
     increments are then left out: `kept` says so). None if any point is not plain."""
     width = buckets.shape[1]
@@ -89,7 +80,7 @@ def plain(
     old_rows = (
         list(map(_BUCKETS, held))
         if held is last
-        else [zero if s is None else s.buckets for s in last]
+        else [zero if s is None else s[state_.BUCKETS] for s in last]
     )
     old_buckets = np.frombuffer(b"".join(old_rows), dtype=np.int64).reshape(len(last), width)
     new_buckets = buckets

@@ -5,8 +5,9 @@ Reading a point field by field through the protobuf runtime costs a call per num
 cost. This view reads the same bytes with a schema in which the packed
 `bucket_counts` and `explicit_bounds` are plain bytes (one read, then numpy) and each
 attribute is its serialized `KeyValue` (an identity to look up, parsed only when new).
-The histogram is re-serialized before it is viewed, so repeated numbers sent unpacked
-arrive packed: the view sees exactly what the message holds.
+The histogram is re-serialized before it is viewed (`otlp._columns` does it once for
+this and `otlp_wire`), so repeated numbers sent unpacked arrive packed: the view sees
+exactly what the message holds.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _schema() -> Any:
 _VIEW: Final = _schema()
 
 
-def view(histogram: Histogram) -> Any:
-    """The histogram's points as view messages (same order, same values)."""
-    return _VIEW.FromString(histogram.SerializeToString()).data_points
+def view(serialized: bytes) -> Any:
+    """The points of a histogram (as its `SerializeToString` gives it) as view messages
+    (same order, same values)."""
+    return _VIEW.FromString(serialized).data_points

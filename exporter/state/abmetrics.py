@@ -294,9 +294,11 @@ class ABMetrics:
         with self._lock:
             self._fold_locked()
             if check_limits:
-                kept_b, kept_e = self._admit_parts(branches, events, refused)
+                kept_b, kept_e, rows = self._admit_parts(branches, events, refused)
                 branches, events = branches.select(kept_b), events.select(kept_e)
-            self._aggregate.add_parts(branches, events, self._clock())
+            else:
+                rows = None
+            self._aggregate.add_parts(branches, events, self._clock(), rows)
             return self._aggregate.version, refused
 
     def record_otlp(
@@ -315,7 +317,7 @@ class ABMetrics:
             received = self.receiver.increments(parsed)
             branches, events = received.branches, received.events
             over: Counter[str] = Counter()
-            kept_b, kept_e = self._admit_parts(branches, events, over)
+            kept_b, kept_e, rows = self._admit_parts(branches, events, over)
             received.refused.records.update(over)
             for reason in over:
                 received.refused.messages.append(f"{reason.replace('_', ' ')}: points refused")
@@ -326,6 +328,7 @@ class ABMetrics:
                 for stream in _left_out(streams, kept)
             }  # fmt: skip
             if refused_streams:  # every part of a refused stream goes, with its state
+                rows = None  # (never found: nothing is left out when all parts are held)
                 also = [i for i in kept_b if received.branch_streams[i] in refused_streams]
                 also_e = [i for i in kept_e if received.event_streams[i] in refused_streams]
                 kept_b = [i for i in kept_b if received.branch_streams[i] not in refused_streams]
@@ -336,7 +339,7 @@ class ABMetrics:
                 refused_points = len(branches.keys) + len(events.keys) - len(kept_b) - len(kept_e)
                 received.refused.points += refused_points
             received.branches, received.events = branches.select(kept_b), events.select(kept_e)
-            self._aggregate.add_parts(received.branches, received.events, self._clock())
+            self._aggregate.add_parts(received.branches, received.events, self._clock(), rows)
             self.receiver.commit(received, refused_streams)
             self._aggregate.bump()  # stream states changed even if no count did
             return self._written(once, respond(received) if respond else None), received
@@ -356,15 +359,19 @@ class ABMetrics:
 
     def _admit_parts(
         self, branches: BranchParts | PartColumns, events: EventParts, refused: Counter[str]
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], list[int], tuple[list[int], list[int]] | None]:
         """Indices of the parts whose series exist or fit the limits, and whose counts stay
-        below MAX_COUNT; the rest counted in records by reason."""
+        below MAX_COUNT; the rest counted in records by reason. When every part is let in
+        because its series is held, also the parts' rows (branches, events): `add_parts`
+        need not look them up again."""
         aggregate = self._aggregate
         counts = branches.n if isinstance(branches.n, list) else branches.n.tolist()  # ints
-        if limits.all_held(aggregate, branches.keys, counts) and limits.all_held(
-            aggregate, events.keys, events.count
-        ):
-            return list(range(len(branches.keys))), list(range(len(events.keys)))
+        rows = limits.held_rows(aggregate, branches.keys, counts)
+        if rows is not None:
+            event_rows = limits.held_rows(aggregate, events.keys, events.count)
+            if event_rows is not None:
+                every = list(range(len(branches.keys))), list(range(len(events.keys)))
+                return *every, (rows, event_rows)
         admission = limits.Admission(aggregate, self.limits)
         held = aggregate.held
 
@@ -387,6 +394,7 @@ class ABMetrics:
         return (
             admitted(branches.keys, counts, admission.branch),
             admitted(events.keys, events.count, admission.event),
+            None,
         )
 
     def now(self) -> float:
