@@ -821,10 +821,15 @@ class Streams:
         from memory (they are on disk)."""
         states, seen, cutoff = self._states, self._seen, self._clock() - self.ttl
         if self.cold is None:
-            while states:
-                key, oldest = next(iter(states.items()))
+            # the silent ones found in one pass, then deleted: a dict has no cheap first
+            # item once items before it were deleted (`next(iter(...))` after each delete
+            # would skip every one deleted before it: quadratic)
+            gone = []
+            for key, oldest in states.items():
                 if seen[key] >= cutoff:
                     break
+                gone.append((key, oldest))
+            for key, oldest in gone:
                 del states[key], seen[key]
                 self._forgotten(key, oldest[state_.TIME])
             return
