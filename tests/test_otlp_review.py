@@ -35,3 +35,44 @@ def test_expire_forgets_only_the_silent_ones_oldest_first() -> None:
     now[0] = 85.0  # cutoff 25: b (10) and c (20) silent, a (30) not
     streams.expire()
     assert list(streams.held) == [b"a"] and streams.horizon == 12 and streams.evicted == 2
+
+
+def test_a_large_attribute_is_not_remembered_per_point() -> None:
+    """The identity memos (by attribute run for the wire, by KeyValues for the view) are
+    bounded in entries (32k), not bytes: a point with a 100 kB attribute per request kept
+    ~100 kB (~200 kB when its identity is refused: both memos) per request, up to 32k of
+    them (3-6 GB)."""
+    from exporter.ingest import otlp
+    from exporter.ingest.otlp import parse
+
+    from .otlp_messages import (
+        CUMULATIVE,
+        ExportMetricsServiceRequest,
+        Histogram,
+        HistogramDataPoint,
+        Metric,
+        export_request,
+        text,
+    )
+    from .test_otlp_columns import LIMITS, NOW
+
+    def request(i: int, branch: str) -> ExportMetricsServiceRequest:
+        names = [
+            text("abtest.experiment", "e"),
+            text("abtest.branch", branch),
+            text("abtest.outcome", "success"),
+            text("service", f"{i}" + "x" * 100_000),
+        ]
+        point = HistogramDataPoint(attributes=names, start_time_unix_nano=1, time_unix_nano=2,
+                                   count=1, sum=0.5, bucket_counts=[1])  # fmt: skip
+        histogram = Histogram(data_points=[point], aggregation_temporality=CUMULATIVE)
+        return export_request([Metric(name=otlp.QUERY_METRIC, unit="s", histogram=histogram)])
+
+    otlp._RUN_IDENTITIES._scopes.clear()
+    otlp._RUN_IDENTITIES._held = 0
+    otlp._IDENTITIES.answers.clear()
+    for i in range(20):
+        assert len(parse(request(i, "b"), LIMITS, now=NOW).points) == 1  # taken
+        assert not parse(request(i, "b" * 40), LIMITS, now=NOW).points  # refused: too long
+    held = sum(map(len, otlp._RUN_IDENTITIES._scopes.values())) + len(otlp._IDENTITIES.answers)
+    assert held == 0

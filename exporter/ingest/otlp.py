@@ -428,7 +428,10 @@ def _columns(
     if not all(found):  # (`None in` would call each identity's dataclass __eq__)
         for i in [i for i, identity in enumerate(found) if identity is None]:
             attributes = map(KeyValue.FromString, keys[i][1:])
-            found[i] = identities.put(keys[i], _identity(prefix, name, attributes, limits))
+            answer = _identity(prefix, name, attributes, limits)
+            # remembered only when small: the memo is bounded in entries, not in bytes
+            small = sum(map(len, keys[i][1:])) <= _MEMO_MAX_BYTES
+            found[i] = identities.put(keys[i], answer) if small else cast(Any, answer)
     uniform = packed_bounds.count(packed_bounds[0]) == size
     if uniform:  # one bounds: one lookup
         shape = _bounds_shape(shapes, shape_scope, name, query, packed_bounds[0], limits)
@@ -508,7 +511,8 @@ def _wire_chunk(
             if listed is None:
                 return None
             identity = _identity(prefix, name, map(KeyValue.FromString, listed), limits)
-            found[i] = _RUN_IDENTITIES.put(scope, runs[i], identity)
+            small = len(runs[i]) <= _MEMO_MAX_BYTES  # (as in `_columns`)
+            found[i] = _RUN_IDENTITIES.put(scope, runs[i], identity) if small else identity
     if set(map(type, found)) != {_Identity}:
         return None
     shapes = _SHAPES.answers
@@ -674,6 +678,9 @@ def _bounds_shape(
 
 
 _IDENTITIES: Final = Memo(size=32_768)
+# attributes remembered only up to this many bytes a point: the memos count entries, so
+# a client sending a large attribute per point would otherwise pin 32k copies of it
+_MEMO_MAX_BYTES: Final = 4096
 _RUN_IDENTITIES: Final = Runs(size=32_768)  # the same, by the wire's attribute runs
 _SHAPES: Final = Memo(size=256)
 
