@@ -172,7 +172,10 @@ def _numbers(table: npt.NDArray[np.uint8], offset: int, double: bool) -> npt.NDA
 
 def read(serialized: bytes) -> Columns | None:
     """The fields of a histogram's points (`serialized` as its `SerializeToString` gives
-    it: canonical) as columns, or None unless they all have the first one's layout."""
+    it: canonical) as columns, or None unless they all have the first one's layout
+    outside their attribute runs. A run is returned as its bytes, unchecked: the caller
+    takes a point only if `attributes` finds its run to be attributes and nothing else
+    (flags, exemplars or unknown fields there would make it None)."""
     points: list[bytes] = _ALL(_POINTS.FromString(serialized).items)
     size = len(points)
     if not size:
