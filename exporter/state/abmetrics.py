@@ -17,13 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from ..core import limits
 from ..core.aggregate import (
     DEFAULT_BUCKETS,
-    FEW,
     Aggregate,
     BranchKey,
     BranchParts,
@@ -62,6 +58,7 @@ from ..core.validation import (
 from ..ingest.otlp import Parsed, Received, Receiver, StreamChanges, StreamFigures, StreamKey
 from ..stats.analysis import Analyses, analyse
 from ..stats.pairwise import BranchComparison, compare
+from . import pending
 
 Clock = Callable[[], float]
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "last")
@@ -471,10 +468,10 @@ class ABMetrics:
         """Fold the pending records in, column by column (records whose series was
         cleared meanwhile find no row and are dropped)."""
         if self._queries:
-            rows, columns = _drain(self._aggregate.branches, self._queries, _QUERY_COLUMNS)
+            rows, columns = pending.drain(self._aggregate.branches, self._queries, pending.QUERIES)
             self._aggregate.add_queries(rows, *columns)
         if self._events:
-            rows, columns = _drain(self._aggregate.events, self._events, _EVENT_COLUMNS)
+            rows, columns = pending.drain(self._aggregate.events, self._events, pending.EVENTS)
             self._aggregate.add_events(rows, *columns)
 
     # -- configuration ------------------------------------------------------
@@ -776,47 +773,6 @@ class Restored:
     horizon: int
     keys: list[tuple[str, str]]
     stored_streams: int  # stream states in the file (only the recent ones in `streams`)
-
-
-def _drain(
-    table: Table[Any], pending: list[Any], dtypes: tuple[type[Any], ...]
-) -> tuple[npt.NDArray[np.intp], list[Any]]:
-    """Take what is pending now, as rows and typed columns (plain lists when few),
-    leaving out the records whose series is gone (cleared after they were checked).
-    Each record came in one atomic extend, so the length is whole records; records
-    appended meanwhile land after it, and deleting the prefix read leaves them."""
-    width = len(dtypes) + 1
-    end = len(pending)
-    size = end // width
-    rows = table.live(np.fromiter(pending[0:end:width], np.int64, size))
-    if size <= FEW:  # the small-batch folds take plain Python numbers
-        plain = [pending[k:end:width] for k in range(1, width)]
-        del pending[:end]
-        if rows.min() >= 0:
-            return rows, plain
-        live = np.flatnonzero(rows >= 0).tolist()
-        return rows[live], [[column[i] for i in live] for column in plain]
-    columns = [_typed(pending[k:end:width], dtype, size) for k, dtype in enumerate(dtypes, 1)]
-    del pending[:end]
-    if rows.min() >= 0:
-        return rows, columns
-    held = rows >= 0
-    rows, columns = rows[held], [column[held] for column in columns]
-    if len(rows) <= FEW:  # few left: the small-batch folds take plain Python numbers
-        return rows, [column.tolist() for column in columns]
-    return rows, columns
-
-
-def _typed(column: list[Any], dtype: type[Any], size: int) -> npt.NDArray[Any]:
-    # bools are the ints 0 and 1: bytes() packs them three times faster than fromiter
-    if dtype is np.bool_:
-        return np.frombuffer(bytes(column), np.bool_)
-    return np.fromiter(column, dtype, size)
-
-
-# the pending columns after the code, as folded: latency, success, time; value, time
-_QUERY_COLUMNS = (np.float64, np.bool_, np.float64)
-_EVENT_COLUMNS = (np.float64, np.float64)
 
 
 def _checked_query(latency_ms: object, success: object) -> float:
