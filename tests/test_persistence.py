@@ -203,11 +203,9 @@ def test_the_store_file_is_sqlite_in_wal_mode(tmp_path: Path) -> None:
         store.close()
 
 
-async def test_a_commit_gathers_the_writes_still_under_way(tmp_path: Path) -> None:
-    metrics = ABMetrics()
-    store = Store(tmp_path, metrics)
-    store.open()
-    store.commit_delay = 60.0  # only the writes under way may hold a commit back
+async def _one_commit_serves_the_write_under_way(metrics: ABMetrics, store: Store) -> None:
+    """With another write under way, the first write's commit waits; once the second is
+    applied and nothing is under way, one commit serves both."""
     under_way = threading.Event()
     under_way.set()
     store.busy = under_way.is_set
@@ -224,6 +222,14 @@ async def test_a_commit_gathers_the_writes_still_under_way(tmp_path: Path) -> No
         assert store.stats.commits == 1  # one commit served both
     finally:
         store.close()
+
+
+async def test_a_commit_gathers_the_writes_still_under_way(tmp_path: Path) -> None:
+    metrics = ABMetrics()
+    store = Store(tmp_path, metrics)
+    store.open()
+    store.commit_delay = 60.0  # only the writes under way may hold a commit back
+    await _one_commit_serves_the_write_under_way(metrics, store)
     restored = ABMetrics()
     Store(tmp_path, restored).open()
     assert restored.stats().total_queries_recorded == 2
@@ -233,30 +239,16 @@ async def test_after_a_slow_commit_the_writes_under_way_join_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A commit that took long saves that long if the writes being applied join the next
-    one: after `commit_delay`, it waits while they are under way (for at most as long as
-    the last commit took) instead of committing each on its own."""
+    one: after `commit_delay` (here 300 times shorter than the wait), it waits while they
+    are under way, for at most as long as the last commit took, instead of committing
+    each on its own."""
     monkeypatch.setattr(store_module, "_GATHER_MOST", 60.0)
     metrics = ABMetrics()
     store = Store(tmp_path, metrics)
     store.open()
     store.commit_delay = 0.001
     store.stats.last_seconds = 60.0  # as if the last commit had been slow
-    under_way = threading.Event()
-    under_way.set()
-    store.busy = under_way.is_set
-    store.start()
-    try:
-        metrics.record_query("e", "control", 5.0, True)
-        first = asyncio.create_task(store.durable(metrics.settled_version(), 60))
-        await asyncio.sleep(0.3)  # 300 times commit_delay
-        assert not first.done() and store.stats.commits == 0  # waiting for the other write
-        metrics.record_query("e", "treatment", 7.0, False)
-        second = asyncio.create_task(store.durable(metrics.settled_version(), 60))
-        under_way.clear()
-        assert await asyncio.wait_for(first, 30) and await asyncio.wait_for(second, 30)
-        assert store.stats.commits == 1  # one commit served both
-    finally:
-        store.close()
+    await _one_commit_serves_the_write_under_way(metrics, store)
 
 
 async def test_a_lone_write_is_committed_without_waiting_out_the_delay(tmp_path: Path) -> None:
