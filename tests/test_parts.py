@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from exporter.serve.server import create_app
 from exporter.serve.settings import Settings
 
 from .conftest import Client, FakeClock
-from .helpers import Exporter
+from .helpers import Exporter, http
 
 Record = tuple[Any, ...]
 
@@ -290,3 +291,45 @@ async def test_a_refused_batch_of_many_full_parts_counts_its_records_exactly(
     text = await (await client.get("/metrics")).text()
     line = next(x for x in text.splitlines() if 'reason="limit_count"' in x and x[0] != "#")
     assert int(line.rsplit(" ", 1)[1]) == 1025 * MAX_COUNT, line
+
+
+def test_parts_acknowledged_before_a_kill_survive_it_and_a_retry_is_not_applied_twice(
+    tmp_path: Path,
+) -> None:
+    """The column path through the data file: parts over 40 series (one with a minimum
+    of -0.0, which SQLite gives back as 0.0), acknowledged, then kill -9. The restart
+    restores every figure, and the last request retried under its key is not applied
+    again."""
+    flushes = [
+        [("q", f"exp-{i % 10}", f"b{i % 4}", float((i * 37 + k) % 900), i % 7 != 0)
+         for i in range(400)]
+        for k in range(5)
+    ]  # fmt: skip
+    bodies = [json.loads(parts_body(flush, DEFAULT_BUCKETS)) for flush in flushes]
+    bodies[0]["parts"][0].update(latency_min_ms=-0.0)  # its bucket is the first either way
+    exporter = Exporter(data_dir=str(tmp_path))
+    keyed = {"Idempotency-Key": "last-flush"}
+    for i, body in enumerate(bodies):
+        status, _ = http(exporter.url + "/api/v1/records", body, headers=keyed if i == 4 else None)
+        assert status == 200
+    before = {e: exporter.get(f"/api/v1/experiments/exp-{e}") for e in range(10)}
+    exporter.process.kill()
+    exporter.process.wait(10)
+    restarted = Exporter(data_dir=str(tmp_path), port=exporter.port)
+    try:
+        status, _ = http(restarted.url + "/api/v1/records", bodies[4], headers=keyed)
+        assert status == 200
+        assert restarted.get("/api/v1/stats")["total_queries_recorded"] == 5 * 400
+        after = {e: restarted.get(f"/api/v1/experiments/exp-{e}") for e in range(10)}
+        assert _timeless(after) == _timeless(before)
+    finally:
+        restarted.stop()
+
+
+def _timeless(found: Any) -> Any:
+    """An answer without its durations (now - first record: they grow as time passes)."""
+    if isinstance(found, dict):
+        return {k: _timeless(v) for k, v in found.items() if k != "duration_seconds"}
+    if isinstance(found, list):
+        return [_timeless(v) for v in found]
+    return found
