@@ -215,11 +215,9 @@ def held_rows(
     branches = map(experiments.get, firsts, repeat(()))
     if not all(map(contains, branches, map(itemgetter(1), unique))):
         return None
-    lengths = set(map(len, unique))
-    if lengths == {3}:  # event keys: their names too
-        if not all(map(contains, map(names.get, firsts, repeat(())), map(itemgetter(2), unique))):
-            return None
-    elif 3 in lengths and any(k[2] not in names.get(k[0], ()) for k in unique if len(k) == 3):
+    # event keys (the keys are all of one kind): their names too
+    event_names = map(names.get, firsts, repeat(()))
+    if len(keys[0]) == 3 and not all(map(contains, event_names, map(itemgetter(2), unique))):
         return None
     # a negative count is refused by the part checks: never let one lower a sum here
     found = cast(list[int], rows)

@@ -187,7 +187,8 @@ def parse_batch(
     if "parts" in body or "event_parts" in body:
         part_fields, event_part_fields = _part_fields(max_name_length)
         parts = lists.get("parts", [])
-        if parts and (columns := take_all(parts, now, max_name_length, MAX_COUNT, bounds)):
+        columns = take_all(parts, now, max_name_length, MAX_COUNT, bounds) if parts else None
+        if columns is not None:
             batch.take_columns(columns)
             parts = []  # every part good: checked and taken as columns
         for index, part in enumerate(parts):

@@ -137,8 +137,8 @@ class ABMetrics:
         self._keys = Keys(clock=clock)
         self._lock = threading.Lock()
         # Pending records, flat: [code, latency, success, time, code, ...] and
-        # [code, value, time, ...], all numbers, made arrays in one pass each when
-        # folded. A code is its series' row and serial (Table.code): a record racing a
+        # [code, value, time, ...], all numbers, packed into columns when folded
+        # (state/pending.py). A code is its series' row and serial (Table.code): a record racing a
         # clear of its series finds no row and is dropped rather than landing in a
         # reused one (or re-creating the series past the limits).
         self._queries: list[Any] = []
@@ -236,11 +236,15 @@ class ABMetrics:
                 aggregate, query_keys, branch_counts, event_keys, event_counts, rows
             )
             now = self._clock()
-            if rows is not None and parts is not None:  # the records' own rows come first
-                rows = rows[0][: len(records.query_keys)], rows[1][: len(records.event_keys)]
-            aggregate.add(records, now, rows)
-            if parts is not None:
-                aggregate.add_parts(parts[0], parts[1], now)
+            if parts is None:
+                aggregate.add(records, now, rows)
+                return self._written(once, answer)
+            # the records' rows come first, then the parts': each fold takes its own
+            queries, events = len(records.query_keys), len(records.event_keys)
+            aggregate.add(records, now, rows and (rows[0][:queries], rows[1][:events]))
+            aggregate.add_parts(
+                parts[0], parts[1], now, rows and (rows[0][queries:], rows[1][events:])
+            )
             return self._written(once, answer)
 
     def _pend_few(self, records: Records) -> bool:
