@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -227,10 +227,6 @@ _NUMBER_TYPES = frozenset(_NUMBER)
 _BOOL = frozenset({bool})
 
 
-def _good_names(names: set[Any], max_name_length: int) -> bool:
-    return all(name_problem(name, max_name_length) is None for name in names)
-
-
 def _in_range(values: Sequence[Any], low: float, high: float) -> bool:
     """Every value an int or a float (not a bool) within [low, high], in C-level passes
     (min, max, sum) rather than a comparison per value in Python. min and max pass over a
@@ -265,6 +261,11 @@ def _named(value: object, max_length: int) -> bool:
     # only names short enough to be good are remembered: the memo is bounded in entries,
     # so a long name (refused anyway) must not become one
     return type(value) is str and len(value) <= max_length and _good_name(value, max_length)
+
+
+def good_names(names: Iterable[object], max_length: int) -> bool:
+    """Whether every one of (distinct) `names` is usable, as name_problem judges."""
+    return all(_named(name, max_length) for name in names)
 
 
 def _few_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:
@@ -324,7 +325,7 @@ def _all_good_queries(records: Records, items: list[Any], now: float, max_length
         experiments, branches, latencies, outcomes = _columns(
             items, ("experiment", "branch", "latency_ms", "success")
         )
-        if not _good_names(set(experiments) | set(branches), max_length):
+        if not good_names(set(experiments) | set(branches), max_length):
             return False
     except (TypeError, KeyError):  # not an object, a key missing, an unhashable name
         return False
@@ -347,7 +348,7 @@ def _all_good_events(records: Records, items: list[Any], max_length: int) -> boo
         experiments, branches, names, values = _columns(
             items, ("experiment", "branch", "event", "value")
         )
-        if not _good_names(set(experiments) | set(branches) | set(names), max_length):
+        if not good_names(set(experiments) | set(branches) | set(names), max_length):
             return False
     except (TypeError, KeyError):
         return False
@@ -506,4 +507,4 @@ def _check_record(
     return good
 
 
-__all__ = ["MAX_NAME_LENGTH", "Batch", "parse_batch"]
+__all__ = ["MAX_NAME_LENGTH", "Batch", "good_names", "parse_batch"]

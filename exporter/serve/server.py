@@ -22,6 +22,7 @@ from ..core.limits import LimitError
 from ..core.results import to_json
 from ..core.validation import ValidationError, name_problem
 from ..ingest import otlp
+from ..ingest.batch_decode import decode_batch
 from ..ingest.otlp import Receiver
 from ..ingest.prometheus import PrometheusSource
 from ..ingest.records import parse_batch
@@ -155,21 +156,31 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_json(request: web.Request, source: str) -> tuple[Any, bytes]:
-    """The decoded JSON body and its bytes, or a 4xx naming what is wrong."""
+async def _read_json_body(request: web.Request, source: str) -> bytes:
+    """The body of a request that must be JSON, or a 4xx naming what is wrong."""
     if request.content_type != JSON:
         raise Refusal(
             415, "Content-Type must be application/json", "unsupported_media_type", source
         )
-    body = await _read_body(request, request.app[SETTINGS].max_body_bytes)
+    return await _read_body(request, request.app[SETTINGS].max_body_bytes)
+
+
+def _decode_json(body: bytes, source: str) -> Any:
+    """The decoded JSON document, or a 400 naming what is wrong."""
     try:
-        return orjson.loads(body), body  # 2-3x the standard library's speed
+        return orjson.loads(body)  # 2-3x the standard library's speed
     except orjson.JSONDecodeError:
         pass  # what orjson refuses but JSON allows (NaN, huge ints) gets a per-field answer
     try:
-        return json.loads(body), body
+        return json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise Refusal(400, f"body is not valid JSON: {exc}"[:500], "invalid_json", source) from None
+
+
+async def _read_json(request: web.Request, source: str) -> tuple[Any, bytes]:
+    """The decoded JSON body and its bytes, or a 4xx naming what is wrong."""
+    body = await _read_json_body(request, source)
+    return _decode_json(body, source), body
 
 
 def _once(request: web.Request, body: bytes) -> Once | None:
@@ -269,11 +280,13 @@ async def post_records(request: web.Request) -> web.Response:
     app = request.app
     metrics, self_metrics, settings = app[METRICS], app[SELF], app[SETTINGS]
     guard.admit_write(request)
-    data, body = await _read_json(request, "http")
-    once = _once(request, body)
-    batch = parse_batch(
-        data, metrics.now(), settings.max_batch_records, settings.max_name_length, metrics.buckets
+    body = await _read_json_body(request, "http")
+    now, most, length = metrics.now(), settings.max_batch_records, settings.max_name_length
+    # good records only, checked as msgspec decodes them; anything else, the careful way
+    batch = decode_batch(body, now, most, length) or parse_batch(
+        _decode_json(body, "http"), now, most, length, metrics.buckets
     )
+    once = _once(request, body)
     if batch.error_count:
         for reason, count in batch.reasons.items():
             self_metrics.reject("http", reason, count)
@@ -304,7 +317,7 @@ async def post_records(request: web.Request) -> web.Response:
         ) from None
     if written.repeat is None:
         self_metrics.accept_records("http", queries, events)
-    del data, body, batch, records  # not held while waiting for the disk
+    del body, batch, records  # not held while waiting for the disk
     return await _finish(request, written, answer, once)
 
 
