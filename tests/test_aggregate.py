@@ -277,3 +277,25 @@ def test_selecting_parts_keeps_the_chosen_entries_in_order_and_copies_all() -> N
     assert every == parts and every.count is not parts.count  # a copy, not the same lists
     assert parts.select([2, 1, 0]).count == [3, 2, 1]  # same length, other order
     assert parts.select([]).count == []
+
+
+@pytest.mark.parametrize("count", [1, 2, 16, 32, 33, 40])
+def test_bucket_slots_are_what_a_binary_search_finds(count: int) -> None:
+    """Counted (up to 32 bounds) or searched, a value's bucket is the number of bounds
+    below it: a value equal to a bound is in that bound's bucket."""
+    from exporter.core.aggregate import bucket_slots
+
+    rng = np.random.default_rng(count)
+    bounds = np.unique(rng.uniform(1e-4, 100, count))
+    values = np.concatenate(
+        [
+            bounds,  # on each bound
+            np.nextafter(bounds, np.inf),
+            np.nextafter(bounds, -np.inf),
+            [0.0, -0.0, 1e12, 5e-324, np.inf],
+            rng.uniform(0, 120, 5000),
+        ]
+    )
+    expected = np.searchsorted(bounds, values, side="left")
+    assert np.array_equal(bucket_slots(bounds, values), expected)
+    assert np.array_equal(bucket_slots(bounds, values[:0]), expected[:0])
