@@ -10,13 +10,23 @@ SQLite in WAL mode with synchronous=FULL, as the exporter's sync durability) to 
 the waiting futures, then answer. Nothing is validated or aggregated: what the exporter
 spends beyond it is its own work, not the price of durability.
 
+`/folded` is the floor of an ingest that also checks and keeps what it is sent: the
+records decoded and range-checked by msgspec in one pass, names checked (memoised),
+each record folded into its series' count, successes, sum, sum of squares, min, max and
+bucket in plain Python, and each commit writing the series changed since the last one.
+No limits, checksums, idempotency keys, self-metrics or middleware: what a ratio leaves
+once this is paid is what any exporter of these records has for everything else.
+
     python -m benchmarks.bare PORT
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import bisect
 import json
+import math
 import shutil
 import sqlite3
 import sys
@@ -24,11 +34,14 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 from aiohttp import web
 
+from exporter.core.aggregate import DEFAULT_BUCKETS
+from exporter.core.validation import MAX_LATENCY_MS, name_problem
 from exporter.serve.eventloop import loop_factory
 
 
@@ -113,6 +126,118 @@ def _resolve(waiters: list[asyncio.Future[None]]) -> None:
 COMMITS = web.AppKey("commits", GroupCommit)
 
 
+class _Query(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    experiment: str
+    branch: str
+    latency_ms: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_LATENCY_MS)]
+    success: bool
+
+
+class _Records(msgspec.Struct, forbid_unknown_fields=True):
+    queries: list[_Query] = []
+
+
+_DECODE = msgspec.json.Decoder(_Records).decode
+_BOUNDS = [bound * 1000.0 for bound in DEFAULT_BUCKETS]
+_ROW = f"INSERT OR REPLACE INTO series VALUES ({', '.join('?' * 9)})"
+
+
+class Folding:
+    """Records folded into per-series sums on the loop; the series changed since the
+    last commit written by one thread in one transaction, waiting futures resolved by one
+    call_soon_threadsafe per commit."""
+
+    def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._series: dict[tuple[str, str], list[Any]] = {}
+        self._changed: set[tuple[str, str]] = set()
+        self._names: set[str] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._db = sqlite3.connect(
+            directory / "folded.sqlite3", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS series (experiment TEXT, branch TEXT, n INTEGER, "
+            "ok INTEGER, total REAL, sq REAL, lo REAL, hi REAL, buckets BLOB, "
+            "PRIMARY KEY (experiment, branch))"
+        )
+        self._thread = threading.Thread(target=self._run, name="folded-writer", daemon=True)
+        self._thread.start()
+
+    def _good(self, name: str) -> bool:
+        if name in self._names:
+            return True
+        if name_problem(name) is not None:
+            return False
+        self._names.add(name)
+        return True
+
+    async def write(self, body: bytes) -> bool:
+        try:
+            queries = _DECODE(body).queries
+        except msgspec.DecodeError:
+            return False
+        if not all(self._good(q.experiment) and self._good(q.branch) for q in queries):
+            return False
+        future = self._loop.create_future()
+        with self._lock:
+            for q in queries:
+                key = (q.experiment, q.branch)
+                series = self._series.get(key)
+                if series is None:
+                    series = self._series[key] = [0, 0, 0.0, 0.0, math.inf, -math.inf,
+                                                  [0] * (len(_BOUNDS) + 1)]  # fmt: skip
+                latency = q.latency_ms
+                series[0] += 1
+                series[1] += q.success
+                series[2] += latency
+                series[3] += latency * latency
+                series[4] = min(series[4], latency)
+                series[5] = max(series[5], latency)
+                series[6][bisect.bisect_left(_BOUNDS, latency)] += 1
+                self._changed.add(key)
+            self._waiters.append(future)
+        self._wake.set()
+        await future
+        return True
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                changed, waiters = self._changed, self._waiters
+                self._changed, self._waiters = set(), []
+                rows = [(*key, *s[:6], array.array("q", s[6]).tobytes())
+                        for key in changed for s in (self._series[key],)]  # fmt: skip
+            if not waiters:
+                continue
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(_ROW, rows)
+            self._db.execute("COMMIT")
+            self._loop.call_soon_threadsafe(_resolve, waiters)
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self._db.close()
+
+
+FOLDS = web.AppKey("folds", Folding)
+
+
+async def folded(request: web.Request) -> web.Response:
+    if not await request.app[FOLDS].write(await request.read()):
+        return web.Response(status=400, text="{}", content_type="application/json")
+    return web.Response(text="{}", content_type="application/json")
+
+
 async def durable(request: web.Request) -> web.Response:
     await request.app[COMMITS].write(orjson.loads(await request.read()))
     return web.Response(text="{}", content_type="application/json")
@@ -121,8 +246,10 @@ async def durable(request: web.Request) -> web.Response:
 async def _writer(app: web.Application) -> AsyncIterator[None]:
     directory = Path(tempfile.mkdtemp(prefix="bare-durable-"))
     app[COMMITS] = GroupCommit(directory, asyncio.get_running_loop())
+    app[FOLDS] = Folding(directory, asyncio.get_running_loop())
     yield
     app[COMMITS].close()
+    app[FOLDS].close()
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -132,6 +259,7 @@ def main() -> None:
     app.router.add_post("/ok", ok)
     app.router.add_get("/bytes/{size:[0-9]+}", sized)
     app.router.add_post("/durable", durable)
+    app.router.add_post("/folded", folded)
     app.router.add_get("/-/ready", lambda _: ok_get())
     app.cleanup_ctx.append(_writer)
     factory, _ = loop_factory()
