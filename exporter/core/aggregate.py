@@ -298,7 +298,8 @@ def bucket_slots(bounds: npt.NDArray[np.float64], values: npt.NDArray[Any]) -> n
     predict."""
     if len(bounds) > _FEW_BOUNDS:
         return np.searchsorted(bounds, values, side="left")
-    return (bounds[:, None] < values).sum(axis=0, dtype=np.uint8)
+    slots: npt.NDArray[np.uint8] = (bounds[:, None] < values).sum(axis=0, dtype=np.uint8)
+    return slots
 
 
 def _group_min(
