@@ -50,6 +50,8 @@ _DECODER: Final = msgspec.json.Decoder(_Document)
 
 def decode_batch(body: bytes, now: float, max_records: int, max_name_length: int) -> Batch | None:
     """The checked batch when `body` is good records only; None for anything else."""
+    if b'parts"' in body:  # a part, or text ending so: the careful path's either way, and
+        return None  # declining after decoding cost a parts body a quarter of its parse
     try:
         document = _DECODER.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError
