@@ -15,7 +15,7 @@ import pytest
 
 from exporter import ABMetrics
 from exporter.core import tables
-from exporter.core.aggregate import BranchParts, EventParts, Records
+from exporter.core.aggregate import FEW, BranchParts, EventParts, Records
 from exporter.state.store import Store
 
 from .test_abmetrics_hotpath import ClearingClock
@@ -53,9 +53,9 @@ def test_a_fold_left_with_few_live_records_writes_an_activity_row_that_restores(
     metrics.record_event("gone", "b", "x", 1.0)
     metrics.record_event("kept", "b", "x", 1.0)
     assert store.commit()
-    _stale_events(metrics, clock, 17)
+    _stale_events(metrics, clock, FEW + 1)
     clock.now += 60.0
-    metrics.record_event("kept", "b", "x", 2.0)  # one live record among 17 stale ones
+    metrics.record_event("kept", "b", "x", 2.0)  # one live record among FEW + 1 stale ones
     batch = metrics.changes_for_store()
     metrics.return_changes(batch)
     assert [(e, type(at)) for e, at in batch.activity] == [("kept", float)]
