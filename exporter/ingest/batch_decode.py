@@ -54,7 +54,9 @@ def decode_batch(body: bytes, now: float, max_records: int, max_name_length: int
         return None  # declining after decoding cost a parts body a quarter of its parse
     try:
         document = _DECODER.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError
+    # ValidationError is a DecodeError; RecursionError: a value nested past the stack's
+    # depth (reached through a key escaped past the bytes test, "\u0070arts")
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     queries, events = document.queries, document.events
     if (
