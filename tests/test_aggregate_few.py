@@ -83,3 +83,16 @@ def test_one_record_lands_in_its_row_exactly() -> None:
     event = agg.events.ids["a", "control", "buy"]
     assert (agg.events.columns["count"][event], agg.events.columns["total"][event]) == (1, 2.0)
     assert agg.changes.branches == {row} and agg.changes.events == {event}
+
+
+@pytest.mark.parametrize("size", [1, aggregate.FEW, aggregate.FEW + 1])
+def test_an_experiments_latest_write_is_a_float_whatever_the_fold(size: int) -> None:
+    """A clock that gives ints: the experiment's latest write is kept as a float by the
+    small fold as by numpy (the data file's checksum packs what it is given)."""
+    agg = Aggregate()
+    records = Records()
+    records.add_event(("a", "control", "buy"), 1.0)
+    agg.add(records, 5.0)
+    row = agg.events.ids["a", "control", "buy"]
+    agg.add_events([row] * size, [1.0] * size, [100] * size)
+    assert agg.touched["a"] == 100.0 and type(agg.touched["a"]) is float

@@ -615,7 +615,7 @@ class Aggregate:
                 names, latest = self.events.keys, dict[str, float]()
                 for row, at in zip(few, when, strict=True):
                     if (key := names[row]) is not None and at > latest.get(key[0], -1.0):
-                        latest[key[0]] = at
+                        latest[key[0]] = float(at)  # as the vectorised fold keeps it
                 self.touch_latest(latest)
             return
         unique, groups, count = group_rows(rows)
