@@ -50,12 +50,12 @@ _DECODER: Final = msgspec.json.Decoder(_Document)
 
 def decode_batch(body: bytes, now: float, max_records: int, max_name_length: int) -> Batch | None:
     """The checked batch when `body` is good records only; None for anything else."""
-    if b'parts"' in body:  # a part, or text ending so: the careful path's either way, and
-        return None  # declining after decoding cost a parts body a quarter of its parse
+    # (a body of parts is read to its end before it is declined, a quarter of its parse:
+    # looking for the key's bytes first cost every 1000-record batch 70 us, more)
     try:
         document = _DECODER.decode(body)
     # ValidationError is a DecodeError; RecursionError: a value nested past the stack's
-    # depth (reached through a key escaped past the bytes test, "\u0070arts")
+    # depth (in parts, which msgspec reads through as raw JSON)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     queries, events = document.queries, document.events
