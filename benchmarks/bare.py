@@ -70,7 +70,10 @@ async def sized(request: web.Request) -> web.Response:
 class GroupCommit:
     """Documents queued by the loop, committed by one thread, their futures resolved by
     one call_soon_threadsafe per commit (requests arriving during a commit share the
-    next one)."""
+    next one). What is kept and written is `_take`'s, `_taken`'s and `_write`'s."""
+
+    name = "floor"
+    schema = "CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, n INTEGER)"
 
     def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -80,33 +83,44 @@ class GroupCommit:
         self._wake = threading.Event()
         self._stopping = False
         self._db = sqlite3.connect(
-            directory / "floor.sqlite3", check_same_thread=False, isolation_level=None
+            directory / f"{self.name}.sqlite3", check_same_thread=False, isolation_level=None
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, n INTEGER)")
-        self._thread = threading.Thread(target=self._run, name="floor-writer", daemon=True)
+        self._db.execute(self.schema)
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-writer", daemon=True)
         self._thread.start()
 
     async def write(self, document: Any) -> None:
         future = self._loop.create_future()
         with self._lock:
-            self._pending.append(document)
+            self._take(document)
             self._waiters.append(future)
         self._wake.set()
         await future
+
+    def _take(self, document: Any) -> None:
+        self._pending.append(document)
+
+    def _taken(self) -> Any:
+        """What the next commit writes, taken under the lock."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def _write(self, taken: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO batches VALUES (1, ?)", (len(taken),))
 
     def _run(self) -> None:
         while not self._stopping:
             self._wake.wait()
             self._wake.clear()
             with self._lock:
-                pending, waiters = self._pending, self._waiters
-                self._pending, self._waiters = [], []
+                taken, waiters = self._taken(), self._waiters
+                self._waiters = []
             if not waiters:
                 continue
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO batches VALUES (1, ?)", (len(pending),))
+            self._write(taken)
             self._db.execute("COMMIT")
             self._loop.call_soon_threadsafe(_resolve, waiters)
 
@@ -142,32 +156,22 @@ _BOUNDS = [bound * 1000.0 for bound in DEFAULT_BUCKETS]
 _ROW = f"INSERT OR REPLACE INTO series VALUES ({', '.join('?' * 9)})"
 
 
-class Folding:
-    """Records folded into per-series sums on the loop; the series changed since the
-    last commit written by one thread in one transaction, waiting futures resolved by one
-    call_soon_threadsafe per commit."""
+class Folding(GroupCommit):
+    """Records folded into per-series sums on the loop; each commit writes the series
+    changed since the last one."""
+
+    name = "folded"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS series (experiment TEXT, branch TEXT, n INTEGER, "
+        "ok INTEGER, total REAL, sq REAL, lo REAL, hi REAL, buckets BLOB, "
+        "PRIMARY KEY (experiment, branch))"
+    )
 
     def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
         self._series: dict[tuple[str, str], list[Any]] = {}
         self._changed: set[tuple[str, str]] = set()
         self._names: set[str] = set()
-        self._waiters: list[asyncio.Future[None]] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._db = sqlite3.connect(
-            directory / "folded.sqlite3", check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS series (experiment TEXT, branch TEXT, n INTEGER, "
-            "ok INTEGER, total REAL, sq REAL, lo REAL, hi REAL, buckets BLOB, "
-            "PRIMARY KEY (experiment, branch))"
-        )
-        self._thread = threading.Thread(target=self._run, name="folded-writer", daemon=True)
-        self._thread.start()
+        super().__init__(directory, loop)
 
     def _good(self, name: str) -> bool:
         if name in self._names:
@@ -177,63 +181,48 @@ class Folding:
         self._names.add(name)
         return True
 
-    async def write(self, body: bytes) -> bool:
+    async def fold(self, body: bytes) -> bool:
+        """Check and keep `body`'s records, once they are on disk; False if any is bad."""
         try:
             queries = _DECODE(body).queries
         except msgspec.DecodeError:
             return False
         if not all(self._good(q.experiment) and self._good(q.branch) for q in queries):
             return False
-        future = self._loop.create_future()
-        with self._lock:
-            for q in queries:
-                key = (q.experiment, q.branch)
-                series = self._series.get(key)
-                if series is None:
-                    series = self._series[key] = [0, 0, 0.0, 0.0, math.inf, -math.inf,
-                                                  [0] * (len(_BOUNDS) + 1)]  # fmt: skip
-                latency = q.latency_ms
-                series[0] += 1
-                series[1] += q.success
-                series[2] += latency
-                series[3] += latency * latency
-                series[4] = min(series[4], latency)
-                series[5] = max(series[5], latency)
-                series[6][bisect.bisect_left(_BOUNDS, latency)] += 1
-                self._changed.add(key)
-            self._waiters.append(future)
-        self._wake.set()
-        await future
+        await self.write(queries)
         return True
 
-    def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                changed, waiters = self._changed, self._waiters
-                self._changed, self._waiters = set(), []
-                rows = [(*key, *s[:6], array.array("q", s[6]).tobytes())
-                        for key in changed for s in (self._series[key],)]  # fmt: skip
-            if not waiters:
-                continue
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(_ROW, rows)
-            self._db.execute("COMMIT")
-            self._loop.call_soon_threadsafe(_resolve, waiters)
+    def _take(self, document: Any) -> None:
+        for q in document:
+            key = (q.experiment, q.branch)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = [0, 0, 0.0, 0.0, math.inf, -math.inf,
+                                              [0] * (len(_BOUNDS) + 1)]  # fmt: skip
+            latency = q.latency_ms
+            series[0] += 1
+            series[1] += q.success
+            series[2] += latency
+            series[3] += latency * latency
+            series[4] = min(series[4], latency)
+            series[5] = max(series[5], latency)
+            series[6][bisect.bisect_left(_BOUNDS, latency)] += 1
+            self._changed.add(key)
 
-    def close(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        self._thread.join()
-        self._db.close()
+    def _taken(self) -> Any:
+        changed, self._changed = self._changed, set()
+        return [(*key, *s[:6], array.array("q", s[6]).tobytes())
+                for key in changed for s in (self._series[key],)]  # fmt: skip
+
+    def _write(self, taken: Any) -> None:
+        self._db.executemany(_ROW, taken)
 
 
 FOLDS = web.AppKey("folds", Folding)
 
 
 async def folded(request: web.Request) -> web.Response:
-    if not await request.app[FOLDS].write(await request.read()):
+    if not await request.app[FOLDS].fold(await request.read()):
         return web.Response(status=400, text="{}", content_type="application/json")
     return web.Response(text="{}", content_type="application/json")
 
