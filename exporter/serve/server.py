@@ -282,10 +282,9 @@ async def post_records(request: web.Request) -> web.Response:
     guard.admit_write(request)
     body = await _read_json_body(request, "http")
     now, most, length = metrics.now(), settings.max_batch_records, settings.max_name_length
-    # good records only, checked as msgspec decodes them; anything else, the careful way
-    batch = decode_batch(body, now, most, length) or parse_batch(
-        _decode_json(body, "http"), now, most, length, metrics.buckets
-    )
+    batch = decode_batch(body, now, most, length)  # good records only, in one pass
+    if batch is None:  # anything else the careful way, which names every problem
+        batch = parse_batch(_decode_json(body, "http"), now, most, length, metrics.buckets)
     once = _once(request, body)
     if batch.error_count:
         for reason, count in batch.reasons.items():
