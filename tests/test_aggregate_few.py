@@ -96,3 +96,20 @@ def test_an_experiments_latest_write_is_a_float_whatever_the_fold(size: int) -> 
     row = agg.events.ids["a", "control", "buy"]
     agg.add_events([row] * size, [1.0] * size, [100] * size)
     assert agg.touched["a"] == 100.0 and type(agg.touched["a"]) is float
+
+
+def test_a_batch_of_one_time_folds_as_one_of_many_times() -> None:
+    """An HTTP batch's records share one time (a list of one float): its first and last
+    times are taken without a pass, and must be what the pass over the times gives."""
+    shared, general = Aggregate(), Aggregate()
+    records = Records()
+    for i in range(aggregate.FEW * 3):
+        records.add_query(KEYS[i % 3], float(i), i % 2 == 0, 7.25)
+    for agg in (shared, general):
+        agg.add(Records(), 1.0)
+        rows = agg.branch_rows(records.query_keys)
+        when: Any = records.when if agg is shared else np.array(records.when)
+        agg.add_queries(rows, records.latency_ms, records.success, when)
+    assert _bits(shared.branches) == _bits(general.branches)
+    row = shared.branches.ids[KEYS[0]]
+    assert shared.branches.columns["first"][row] == shared.branches.columns["last"][row] == 7.25

@@ -303,6 +303,18 @@ def bucket_slots(bounds: npt.NDArray[np.float64], values: npt.NDArray[Any]) -> n
     return slots
 
 
+def _first_last(
+    groups: npt.NDArray[np.intp], when: Sequence[float], count: int
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """Each group's earliest and latest time. An HTTP batch gives all its records one
+    time (the same float, a list of it): then that time, without a pass per record."""
+    if isinstance(when, list) and when and when.count(when[0]) == len(when):
+        same = np.full(count, float(when[0]))
+        return same, same.copy()
+    ts = np.asarray(when, dtype=np.float64)
+    return _group_min(groups, ts, count), _group_max(groups, ts, count)
+
+
 def _group_min(
     groups: npt.NDArray[np.intp], values: npt.NDArray[Any], count: int
 ) -> npt.NDArray[Any]:
@@ -521,7 +533,6 @@ class Aggregate:
             return
         unique, groups, count = group_rows(rows)
         lat = np.asarray(latency_ms, dtype=np.float64)
-        ts = np.asarray(when, dtype=np.float64)
         n = np.bincount(groups, minlength=count)
         total = np.bincount(groups, lat, count)
         mean = total / n
@@ -538,8 +549,7 @@ class Aggregate:
             np.bincount(groups, np.square(lat), count),
             _group_min(groups, lat, count),
             _group_max(groups, lat, count),
-            _group_min(groups, ts, count),
-            _group_max(groups, ts, count),
+            *_first_last(groups, when, count),
             np.bincount(groups * width + slot, minlength=count * width).reshape(count, width),
         )
 
