@@ -237,3 +237,15 @@ async def test_a_value_nested_past_any_stack_is_refused_as_bad_json(
     )
     assert response.status == 400, await response.text()
     assert "not valid JSON" in (await response.json())["error"]
+
+
+def test_the_clients_parts_are_left_to_the_careful_path_before_any_decode() -> None:
+    """The pre-aggregating client's body starts with its parts: declined at once, not
+    after msgspec has read it through."""
+    from exporter.client import parts_body
+    from exporter.core.aggregate import DEFAULT_BUCKETS
+
+    body = parts_body([("q", "e", "control", 5.0, True)], DEFAULT_BUCKETS)
+    assert body.startswith(b'{"parts"')
+    assert decode_batch(body, 5.0, 10_000, 128) is None
+    assert parse_batch(json.loads(body), 5.0, 10_000).has_parts

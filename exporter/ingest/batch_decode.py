@@ -46,12 +46,16 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER: Final = msgspec.json.Decoder(_Document)
+_PARTS_FIRST: Final = b'{"parts"'  # exporter.client.parts_body's first bytes
 
 
 def decode_batch(body: bytes, now: float, max_records: int, max_name_length: int) -> Batch | None:
     """The checked batch when `body` is good records only; None for anything else."""
-    # A body with parts is read to its end before it is declined (a quarter of the
-    # careful parse); a bytes test for the key first cost every 1000-record batch more.
+    # A body with parts is declined once read to its end (a quarter of the careful
+    # parse), unless it starts with them, as the pre-aggregating client's does: a search
+    # of the whole body for the key cost every 1000-record batch 70 us, more than that.
+    if body.startswith(_PARTS_FIRST):
+        return None
     try:
         document = _DECODER.decode(body)
     # ValidationError is a DecodeError; RecursionError: a value nested past the stack's
