@@ -113,3 +113,26 @@ def test_a_batch_of_one_time_folds_as_one_of_many_times() -> None:
     assert _bits(shared.branches) == _bits(general.branches)
     row = shared.branches.ids[KEYS[0]]
     assert shared.branches.columns["first"][row] == shared.branches.columns["last"][row] == 7.25
+
+
+def test_times_as_many_as_the_records_or_the_fold_refuses_them() -> None:
+    """One time for every record: a shorter list of one time is an error, not a batch
+    whose first and last are that time."""
+    agg = Aggregate()
+    agg.add(Records(), 1.0)
+    rows = agg.branch_rows([KEYS[0]] * (aggregate.FEW + 1))
+    n = len(rows)
+    with pytest.raises(ValueError):
+        agg.add_queries(rows, [1.0] * n, [True] * n, [7.0] * 3)
+
+
+def test_a_clock_before_1970_still_moves_an_experiments_latest_write() -> None:
+    """The small event fold took -1.0 as 'no time yet': earlier times never counted."""
+    for size in (1, aggregate.FEW, aggregate.FEW + 1):
+        agg = Aggregate()
+        records = Records()
+        records.add_event(("a", "control", "buy"), 1.0)
+        agg.add(records, -10.0)
+        row = agg.events.ids["a", "control", "buy"]
+        agg.add_events([row] * size, [1.0] * size, [-2.0] * size)
+        assert agg.touched["a"] == -2.0, size

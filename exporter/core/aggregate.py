@@ -308,7 +308,12 @@ def _first_last(
 ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """Each group's earliest and latest time. An HTTP batch gives all its records one
     time (the same float, a list of it): then that time, without a pass per record."""
-    if isinstance(when, list) and when and when.count(when[0]) == len(when):
+    if (
+        isinstance(when, list)
+        and len(when) == len(groups)
+        and when[-1] == when[0]  # (no count of a list whose times differ)
+        and when.count(when[0]) == len(when)
+    ):
         same = np.full(count, float(when[0]))
         return same, same.copy()
     ts = np.asarray(when, dtype=np.float64)
@@ -625,7 +630,7 @@ class Aggregate:
             if when is not None:
                 names, latest = self.events.keys, dict[str, float]()
                 for row, at in zip(few, when, strict=True):
-                    if (key := names[row]) is not None and at > latest.get(key[0], -1.0):
+                    if (key := names[row]) is not None and at > latest.get(key[0], -_INF):
                         latest[key[0]] = float(at)  # as the vectorised fold keeps it
                 self.touch_latest(latest)
             return
