@@ -113,7 +113,7 @@ def test_expire_finds_and_removes_idle_experiments_in_one_hold_of_the_lock() -> 
 
 
 def test_refused_names_are_not_kept_after_their_request() -> None:
-    """records._good_name memoises verdicts with an lru_cache of 4096 entries, bounded in
+    """validation._good_name memoises verdicts with an lru_cache of 4096 entries, bounded in
     count, not in bytes: every name a small batch carries is kept as a cache key, the
     refused ones too. A single-record POST whose name is a unique 8 MiB string (the body
     limit; a few KiB gzipped) is refused 400, yet leaves its 8 MiB behind: 4096 such

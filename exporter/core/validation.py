@@ -6,8 +6,10 @@ reject exactly the same things with the same words.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Iterable
 from typing import Final
 
 MAX_NAME_LENGTH: Final = 128
@@ -42,6 +44,25 @@ def name_problem(value: object, max_length: int = MAX_NAME_LENGTH) -> str | None
     if _FORBIDDEN.search(value):
         return "must not contain control characters, line separators or lone surrogates"
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _good_name(name: str, max_length: int) -> bool:
+    """name_problem's verdict on a str, remembered across calls: single-record POSTs
+    name the same few series over and over."""
+    return name_problem(name, max_length) is None
+
+
+def named(value: object, max_length: int) -> bool:
+    """Whether `value` is a usable name, as name_problem judges, remembered."""
+    # only names short enough to be good are remembered: the memo is bounded in entries,
+    # so a long name (refused anyway) must not become one
+    return type(value) is str and len(value) <= max_length and _good_name(value, max_length)
+
+
+def good_names(names: Iterable[object], max_length: int) -> bool:
+    """Whether every one of (distinct) `names` is usable, as name_problem judges."""
+    return all(named(name, max_length) for name in names)
 
 
 def latency_problem(value: object) -> str | None:

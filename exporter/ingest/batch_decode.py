@@ -16,8 +16,8 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ..core.validation import MAX_ABS_EVENT_VALUE, MAX_LATENCY_MS
-from .records import Batch, good_names
+from ..core.validation import MAX_ABS_EVENT_VALUE, MAX_LATENCY_MS, good_names
+from .records import Batch
 
 _Latency = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_LATENCY_MS)]
 _Value = Annotated[float, msgspec.Meta(ge=-MAX_ABS_EVENT_VALUE, le=MAX_ABS_EVENT_VALUE)]

@@ -19,7 +19,7 @@ from typing import Any, Final
 import numpy as np
 
 from ..core.aggregate import PartColumns
-from ..core.validation import MAX_LATENCY_MS, name_problem
+from ..core.validation import MAX_LATENCY_MS, good_names
 
 FIELDS: Final = (
     "experiment",
@@ -56,7 +56,7 @@ def take_all(
         names = set(experiments) | set(branches)  # TypeError: an unhashable name
     except (KeyError, TypeError):
         return None
-    if any(name_problem(name, max_name_length) is not None for name in names):
+    if not good_names(names, max_name_length):
         return None
     if not (set(map(type, n)) <= _INT and set(map(type, ok)) <= _INT):
         return None

@@ -7,9 +7,8 @@ client can fix a whole batch in one round.
 from __future__ import annotations
 
 import bisect
-import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -20,8 +19,10 @@ from ..core.validation import (
     MAX_LATENCY_MS,
     MAX_NAME_LENGTH,
     event_value_problem,
+    good_names,
     latency_problem,
     name_problem,
+    named,
     success_problem,
 )
 from .part_columns import SLACK as _SLACK
@@ -250,24 +251,6 @@ def _columns(items: list[Any], names: tuple[str, str, str, str]) -> list[list[An
 _FEW: Final = 8  # records checked one by one: the column passes' set-up costs more
 
 
-@functools.lru_cache(maxsize=4096)
-def _good_name(name: str, max_length: int) -> bool:
-    """name_problem's verdict on a str, remembered across batches: single-record POSTs
-    name the same few series over and over."""
-    return name_problem(name, max_length) is None
-
-
-def _named(value: object, max_length: int) -> bool:
-    # only names short enough to be good are remembered: the memo is bounded in entries,
-    # so a long name (refused anyway) must not become one
-    return type(value) is str and len(value) <= max_length and _good_name(value, max_length)
-
-
-def good_names(names: Iterable[object], max_length: int) -> bool:
-    """Whether every one of (distinct) `names` is usable, as name_problem judges."""
-    return all(_named(name, max_length) for name in names)
-
-
 def _few_good_queries(records: Records, items: list[Any], now: float, max_length: int) -> bool:
     """_all_good_queries for a few records, one by one (same verdicts; False also for
     what the column pass would take but is not a plain dict: the careful pass decides)."""
@@ -284,8 +267,8 @@ def _few_good_queries(records: Records, items: list[Any], now: float, max_length
             type(outcome) is bool
             and type(latency) in _NUMBER_TYPES
             and 0.0 <= latency <= MAX_LATENCY_MS  # False for NaN too
-            and _named(experiment, max_length)
-            and _named(branch, max_length)
+            and named(experiment, max_length)
+            and named(branch, max_length)
         ):
             return False
     for r in items:
@@ -305,9 +288,9 @@ def _few_good_events(records: Records, items: list[Any], max_length: int) -> boo
         if not (
             type(value) in _NUMBER_TYPES
             and -MAX_ABS_EVENT_VALUE <= value <= MAX_ABS_EVENT_VALUE  # False for NaN too
-            and _named(experiment, max_length)
-            and _named(branch, max_length)
-            and _named(name, max_length)
+            and named(experiment, max_length)
+            and named(branch, max_length)
+            and named(name, max_length)
         ):
             return False
     for r in items:
@@ -507,4 +490,4 @@ def _check_record(
     return good
 
 
-__all__ = ["MAX_NAME_LENGTH", "Batch", "good_names", "parse_batch"]
+__all__ = ["MAX_NAME_LENGTH", "Batch", "parse_batch"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -660,14 +661,8 @@ def _migrate_v2(connection: sqlite3.Connection) -> None:
                 for row in _rows(connection, "branches", old=True)]  # fmt: skip
     events = [(*row, _rebuilt(row[3], row[4], row[5]))
               for row in _rows(connection, "events", old=True)]  # fmt: skip
-    for table, rows in (("branches", branches), ("events", events)):
-        connection.execute(f"DROP TABLE {table}")
-        connection.execute(f"CREATE TABLE {table} ({_TABLES[table]})")
-        marks = ", ".join("?" * (len(rows[0]) + 1)) if rows else ""
-        if rows:
-            connection.executemany(
-                f"INSERT INTO {table} VALUES ({marks})", [_with_crc(row) for row in rows]
-            )
+    _rewrite(connection, "branches", branches, crc)
+    _rewrite(connection, "events", events, crc)
 
 
 def _migrate_v3(connection: sqlite3.Connection) -> None:
@@ -675,14 +670,26 @@ def _migrate_v3(connection: sqlite3.Connection) -> None:
     row's old checksum is checked before it gets the new one, so a damaged row is never
     given a fresh, valid one."""
     for table in _BINARY:
-        rows = connection.execute(f"SELECT rowid, * FROM {table}").fetchall()
-        for row in rows:
-            if row[-1] != crc(tuple(row[1:-1])):
-                raise ValueError(f"a row of {table} fails its checksum: {row[1:4]!r}")
+        rows = list(_rows(connection, table, old=True))
+        # a row that cannot be packed gets -1, and the read that follows refuses it
+        _rewrite(connection, table, rows, functools.partial(checksum, table))
+
+
+def _rewrite(
+    connection: sqlite3.Connection,
+    table: str,
+    rows: list[tuple[Any, ...]],
+    sign: Callable[[tuple[Any, ...]], int],
+) -> None:
+    """`table` made anew in this format's shape, holding `rows`, each with `sign`'s
+    checksum (inside the opening transaction: all of it, or the file as it was)."""
+    connection.execute(f"DROP TABLE {table}")
+    connection.execute(f"CREATE TABLE {table} ({_TABLES[table]})")
+    if rows:
+        marks = ", ".join("?" * (len(rows[0]) + 1))
         connection.executemany(
-            f"UPDATE {table} SET crc = ? WHERE rowid = ?",
-            [(checksum(table, tuple(row[1:-1])), row[0]) for row in rows],
-        )  # a row that cannot be packed gets -1, and the read that follows refuses it
+            f"INSERT INTO {table} VALUES ({marks})", [(*row, sign(row)) for row in rows]
+        )
 
 
 def _rebuilt(n: Any, total: Any, m2: Any) -> float:
