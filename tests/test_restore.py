@@ -217,6 +217,39 @@ def test_a_format_3_file_is_migrated_to_binary_checksums(
     assert state(again) == truth
 
 
+def test_a_kill_in_the_middle_of_the_migration_leaves_format_3_to_migrate_again(
+    good_file: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """SIGKILL after the first table is remade and before the second: the migration is one
+    transaction, so the file is format 3 as it was, and the next start migrates it."""
+    path, truth = good_file
+    shutil.copy(path, tmp_path / FILE_NAME)
+    _as_format_3(tmp_path / FILE_NAME)
+    killed = subprocess.run(
+        [sys.executable, "-c", (
+            "import os, signal, sys\n"
+            "from exporter import ABMetrics\n"
+            "from exporter.state import store\n"
+            "remake = store._rewrite\n"
+            "def once(*args):\n"
+            "    remake(*args)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "store._rewrite = once\n"
+            "store.Store(sys.argv[1], ABMetrics()).open()\n"
+        ), str(tmp_path)],
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    with sqlite3.connect(tmp_path / FILE_NAME) as connection:
+        assert dict(connection.execute("SELECT key, value FROM meta"))["format_version"] == "3"
+        rows = connection.execute("SELECT * FROM branches").fetchall()
+        assert rows and all(row[-1] == crc(row[:-1]) for row in rows)  # the old checksums
+    metrics = ABMetrics()
+    Store(tmp_path, metrics).open()
+    assert state(metrics) == truth
+
+
 def test_a_damaged_format_3_row_is_refused_not_given_a_fresh_checksum(
     good_file: tuple[Path, Any], tmp_path: Path
 ) -> None:
