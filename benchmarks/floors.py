@@ -2,10 +2,10 @@
 ours, so a missed ratio can be told apart from a ratio Python cannot reach.
 
 `Floor.record_query` and `Floor.record_event` take the steps no recorder can skip and
-keep nothing else: check the number's type and range, find the series by its names, read
-the clock, keep the record. Ours does these and then folds the records into exact
-columns. `timed_block` is the least a timing context manager does: two clock reads and
-one kept tuple.
+keep nothing else: check the number's type and range, find the series by its names (one
+dict level a name, as ours), read the clock, keep the record. Ours does these and then
+folds the records into exact columns. `timed_block` is the least a timing context
+manager does: two clock reads and one kept tuple.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ class Floor:
     """A recorder that keeps raw records in one flat list, never folded."""
 
     def __init__(self, series: dict[Any, Any]) -> None:
+        """`series`: each series' key, by name one level at a time (experiment, branch[,
+        event])."""
         self._series = series
         self._pending: list[Any] = []
         self._clock = time.time
@@ -32,7 +34,7 @@ class Floor:
             or ok.__class__ is not bool
         ):
             raise ValueError(latency_ms)
-        key = self._series[experiment, branch]
+        key = self._series[experiment][branch]
         self._pending.extend((key, latency_ms, ok, self._clock()))
 
     def record_event(self, experiment: str, branch: str, event: str, value: float) -> None:
@@ -40,7 +42,7 @@ class Floor:
             -MAX_ABS_EVENT_VALUE <= value <= MAX_ABS_EVENT_VALUE
         ):
             raise ValueError(value)
-        key = self._series[experiment, branch, event]
+        key = self._series[experiment][branch][event]
         self._pending.extend((key, value, self._clock()))
 
 

@@ -33,6 +33,7 @@ import tracemalloc
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, Summary
@@ -145,7 +146,10 @@ def record_query_rows(calls: int, repeats: int) -> list[Row]:
             counter.add(1, a)
             histogram.record(latency, a)
 
-    series = {key: key for e, b, _, _ in plan[:1000] for key in ((e, b), (e, b, "revenue"))}
+    series: dict[str, dict[str, Any]] = {}
+    for experiment, branch, _, _ in plan[:1000]:
+        series.setdefault(experiment, {})[branch] = (experiment, branch)
+    events = {x: {b: {"revenue": (x, b, "revenue")} for b in names} for x, names in series.items()}
 
     def floor() -> None:
         record = Floor(series).record_query
@@ -153,7 +157,7 @@ def record_query_rows(calls: int, repeats: int) -> list[Row]:
             record(experiment, branch, latency, success)
 
     def floor_event() -> None:
-        record = Floor(series).record_event
+        record = Floor(events).record_event
         for experiment, branch, latency, _ in plan:
             record(experiment, branch, "revenue", latency)
 

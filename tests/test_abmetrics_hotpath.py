@@ -257,7 +257,7 @@ def test_a_clear_of_another_experiment_drops_nothing_racing_it() -> None:
 
 
 def test_the_store_is_handed_each_changed_series_once_with_its_state(metrics: ABMetrics) -> None:
-    for i in range(300):  # rows past 256: the change sets hold the index's own numbers
+    for i in range(300):  # rows past the change flags' first room (64): they grow
         metrics.record_query(f"e{i % 100}", f"b{i % 3}", 1.0 + i, True)
         metrics.record_event(f"e{i % 100}", f"b{i % 3}", "x", 2.0)
     first = metrics.changes_for_store()
@@ -271,3 +271,20 @@ def test_the_store_is_handed_each_changed_series_once_with_its_state(metrics: AB
     again = metrics.changes_for_store()
     assert [(b[0], b[1], b[2], b[3]) for b in again.branches] == [("e7", "b1", 2, 1)]
     assert [(e[0], e[1], e[2], e[3], e[4]) for e in again.events] == [("e8", "b2", "x", 2, 5.0)]
+
+
+def test_a_failed_store_write_hands_the_same_series_again_with_those_changed_since(
+    metrics: ABMetrics,
+) -> None:
+    for i in range(200):
+        metrics.record_query(f"e{i}", "b", 1.0, True)
+        metrics.record_event(f"e{i}", "b", "x", 1.0)
+    failed = metrics.changes_for_store()
+    metrics.record_query("late", "b", 1.0, True)  # a series past the new flags' room
+    metrics.record_query("e5", "b", 2.0, True)
+    metrics.return_changes(failed)
+    again = metrics.changes_for_store()
+    assert sorted(b[0] for b in again.branches) == sorted([f"e{i}" for i in range(200)] + ["late"])
+    assert next(b[2] for b in again.branches if b[0] == "e5") == 2
+    assert sorted(e[0] for e in again.events) == sorted(f"e{i}" for i in range(200))
+    assert not metrics.changes_for_store()

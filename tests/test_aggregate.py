@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from exporter import ABMetrics, ExperimentConfig, ValidationError
+from exporter.core.tables import RowMarks
 
 from .conftest import FakeClock
 
@@ -299,3 +300,18 @@ def test_bucket_slots_are_what_a_binary_search_finds(count: int) -> None:
     expected = np.searchsorted(bounds, values, side="left")
     assert np.array_equal(bucket_slots(bounds, values), expected)
     assert np.array_equal(bucket_slots(bounds, values[:0]), expected[:0])
+
+
+def test_row_marks_hold_each_row_once_in_order_past_their_first_room() -> None:
+    marks = RowMarks(4)
+    assert not marks and marks.rows() == []
+    marks.mark(np.array([], dtype=np.intp))
+    assert not marks
+    marks.mark(np.array([9, 2, 2], dtype=np.intp))
+    marks.add(3)
+    marks.mark([70, 2])
+    assert marks and marks.rows() == [2, 3, 9, 70]
+    assert marks.capacity >= 71
+    other = RowMarks()
+    other.mark([70, 9, 3, 2])
+    assert marks == other and marks != RowMarks()

@@ -82,7 +82,7 @@ def test_one_record_lands_in_its_row_exactly() -> None:
     assert c["buckets"][row].sum() == 2
     event = agg.events.ids["a", "control", "buy"]
     assert (agg.events.columns["count"][event], agg.events.columns["total"][event]) == (1, 2.0)
-    assert agg.changes.branches == {row} and agg.changes.events == {event}
+    assert agg.changes.branches.rows() == [row] and agg.changes.events.rows() == [event]
 
 
 @pytest.mark.parametrize("size", [1, aggregate.FEW, aggregate.FEW + 1])

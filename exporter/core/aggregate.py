@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .moments import merge_moments
-from .tables import ColumnSpec, Table
+from .tables import ColumnSpec, RowMarks, Table
 
 BranchKey = tuple[str, str]
 EventKey = tuple[str, str, str]
@@ -143,8 +143,8 @@ class _Selectable:
 class Changes:
     """Rows touched and experiments removed since the store last looked."""
 
-    branches: set[int] = field(default_factory=set)
-    events: set[int] = field(default_factory=set)
+    branches: RowMarks = field(default_factory=RowMarks)
+    events: RowMarks = field(default_factory=RowMarks)
     removed: set[str] = field(default_factory=set)
     touched: set[str] = field(default_factory=set)  # experiments whose last write moved
     cleared: bool = False  # everything went: the store starts over
@@ -373,14 +373,6 @@ def group_rows(
     position = np.empty(top, dtype=np.intp)
     position[unique] = np.arange(len(unique), dtype=np.intp)
     return unique, position[array], len(unique)
-
-
-def _mark(changed: set[int], table: Table[Any], rows: npt.NDArray[np.intp]) -> None:
-    """Add live rows to a change set, holding the row numbers the table's index holds
-    (not a new int per row), added from a dict: a set grown by single adds takes four
-    times the room it needs, from a sized collection twice."""
-    numbers = map(table.ids.__getitem__, map(table.keys.__getitem__, rows.tolist()))
-    changed.update(dict.fromkeys(numbers))
 
 
 def check_buckets(bounds: Sequence[float]) -> tuple[float, ...]:
@@ -614,7 +606,7 @@ class Aggregate:
         """What every fold into branch rows records after it (the vectorised merge and
         the small-batch one both end here, so neither can miss a piece of it)."""
         self.branches.columns["stamp"][rows] = next_stamp()
-        _mark(self.changes.branches, self.branches, rows)
+        self.changes.branches.mark(rows)
         self.version += 1
 
     def add_events(
@@ -769,7 +761,7 @@ class Aggregate:
     def _events_changed(self, rows: npt.NDArray[np.intp]) -> None:
         """Like _branches_changed, for event rows."""
         self.events.columns["stamp"][rows] = next_stamp()
-        _mark(self.changes.events, self.events, rows)
+        self.changes.events.mark(rows)
         self.version += 1
 
     def add(
@@ -870,7 +862,9 @@ class Aggregate:
 
     def take_changes(self) -> Changes:
         """Hand what changed to the store and start afresh (under the owner's lock)."""
-        taken, self.changes = self.changes, Changes()
+        taken = self.changes
+        # (flags as many as before: the rows they may name did not shrink)
+        self.changes = Changes(RowMarks(taken.branches.capacity), RowMarks(taken.events.capacity))
         return taken
 
     def export_changes(self, branch_columns: Sequence[str]) -> ChangedRows:
@@ -881,8 +875,8 @@ class Aggregate:
         touched = self.touched
         activity = [(x, touched[x]) for x in sorted(changes.touched) if x in touched]
         branch_keys, event_keys = self.branches.keys, self.events.keys
-        branch_rows = [r for r in sorted(changes.branches) if branch_keys[r] is not None]
-        event_rows = [r for r in sorted(changes.events) if event_keys[r] is not None]
+        branch_rows = [r for r in changes.branches.rows() if branch_keys[r] is not None]
+        event_rows = [r for r in changes.events.rows() if event_keys[r] is not None]
         b, e = self.branches.columns, self.events.columns
         # (a table nothing changed in is skipped: a dozen fancy indexings of nothing
         # cost the writer tens of microseconds under the lock)

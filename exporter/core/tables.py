@@ -8,7 +8,7 @@ the row has been reused (`live`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from itertools import count
 from typing import Any, Generic, TypeVar
 
@@ -105,3 +105,47 @@ class Table(Generic[K]):
             bigger = np.full((len(column) * 2, *column.shape[1:]), fill, dtype=column.dtype)
             bigger[: len(column)] = column
             self.columns[name] = bigger
+
+
+class RowMarks:
+    """The rows changed since the store last looked, as one flag per row: marking a
+    fold's rows is one vectorised store, where adding them to a set of row numbers cost
+    40-140 ns a row (as much as a third of an in-process record); and a flag takes one
+    byte a row, a set's entry ~30."""
+
+    __slots__ = ("_any", "_flags")
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._flags = np.zeros(capacity, dtype=np.bool_)
+        self._any = False
+
+    def __bool__(self) -> bool:
+        return self._any
+
+    @property
+    def capacity(self) -> int:
+        return len(self._flags)
+
+    def mark(self, rows: npt.NDArray[np.intp] | Sequence[int]) -> None:
+        if len(rows) == 0:
+            return
+        top = int(rows.max()) if isinstance(rows, np.ndarray) else max(rows)
+        if top >= len(self._flags):
+            flags = np.zeros(max(2 * len(self._flags), top + 1), dtype=np.bool_)
+            flags[: len(self._flags)] = self._flags
+            self._flags = flags
+        self._flags[rows] = True
+        self._any = True
+
+    def add(self, row: int) -> None:
+        self.mark([row])
+
+    def rows(self) -> list[int]:
+        """The marked rows, ascending."""
+        return np.flatnonzero(self._flags).tolist() if self._any else []
+
+    def __eq__(self, other: object) -> bool:
+        """The same rows marked (whatever the room for more)."""
+        return self.rows() == other.rows() if isinstance(other, RowMarks) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]

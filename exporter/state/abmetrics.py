@@ -143,9 +143,11 @@ class ABMetrics:
         # reused one (or re-creating the series past the limits).
         self._queries: list[Any] = []
         self._events: list[Any] = []
-        # The series checked here: key -> its code, the one int pending records share
-        self._branch_codes: dict[BranchKey, int] = {}
-        self._event_codes: dict[EventKey, int] = {}
+        # The series checked here, by name one level at a time (experiment, branch,
+        # event) -> its code, the one int pending records share. Nested dicts take a
+        # third of a tuple key's time: no tuple to build, and each name's hash is cached.
+        self._branch_codes: dict[str, dict[str, int]] = {}
+        self._event_codes: dict[str, dict[str, dict[str, int]]] = {}
         self._file_configs: dict[str, ExperimentConfig] = dict(configs or {})
         self._configs: dict[str, ExperimentConfig] = dict(self._file_configs)
         self._changed_configs: set[str] = set()  # set since the store last looked
@@ -170,7 +172,7 @@ class ABMetrics:
         ):
             latency_ms = _checked_query(latency_ms, success)
         try:  # a series seen before had its names checked: finding its code is enough
-            code = self._branch_codes[experiment, branch]
+            code = self._branch_codes[experiment][branch]
         except (KeyError, TypeError):  # a new series (or an unhashable name)
             code = self._admit_branch((experiment, branch))
         queries = self._queries
@@ -187,7 +189,7 @@ class ABMetrics:
         ):
             value = _checked_value(value)
         try:
-            code = self._event_codes[experiment, branch, event]
+            code = self._event_codes[experiment][branch][event]
         except (KeyError, TypeError):
             code = self._admit_event((experiment, branch, event))
         events = self._events
@@ -432,7 +434,8 @@ class ABMetrics:
             if row is None:
                 limits.check(self._aggregate, self.limits, [key], ())
                 row = self._aggregate.branch_row(key)
-            code = self._branch_codes[key] = self._aggregate.branches.code(row)
+            code = self._aggregate.branches.code(row)
+            self._branch_codes.setdefault(key[0], {})[key[1]] = code
             return code
 
     def _admit_event(self, key: EventKey) -> int:
@@ -447,7 +450,8 @@ class ABMetrics:
             if row is None:
                 limits.check(self._aggregate, self.limits, (), [key])
                 row = self._aggregate.event_row(key)
-            code = self._event_codes[key] = self._aggregate.events.code(row)
+            code = self._aggregate.events.code(row)
+            self._event_codes.setdefault(key[0], {}).setdefault(key[1], {})[key[2]] = code
             return code
 
     def _forget_keys(self, experiment: str | None) -> None:
@@ -457,12 +461,8 @@ class ABMetrics:
             self._branch_codes.clear()
             self._event_codes.clear()
             return
-        aggregate = self._aggregate
-        for branch in aggregate.experiments.get(experiment, ()):
-            self._branch_codes.pop((experiment, branch), None)
-        for row in aggregate.experiment_events.get(experiment, ()):
-            if (key := aggregate.events.keys[row]) is not None:
-                self._event_codes.pop(key, None)
+        self._branch_codes.pop(experiment, None)
+        self._event_codes.pop(experiment, None)
 
     def _fold(self) -> None:
         with self._lock:
