@@ -234,4 +234,6 @@ def test_flag_errors_name_the_flag_and_the_choices() -> None:
     assert "--durability: must be one of sync, interval, off, got 'fast'" in output
     assert "_durability" not in output and "exit 2" in output
     output = "\n".join(runs(["serve", "--max-series", "lots"]))
-    assert "--max-series: must be a whole number > 0, got 'lots'" in output
+    assert "--max-series: must be a whole number > 0 and <= 16777216, got 'lots'" in output
+    output = "\n".join(runs(["serve", "--max-series", str(2**24 + 1)]))  # a code's row bits
+    assert "--max-series: must be a whole number > 0 and <= 16777216, got '16777217'" in output

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .aggregate import Aggregate, BranchKey, EventKey, group_rows
+from .tables import MAX_ROWS
 from .validation import MAX_COUNT, MAX_NAME_LENGTH, ValidationError
 
 
@@ -26,7 +27,11 @@ class Limits:
     max_branches: int = 100  # per experiment
     max_events: int = 100  # distinct event names per experiment
     max_name_length: int = MAX_NAME_LENGTH
-    max_series: int = 100_000  # branch and event series together
+    max_series: int = 100_000  # branch and event series together, at most MAX_ROWS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_series <= MAX_ROWS:
+            raise ValueError(f"max_series must be 1 .. {MAX_ROWS}, got {self.max_series}")
 
 
 class LimitError(ValidationError):

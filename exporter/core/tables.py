@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from itertools import count
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -22,12 +22,16 @@ ColumnSpec = dict[str, tuple[type[Any], float, tuple[int, ...]]]
 
 # Every series a row takes gets a serial no other one has in this process, in every
 # table (a table replaced whole leaves no code that fits the new one): codes stay
-# unique until 2**31 - 1 series have been made, then taken again in the same order (never
+# unique until 2**29 - 1 series have been made, then taken again in the same order (never
 # twice in a row, never 0). itertools.count is atomic under the GIL.
 _serials = count(0)
-_SERIAL_CYCLE = (1 << 31) - 1  # serials are 1 .. 2**31 - 1: a code fits an int64
-_ROW_BITS = 32
+_SERIAL_CYCLE = (1 << 29) - 1  # serials are 1 .. 2**29 - 1
+_ROW_BITS = 24
 _ROW_MASK = (1 << _ROW_BITS) - 1
+# A code (serial, then row) takes 53 bits, so a float holds it exactly: the pending lists
+# pack it as a double, a third cheaper a record than a 64-bit int (struct reads an int of
+# more than 30 bits through a generic byte conversion).
+MAX_ROWS: Final = 1 << _ROW_BITS
 
 
 class Table(Generic[K]):
@@ -67,6 +71,8 @@ class Table(Generic[K]):
             self.keys[index] = key
         else:
             index = len(self.keys)
+            if index >= MAX_ROWS:  # the limits keep far below: max_series <= MAX_ROWS
+                raise OverflowError(f"a table holds at most {MAX_ROWS} series")
             self.keys.append(key)
             if index >= len(self._serials):
                 self._grow()
@@ -74,15 +80,16 @@ class Table(Generic[K]):
         self._serials[index] = next(_serials) % _SERIAL_CYCLE + 1
         return index
 
-    def code(self, row: int) -> int:
-        """The row's code: its row number and its series' serial, as one int."""
-        return int(self._serials[row]) << _ROW_BITS | row
+    def code(self, row: int) -> float:
+        """The row's code: its row number and its series' serial, as one float (exact)."""
+        return float(int(self._serials[row]) << _ROW_BITS | row)
 
-    def live(self, codes: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    def live(self, codes: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
         """The rows of codes, -1 for a code whose series is gone."""
-        rows = (codes & _ROW_MASK).astype(np.intp)
+        whole = codes.astype(np.int64)
+        rows = (whole & _ROW_MASK).astype(np.intp)
         # clip: a row past the end (the table was cleared) meets another row's serial
-        held = np.take(self._serials, rows, mode="clip") == codes >> _ROW_BITS
+        held = np.take(self._serials, rows, mode="clip") == whole >> _ROW_BITS
         return np.where(held, rows, -1)
 
     def rows(self, keys: Iterable[K]) -> npt.NDArray[np.intp]:

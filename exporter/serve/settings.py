@@ -19,6 +19,7 @@ from typing import Any
 from ..core.aggregate import DEFAULT_BUCKETS, check_buckets
 from ..core.experiment_config import ExperimentConfig
 from ..core.limits import Limits
+from ..core.tables import MAX_ROWS
 from ..core.validation import MAX_NAME_LENGTH, ValidationError, check_name
 from ..ingest.otlp import OtlpLimits
 
@@ -114,16 +115,17 @@ def parse_buckets(text: str) -> tuple[float, ...]:
         raise ValueError(f"buckets: {error}") from None
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _positive(kind: Callable[[str], Any], most: float = float("inf")) -> Callable[[str], Any]:
     noun = "a whole number" if kind is int else "a number"
+    bound = f"> 0 and <= {most}" if most < float("inf") else "> 0"
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise ValueError(f"must be {noun} > 0, got {text!r}") from None
-        if not value > 0 or value == float("inf"):
-            raise ValueError(f"must be {noun} > 0, got {text!r}")
+            raise ValueError(f"must be {noun} {bound}, got {text!r}") from None
+        if not 0 < value <= most or value == float("inf"):
+            raise ValueError(f"must be {noun} {bound}, got {text!r}")
         return value
 
     return parse
@@ -174,7 +176,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_events", _positive(int), "event names per experiment (100)"),
     Option("max_name_length", _positive(int), f"characters in a name ({MAX_NAME_LENGTH})"),
     Option("max_memory_bytes", _positive(int), "refuse writes (503) above this RSS (off)"),
-    Option("max_series", _positive(int), "branch and event series held in all (100000)"),
+    Option(
+        "max_series",
+        _positive(int, MAX_ROWS),
+        f"branch and event series held in all (100000; at most {MAX_ROWS})",
+    ),
     Option(
         "max_inflight_bytes",
         _positive(int),

@@ -62,7 +62,7 @@ from . import pending
 
 Clock = Callable[[], float]
 _STORED_BRANCH_COLUMNS = ("n", "ok", "total", "lo", "hi", "m2", "sq", "first", "last")
-_FOLD_AT = 4096 * 4  # flat list entries: 4096 queries, 5461 events
+_FOLD_AT = 16384 * 4  # flat list entries (~1 MB): 16384 queries, 21845 events
 _MIN_EVENT_VALUE = -MAX_ABS_EVENT_VALUE
 _PEND_AT_MOST = 16  # records of a batch that may join the pending lists (record_batch)
 # below this a series cannot pass MAX_COUNT with all that may be pending for it
@@ -146,8 +146,8 @@ class ABMetrics:
         # The series checked here, by name one level at a time (experiment, branch,
         # event) -> its code, the one int pending records share. Nested dicts take a
         # third of a tuple key's time: no tuple to build, and each name's hash is cached.
-        self._branch_codes: dict[str, dict[str, int]] = {}
-        self._event_codes: dict[str, dict[str, dict[str, int]]] = {}
+        self._branch_codes: dict[str, dict[str, float]] = {}
+        self._event_codes: dict[str, dict[str, dict[str, float]]] = {}
         self._file_configs: dict[str, ExperimentConfig] = dict(configs or {})
         self._configs: dict[str, ExperimentConfig] = dict(self._file_configs)
         self._changed_configs: set[str] = set()  # set since the store last looked
@@ -265,7 +265,7 @@ class ABMetrics:
             (aggregate.branches, "n", query_keys),
             (aggregate.events, "count", event_keys),
         ]
-        codes: list[list[int]] = []
+        codes: list[list[float]] = []
         for table, count, keys in held:
             ids, counts, found = table.ids, table.columns[count], []
             for key in keys:
@@ -421,7 +421,7 @@ class ABMetrics:
         with self._lock:
             self.receiver.streams.forget(gone)
 
-    def _admit_branch(self, key: BranchKey) -> int:
+    def _admit_branch(self, key: BranchKey) -> float:
         """Check a new series' names and create its row (within the limits); returns
         its code. Names are interned: the series of an experiment share them."""
         length = self.limits.max_name_length
@@ -438,7 +438,7 @@ class ABMetrics:
             self._branch_codes.setdefault(key[0], {})[key[1]] = code
             return code
 
-    def _admit_event(self, key: EventKey) -> int:
+    def _admit_event(self, key: EventKey) -> float:
         length = self.limits.max_name_length
         key = (
             _interned(check_name("experiment", key[0], length)),

@@ -1,11 +1,12 @@
 """The in-process recorders' pending records, taken out as rows and typed columns.
 
 `record_query` and `record_event` keep a record as one atomic `list.extend` of flat
-values (its series' code first), the cheapest thing a call can do. The fold turns the
-list into columns: `struct` packs a run of whole records in one C call, and numpy reads
-the packed bytes as a table of records, where a pass per column (`np.fromiter`) costs
-~30 ns a record more. The packing takes the values exactly as `fromiter` would (an int
-latency becomes the float `float()` makes; a success is a checked bool).
+values (its series' code first, a float: `Table.code`), the cheapest thing a call can
+do. The fold turns the list into columns: `struct` packs a run of whole records in one
+C call, and numpy reads the packed bytes as a table of records, where a pass per column
+(`np.fromiter`) costs ~30 ns a record more. The packing takes the values exactly as
+`fromiter` would (an int latency becomes the float `float()` makes; a success is a
+checked bool).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Layout:
 
     def __post_init__(self) -> None:
         names = [f"f{i}" for i in range(len(self.dtypes) + 1)]
-        record = np.dtype({"names": names, "formats": ["<i8", *self.dtypes]})  # packed
+        record = np.dtype({"names": names, "formats": ["<f8", *self.dtypes]})  # packed
         object.__setattr__(self, "_record", record)
         object.__setattr__(self, "_chunk", struct.Struct(self._format(_CHUNK)))
 
@@ -43,7 +44,7 @@ class Layout:
         return len(self.dtypes) + 1
 
     def _format(self, records: int) -> str:
-        return "<" + ("q" + self.codes) * records
+        return "<" + ("d" + self.codes) * records
 
     def table(self, pending: list[Any], end: int) -> npt.NDArray[Any]:
         """pending[:end] (whole records) as one structured array."""
@@ -71,7 +72,7 @@ def drain(
     end = len(pending) // width * width
     size = end // width
     if size <= FEW:  # the small-batch folds take plain Python numbers
-        rows = table.live(np.fromiter(pending[0:end:width], np.int64, size))
+        rows = table.live(np.fromiter(pending[0:end:width], np.float64, size))
         plain = [pending[k:end:width] for k in range(1, width)]
         del pending[:end]
         if rows.min() >= 0:
