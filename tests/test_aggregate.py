@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from exporter import ABMetrics, ExperimentConfig, ValidationError
+from exporter.core import aggregate as aggregate_module
 from exporter.core.tables import RowMarks
 
 from .conftest import FakeClock
@@ -315,3 +316,27 @@ def test_row_marks_hold_each_row_once_in_order_past_their_first_room() -> None:
     other = RowMarks()
     other.mark([70, 9, 3, 2])
     assert marks == other and marks != RowMarks()
+
+
+PACK_FROM = aggregate_module._PACK_FROM
+
+
+@pytest.mark.parametrize("size", [0, 1, PACK_FROM - 1, PACK_FROM, 1000])
+def test_lists_packed_to_numpy_equal_what_asarray_makes(size: int) -> None:
+    rng = random.Random(size)
+    choices = (
+        lambda: rng.uniform(-1e12, 1e12),
+        lambda: rng.randrange(-(2**60), 2**60),  # ints, some past a float's 53 bits
+        lambda: 0.1 + 0.2,
+        lambda: -0.0,
+    )
+    numbers = [rng.choice(choices)() for _ in range(size)]
+    flags = [rng.random() < 0.5 for _ in range(size)]
+    rows = [rng.randrange(0, 2**40) for _ in range(size)]
+    floats = aggregate_module.floats(numbers)
+    assert floats.dtype == np.float64
+    assert floats.tobytes() == np.asarray(numbers, dtype=np.float64).tobytes()
+    bools = aggregate_module.bools(flags)
+    assert bools.dtype == np.bool_ and bools.tobytes() == np.asarray(flags, np.bool_).tobytes()
+    row_numbers = aggregate_module.row_numbers(rows)
+    assert row_numbers.dtype == np.intp and row_numbers.tolist() == rows
