@@ -19,7 +19,7 @@ import time
 from exporter import ABMetrics
 from exporter.client import Client
 from exporter.core.aggregate import DEFAULT_BUCKETS
-from exporter.ingest.otlp import OtlpLimits, decode, parse
+from exporter.ingest.otlp import OtlpLimits, parse_body
 from tests.otlp_messages import (
     CUMULATIVE,
     Histogram,
@@ -73,7 +73,7 @@ def bench_otlp(series: int, requests: int) -> float:
     limits = OtlpLimits()
     started = time.process_time()  # CPU time of this (single-threaded) process: one core
     for body in bodies:
-        metrics.record_otlp(parse(decode(body, "application/x-protobuf"), limits))
+        metrics.record_otlp(parse_body(body, "application/x-protobuf", limits))
     elapsed = time.process_time() - started
     assert metrics.stats().total_queries_recorded > 0
     return series * requests / elapsed

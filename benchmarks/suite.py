@@ -355,7 +355,7 @@ def otlp_row(series: int, requests: int, repeats: int) -> Row:
         ExportMetricsServiceRequest,
     )
 
-    from exporter.ingest.otlp import OtlpLimits, decode, parse
+    from exporter.ingest.otlp import OtlpLimits, parse_body
 
     bodies = [request(series, step) for step in range(1, requests + 1)]
     points = series * requests
@@ -364,7 +364,7 @@ def otlp_row(series: int, requests: int, repeats: int) -> Row:
         metrics = ABMetrics()
         limits = OtlpLimits()
         for body in bodies:
-            metrics.record_otlp(parse(decode(body, "application/x-protobuf"), limits))
+            metrics.record_otlp(parse_body(body, "application/x-protobuf", limits))
 
     def floor() -> None:  # decode and read every point's fields, nothing else
         for body in bodies:

@@ -56,12 +56,13 @@ from typing import Any, Final, Literal, cast
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsPartialSuccess,
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     DataPointFlags,
@@ -69,6 +70,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     HistogramDataPoint,
     Metric,
 )
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from ..core.aggregate import BranchKey, EventKey, EventParts, PartColumns
 from ..core.validation import (
@@ -78,6 +80,7 @@ from ..core.validation import (
     MAX_NAME_LENGTH,
     name_problem,
 )
+from . import otlp_envelope as envelope
 from . import otlp_plain as plain_
 from . import otlp_state as state_
 from . import otlp_wire as wire
@@ -290,6 +293,58 @@ def _records(point: HistogramDataPoint) -> int:
     return point.count if 0 < point.count <= MAX_COUNT else 1
 
 
+def parse_body(
+    body: bytes, content_type: str, limits: OtlpLimits, now: float | None = None
+) -> Parsed:
+    """`parse(decode(body, content_type))`, without building the request's messages when
+    it is the usual export (`_parse_usual`). Raises DecodeError as `decode` does."""
+    if content_type == "application/x-protobuf":
+        parsed = _parse_usual(body, limits, now)
+        if parsed is not None:
+            return parsed
+    return parse(decode(body, content_type), limits, now)
+
+
+def _parse_usual(body: bytes, limits: OtlpLimits, now: float | None) -> Parsed | None:
+    """Our histograms, every point of them in the wire's one layout and passing every
+    check, read from the body's own bytes (`otlp_envelope`, `otlp_wire`): what `parse`
+    answers for them. None for any other request: `parse` then takes it whole."""
+    metrics = envelope.histograms(body)
+    if metrics is None:
+        return None
+    out = Parsed()
+    now_ns = int((time.time() if now is None else now) * 1e9)
+    resources: dict[bytes, tuple[tuple[str, bytes], ...]] = {}
+    scopes: dict[bytes, tuple[str, str]] = {}
+    for metric in metrics:
+        name, query = metric.name, metric.name == QUERY_METRIC
+        if (
+            (not query and name != EVENT_METRIC)
+            or metric.temporality not in (_DELTA, _CUMULATIVE)
+            or (query and metric.unit not in _UNIT_TO_MS)
+            or not 0 < len(metric.points) <= _CHUNK
+        ):
+            return None
+        try:
+            if (resource := resources.get(metric.resource)) is None:
+                attributes = Resource.FromString(metric.resource).attributes
+                resource = resources[metric.resource] = _attribute_key(attributes)
+            if (scope := scopes.get(metric.scope)) is None:
+                found = InstrumentationScope.FromString(metric.scope)
+                scope = scopes[metric.scope] = (found.name, found.version)
+            factor = _UNIT_TO_MS[metric.unit] if query else 1.0
+            delta = metric.temporality == _DELTA
+            chunk = _wire_chunk(
+                (resource, scope, name), name, delta, factor, metric.points, limits, now_ns
+            )
+        except ProtobufDecodeError:
+            return None
+        if chunk is None:
+            return None
+        out.add_chunk(chunk)
+    return out
+
+
 def parse(
     request: ExportMetricsServiceRequest, limits: OtlpLimits, now: float | None = None
 ) -> Parsed:
@@ -401,8 +456,8 @@ def _columns(
     when it may not (`_point` decides and says why), None when it has no recorded value;
     a Chunk of them all when every point passes with the same bounds. Each check here is
     `_point`'s, or stricter; nothing passes that `_point` refuses."""
-    serialized = histogram.SerializeToString()  # canonical: see `otlp_view`, `otlp_wire`
-    wired = _wire_chunk(prefix, name, delta, factor, serialized, limits, now_ns)
+    serialized = histogram.SerializeToString()  # canonical: see `otlp_view`
+    wired = _wire_chunk(prefix, name, delta, factor, wire.points(serialized)[0], limits, now_ns)
     if wired is not None:
         return wired
     points = view(serialized)
@@ -491,13 +546,14 @@ def _wire_chunk(
     name: str,
     delta: bool,
     factor: float,
-    serialized: bytes,
+    points: list[bytes],
     limits: OtlpLimits,
     now_ns: int,
 ) -> Chunk | None:
     """The usual histogram at its cheapest: points of one layout (`otlp_wire`), every one
-    of them passing `_columns`' checks; None for any other (`_columns` then decides)."""
-    columns = wire.read(serialized)
+    of them passing `_columns`' checks; None for any other (`_columns` then decides).
+    Raises DecodeError (protobuf's) for a new run of attributes that does not parse."""
+    columns = wire.read(points)
     if columns is None:
         return None
     query = name == QUERY_METRIC

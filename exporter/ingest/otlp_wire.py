@@ -1,10 +1,12 @@
 """Histogram points of one byte layout read as columns straight from their bytes.
 
 An app exports the same shape of point again and again: the same fields present, the
-same bounds, its attributes in the same place. Re-serialized (canonical: fields in
-number order, repeated numbers packed), such points differ only in the values at
-fixed offsets and in their run of attributes, so numpy reads every point's numbers
-at once, where the protobuf runtime makes an object per field per point.
+same bounds, its attributes in the same place. Written as every protobuf runtime writes
+them (fields in number order, repeated numbers packed), such points differ only in the
+values at fixed offsets and in their run of attributes, so numpy reads every point's
+numbers at once, where the protobuf runtime makes an object per field per point. The
+points are read as the app sent them (`otlp_envelope`) or as re-serialized by
+`otlp._columns`.
 
 `read` answers only when every point has the layout of the first one, each tag and
 length byte checked: fields 2-7 (times, count, sum, buckets, bounds) in a fixed
@@ -43,6 +45,9 @@ def _schemas() -> tuple[Any, Any]:
         file.message_type.add(name=name).field.add(
             name="items", number=number, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED
         )
+    file.message_type[0].field.add(  # the histogram's aggregation_temporality (an enum)
+        name="temporality", number=2, type=_F.TYPE_INT32, label=_F.LABEL_OPTIONAL
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     found = pool.FindMessageTypeByName
@@ -170,13 +175,25 @@ def _numbers(table: npt.NDArray[np.uint8], offset: int, double: bool) -> npt.NDA
     return raw.view("<f8" if double else "<u8").reshape(len(table))
 
 
-def read(serialized: bytes) -> Columns | None:
-    """The fields of a histogram's points (`serialized` as its `SerializeToString` gives
-    it: canonical) as columns, or None unless they all have the first one's layout
-    outside their attribute runs. A run is returned as its bytes, unchecked: the caller
-    takes a point only if `attributes` finds its run to be attributes and nothing else
-    (flags, exemplars or unknown fields there would make it None)."""
-    points: list[bytes] = _ALL(_POINTS.FromString(serialized).items)
+DecodeError: Final = message.DecodeError
+
+
+def points(serialized: bytes) -> tuple[list[bytes], int]:
+    """A histogram's points, each as its bytes, and its aggregation temporality. Raises
+    DecodeError for bytes that are not a message of those fields (the points' own bytes
+    are not read: `read` takes them only in its one layout)."""
+    histogram = _POINTS.FromString(serialized)
+    return _ALL(histogram.items), histogram.temporality
+
+
+def read(points: list[bytes]) -> Columns | None:
+    """The fields of a histogram's points (`points` gives them) as columns, or None
+    unless they all have the first one's layout outside their attribute runs: each field
+    once, in number order, of its own wire type; the packed ones packed; so a point read
+    is what protobuf would read, however the histogram around it was written. A run is
+    returned as its bytes, unchecked: the caller takes a point only if `attributes` finds
+    its run to be attributes and nothing else (flags, exemplars or unknown fields there
+    would make it None)."""
     size = len(points)
     if not size:
         return None

@@ -253,7 +253,7 @@ async def post_otlp(request: web.Request) -> web.Response:
     metrics, limits = app[METRICS], app[METRICS].receiver.limits
 
     def parse() -> otlp.Parsed:
-        return otlp.parse(otlp.decode(body, content_type), limits)
+        return otlp.parse_body(body, content_type, limits)
 
     def respond(received: otlp.Received) -> Answer:
         return Answer(200, otlp.encode(received.response(), content_type), content_type)
