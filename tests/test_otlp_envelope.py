@@ -185,6 +185,25 @@ def test_the_usual_export_is_read_from_its_bytes() -> None:
     assert answers(body) == reference(body)
 
 
+def _nested(depth: int) -> bytes:
+    """An AnyValue holding an array holding ... `depth` times, then a string."""
+    value = field(1, b"x")
+    for _ in range(depth):
+        value = field(5, field(1, value))
+    return value
+
+
+def _deep_attribute(depth: int) -> bytes:
+    return field(9, field(1, b"deep") + field(2, _nested(depth)))
+
+
+def _with_resource(body: bytes, resource: bytes) -> bytes:
+    """The body's one ResourceMetrics given `resource` too."""
+    request = decode(body, PROTOBUF)
+    inner = request.resource_metrics[0].SerializeToString()
+    return field(1, field(1, resource) + inner)
+
+
 @pytest.mark.parametrize(
     "surgery",
     [
@@ -192,6 +211,21 @@ def test_the_usual_export_is_read_from_its_bytes() -> None:
         lambda b: b.replace(b"exp", b"\xffxp"),  # an attribute's text that is not UTF-8
         lambda b: b.replace(b"abtest.query.duration", b"abtest.query.duratio\xff"),
         lambda b: b + b"\x0b",  # a group's start tag
+        # found by review: a resource or scope with nothing under it is still parsed
+        lambda b: b + field(1, field(1, field(1, field(1, b"\xff")))),
+        lambda b: b + field(1, field(2, field(1, field(1, b"\xff")))),
+        lambda b: b + b"\x0a\x04\x0a\x02\x0a\x05",  # a resource cut short inside
+        # a tag or a length in more than 5 bytes, or a tag past 32 bits
+        lambda b: b + b"\xa8\x81\x80\x80\x80\x00\x07",
+        lambda b: b + b"\xa8\x81\x80\x80\x7f\x07",
+        lambda b: b + b"\x0a\x80\x80\x80\x80\x80\x00",
+        # a point's packed length in 6 bytes (the points, and all around them, longer)
+        lambda b: export_bytes_with_point(
+            b, lambda p: p.replace(b"\x32\x10", b"\x32\x90\x80\x80\x80\x80\x00")
+        ),
+        # nested deeper than protobuf allows, counted from the request, not from the part
+        lambda b: export_bytes_with_point(b, lambda p: p + _deep_attribute(47)),
+        lambda b: _with_resource(b, field(1, field(1, b"r") + field(2, _nested(49)))),
     ],
 )
 def test_a_body_protobuf_refuses_is_refused_whichever_way_it_is_read(surgery: Any) -> None:
@@ -214,3 +248,18 @@ def test_unpacked_bucket_counts_are_read_by_protobuf_as_what_they_are() -> None:
     body = body.replace(packed, unpacked)
     assert otlp._parse_usual(body, LIMITS, NOW) is None
     assert answers(body) == reference(body) and len(parse_body(body, PROTOBUF, LIMITS).points)
+
+
+def export_bytes_with_point(body: bytes, change: Any) -> bytes:
+    """The usual body with each point's bytes changed, every length around them written
+    again."""
+    request = decode(body, PROTOBUF)
+    metric = request.resource_metrics[0].scope_metrics[0].metrics[0]
+    points = [change(p.SerializeToString()) for p in metric.histogram.data_points]
+    histogram = (
+        b"".join(field(1, p) for p in points)
+        + b"\x10"
+        + bytes([metric.histogram.aggregation_temporality])
+    )
+    inner = field(1, metric.name.encode()) + field(3, metric.unit.encode()) + field(9, histogram)
+    return field(1, field(2, field(2, inner)))

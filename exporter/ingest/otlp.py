@@ -62,7 +62,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     DataPointFlags,
@@ -70,7 +70,6 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     HistogramDataPoint,
     Metric,
 )
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from ..core.aggregate import BranchKey, EventKey, EventParts, PartColumns
 from ..core.validation import (
@@ -327,10 +326,10 @@ def _parse_usual(body: bytes, limits: OtlpLimits, now: float | None) -> Parsed |
             return None
         try:
             if (resource := resources.get(metric.resource)) is None:
-                attributes = Resource.FromString(metric.resource).attributes
+                attributes = envelope.resource(metric.resource).attributes
                 resource = resources[metric.resource] = _attribute_key(attributes)
             if (scope := scopes.get(metric.scope)) is None:
-                found = InstrumentationScope.FromString(metric.scope)
+                found = envelope.scope(metric.scope)
                 scope = scopes[metric.scope] = (found.name, found.version)
             factor = _UNIT_TO_MS[metric.unit] if query else 1.0
             delta = metric.temporality == _DELTA
@@ -566,7 +565,8 @@ def _wire_chunk(
             listed = wire.attributes(runs[i])
             if listed is None:
                 return None
-            identity = _identity(prefix, name, map(KeyValue.FromString, listed), limits)
+            # (as deep as in a request: the body may not have been parsed as one)
+            identity = _identity(prefix, name, envelope.attributes(listed), limits)
             small = len(runs[i]) <= _MEMO_MAX_BYTES  # (as in `_columns`)
             found[i] = _RUN_IDENTITIES.put(scope, runs[i], identity) if small else identity
     if set(map(type, found)) != {_Identity}:

@@ -16,9 +16,15 @@ protobuf runtime, which decides (and names any problem).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from . import otlp_wire as wire
 
@@ -29,6 +35,7 @@ _RESOURCE, _SCOPE_METRICS, _SCHEMA_URL = 1, 2, 3  # ResourceMetrics
 _SCOPE, _METRICS = 1, 2  # ScopeMetrics (schema_url: 3)
 _NAME, _DESCRIPTION, _UNIT, _HISTOGRAM, _METADATA = 1, 2, 3, 9, 12  # Metric
 _OTHER_DATA: Final = frozenset((5, 7, 10, 11))  # gauge, sum, exponential histogram, summary
+_DATA_POINTS, _ATTRIBUTES = 1, 9  # Histogram, HistogramDataPoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +54,12 @@ class _Bad(Exception):
     pass
 
 
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _varint(data: bytes, pos: int, end: int, most: int = 10) -> tuple[int, int]:
+    """The varint at `pos` of at most `most` bytes (protobuf reads a tag or a length in
+    at most 5, a value in at most 10), and the position after it."""
     value = shift = 0
-    while pos < end and shift < 64:
+    stop = min(end, pos + most)
+    while pos < stop:
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -63,9 +73,9 @@ def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, in
     """(field number, wire type, start, end) of each field in data[pos:end]; a varint's
     value is data[start:end] too (not needed here: none is read)."""
     while pos < end:
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _varint(data, pos, end, 5)
         number, kind = tag >> 3, tag & 7
-        if number == 0:
+        if number == 0 or tag > 0xFFFFFFFF:
             raise _Bad
         if kind == _VARINT:
             _, after = _varint(data, pos, end)
@@ -74,7 +84,7 @@ def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, in
         elif kind == _FIXED32:
             after = pos + 4
         elif kind == _LENGTH:
-            size, pos = _varint(data, pos, end)
+            size, pos = _varint(data, pos, end, 5)
             after = pos + size
         else:  # groups, or no wire type at all
             raise _Bad
@@ -93,6 +103,45 @@ def _once(seen: set[int], number: int, kind: int) -> None:
 
 def _text(data: bytes, start: int, end: int) -> str:
     return data[start:end].decode()  # strict UTF-8, as protobuf checks a string
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    size, head = len(payload), bytearray()
+    while size > 0x7F:
+        head.append(size & 0x7F | 0x80)
+        size >>= 7
+    head.append(size)
+    return bytes([number << 3 | _LENGTH]) + bytes(head) + payload
+
+
+def _in_request(path: tuple[int, ...], payload: bytes) -> ExportMetricsServiceRequest:
+    """`payload` as the field `path` names, parsed inside a request as deep as it sits in
+    one: protobuf refuses nesting past its depth limit counted from the request, so a
+    message parsed on its own could pass where the whole request would not. Raises
+    DecodeError as parsing the request would."""
+    for number in reversed(path):
+        payload = _field(number, payload)
+    return ExportMetricsServiceRequest.FromString(payload)
+
+
+def resource(serialized: bytes) -> Resource:
+    return _in_request((_RESOURCE_METRICS, _RESOURCE), serialized).resource_metrics[0].resource
+
+
+def scope(serialized: bytes) -> InstrumentationScope:
+    path = (_RESOURCE_METRICS, _SCOPE_METRICS, _SCOPE)
+    return _in_request(path, serialized).resource_metrics[0].scope_metrics[0].scope
+
+
+def attributes(serialized: list[bytes]) -> Sequence[KeyValue]:
+    """A data point's attributes (each a serialized KeyValue), parsed as deep as a point's
+    attributes sit in a request."""
+    path = (_RESOURCE_METRICS, _SCOPE_METRICS, _METRICS, _HISTOGRAM, _DATA_POINTS)
+    point = b"".join(_field(_ATTRIBUTES, kv) for kv in serialized)
+    request = _in_request(path, point)
+    return (
+        request.resource_metrics[0].scope_metrics[0].metrics[0].histogram.data_points[0].attributes
+    )
 
 
 def histograms(body: bytes) -> list[WireHistogram] | None:
@@ -125,6 +174,8 @@ def _resource_metrics(body: bytes, pos: int, end: int) -> Iterator[WireHistogram
         elif number == _SCHEMA_URL:
             _once(seen, number, kind)
             _text(body, start, stop)
+    if not scopes:  # then its resource would be parsed nowhere here
+        raise _Bad
     for start, stop in scopes:
         yield from _scope_metrics(body, start, stop, resource)
 
@@ -142,6 +193,8 @@ def _scope_metrics(body: bytes, pos: int, end: int, resource: bytes) -> Iterator
         elif number == _SCHEMA_URL:
             _once(seen, number, kind)
             _text(body, start, stop)
+    if not metrics:  # then its scope would be parsed nowhere here
+        raise _Bad
     for start, stop in metrics:
         yield _metric(body, start, stop, resource, scope)
 
@@ -171,4 +224,4 @@ def _metric(body: bytes, pos: int, end: int, resource: bytes, scope: bytes) -> W
     return WireHistogram(resource, scope, name, unit, temporality, points)
 
 
-__all__ = ["WireHistogram", "histograms"]
+__all__ = ["WireHistogram", "attributes", "histograms", "resource", "scope"]

@@ -94,8 +94,9 @@ class _Bad(Exception):
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A length (at most 5 bytes, as protobuf reads one) and the position after it."""
     value = shift = 0
-    while shift < 64:
+    while shift < 35:
         if pos >= len(data):
             raise _Bad
         byte = data[pos]
