@@ -28,7 +28,9 @@ __all__ = [
     "KeyValue",
     "Metric",
     "export_request",
+    "field",
     "text",
+    "varint",
 ]
 
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -45,3 +47,18 @@ def export_request(metrics: Iterable[Metric]) -> ExportMetricsServiceRequest:
     return ExportMetricsServiceRequest(
         resource_metrics=[ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=list(metrics))])]
     )
+
+
+def varint(value: int) -> bytes:
+    """A protobuf varint, in as few bytes as it takes."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field, written by hand (for bodies no runtime would write)."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload

@@ -16,6 +16,7 @@ from exporter.serve.settings import Settings
 
 from .conftest import Client
 from .helpers import Exporter, http, wait_for
+from .otlp_messages import field
 
 Q = {"experiment": "e", "branch": "control", "latency_ms": 12.5, "success": True}
 
@@ -244,25 +245,12 @@ def rss(pid: int) -> int:
         return int(line.split()[1]) * 1024
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def empty_points_request(points: int) -> bytes:
     """An OTLP protobuf request of `points` empty histogram points: two bytes each on the
     wire, the most a body can inflate to once decoded."""
     histogram = b"\x0a\x00" * points + b"\x10\x01"  # data_points..., delta temporality
-    metric = _field(1, b"abtest.query.duration") + _field(9, histogram)
-    return _field(1, _field(2, _field(2, metric)))  # resource, scope, metric
+    metric = field(1, b"abtest.query.duration") + field(9, histogram)
+    return field(1, field(2, field(2, metric)))  # resource, scope, metric
 
 
 def test_memory_stays_bounded_under_the_worst_otlp_bodies(tmp_path: Path) -> None:

@@ -17,28 +17,23 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from exporter.ingest import otlp, otlp_envelope
 from exporter.ingest.otlp import DecodeError, decode, parse, parse_body
 
-from .otlp_messages import DELTA, Histogram, HistogramDataPoint, Metric, export_request, text
+from .otlp_messages import (
+    DELTA,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    export_request,
+    field,
+    text,
+    varint,
+)
 from .test_otlp_columns import LIMITS, NOW, refusals, same
 from .test_otlp_wire import histograms
 
 PROTOBUF = "application/x-protobuf"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-UNKNOWN = _varint(21 << 3) + b"\x07"  # field 21, varint 7: no schema here knows it
+UNKNOWN = varint(21 << 3) + b"\x07"  # field 21, varint 7: no schema here knows it
 
 
 def answers(body: bytes) -> tuple[Any, ...]:

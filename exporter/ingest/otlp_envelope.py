@@ -31,8 +31,9 @@ from . import otlp_wire as wire
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 # field numbers (opentelemetry/proto/.../metrics.proto, metrics_service.proto)
 _RESOURCE_METRICS: Final = 1  # ExportMetricsServiceRequest
-_RESOURCE, _SCOPE_METRICS, _SCHEMA_URL = 1, 2, 3  # ResourceMetrics
-_SCOPE, _METRICS = 1, 2  # ScopeMetrics (schema_url: 3)
+# ResourceMetrics and ScopeMetrics alike: resource or scope, what they hold, schema_url
+_RESOURCE, _SCOPE_METRICS, _SCHEMA_URL = 1, 2, 3
+_SCOPE, _METRICS = 1, 2
 _NAME, _DESCRIPTION, _UNIT, _HISTOGRAM, _METADATA = 1, 2, 3, 9, 12  # Metric
 _OTHER_DATA: Final = frozenset((5, 7, 10, 11))  # gauge, sum, exponential histogram, summary
 _DATA_POINTS, _ATTRIBUTES = 1, 9  # Histogram, HistogramDataPoint
@@ -50,46 +51,27 @@ class WireHistogram:
     points: list[bytes]  # each data point as sent
 
 
-class _Bad(Exception):
-    pass
-
-
-def _varint(data: bytes, pos: int, end: int, most: int = 10) -> tuple[int, int]:
-    """The varint at `pos` of at most `most` bytes (protobuf reads a tag or a length in
-    at most 5, a value in at most 10), and the position after it."""
-    value = shift = 0
-    stop = min(end, pos + most)
-    while pos < stop:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise _Bad
-
-
 def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
     """(field number, wire type, start, end) of each field in data[pos:end]; a varint's
     value is data[start:end] too (not needed here: none is read)."""
     while pos < end:
-        tag, pos = _varint(data, pos, end, 5)
+        tag, pos = wire.varint(data, pos, end)
         number, kind = tag >> 3, tag & 7
         if number == 0 or tag > 0xFFFFFFFF:
-            raise _Bad
+            raise wire.Malformed
         if kind == _VARINT:
-            _, after = _varint(data, pos, end)
+            _, after = wire.varint(data, pos, end, 10)
         elif kind == _FIXED64:
             after = pos + 8
         elif kind == _FIXED32:
             after = pos + 4
         elif kind == _LENGTH:
-            size, pos = _varint(data, pos, end, 5)
+            size, pos = wire.varint(data, pos, end)
             after = pos + size
         else:  # groups, or no wire type at all
-            raise _Bad
+            raise wire.Malformed
         if after > end:
-            raise _Bad
+            raise wire.Malformed
         yield number, kind, pos, after
         pos = after
 
@@ -97,7 +79,7 @@ def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, in
 def _once(seen: set[int], number: int, kind: int) -> None:
     """A known singular field: length-delimited, and only once (else protobuf merges)."""
     if kind != _LENGTH or number in seen:
-        raise _Bad
+        raise wire.Malformed
     seen.add(number)
 
 
@@ -149,7 +131,7 @@ def histograms(body: bytes) -> list[WireHistogram] | None:
     whole (see the module's docstring); None otherwise."""
     try:
         return list(_request(body))
-    except (_Bad, UnicodeDecodeError, wire.DecodeError):
+    except (wire.Malformed, UnicodeDecodeError, wire.DecodeError):
         return None
 
 
@@ -157,46 +139,37 @@ def _request(body: bytes) -> Iterator[WireHistogram]:
     for number, kind, start, end in _fields(body, 0, len(body)):
         if number == _RESOURCE_METRICS:
             if kind != _LENGTH:
-                raise _Bad
+                raise wire.Malformed
             yield from _resource_metrics(body, start, end)
 
 
+def _parent(body: bytes, pos: int, end: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """A ResourceMetrics or a ScopeMetrics: its resource or scope (field 1, as bytes),
+    and where each entry it holds (field 2) lies; its schema_url (3) checked. One that
+    holds nothing is not taken: its resource or scope would be parsed nowhere here."""
+    single, held, seen = b"", [], set[int]()
+    for number, kind, start, stop in _fields(body, pos, end):
+        if number == 1:
+            _once(seen, number, kind)
+            single = body[start:stop]
+        elif number == 2:
+            if kind != _LENGTH:
+                raise wire.Malformed
+            held.append((start, stop))
+        elif number == _SCHEMA_URL:
+            _once(seen, number, kind)
+            _text(body, start, stop)
+    if not held:
+        raise wire.Malformed
+    return single, held
+
+
 def _resource_metrics(body: bytes, pos: int, end: int) -> Iterator[WireHistogram]:
-    resource, scopes, seen = b"", [], set[int]()
-    for number, kind, start, stop in _fields(body, pos, end):
-        if number == _RESOURCE:
-            _once(seen, number, kind)
-            resource = body[start:stop]
-        elif number == _SCOPE_METRICS:
-            if kind != _LENGTH:
-                raise _Bad
-            scopes.append((start, stop))
-        elif number == _SCHEMA_URL:
-            _once(seen, number, kind)
-            _text(body, start, stop)
-    if not scopes:  # then its resource would be parsed nowhere here
-        raise _Bad
+    resource, scopes = _parent(body, pos, end)
     for start, stop in scopes:
-        yield from _scope_metrics(body, start, stop, resource)
-
-
-def _scope_metrics(body: bytes, pos: int, end: int, resource: bytes) -> Iterator[WireHistogram]:
-    scope, metrics, seen = b"", [], set[int]()
-    for number, kind, start, stop in _fields(body, pos, end):
-        if number == _SCOPE:
-            _once(seen, number, kind)
-            scope = body[start:stop]
-        elif number == _METRICS:
-            if kind != _LENGTH:
-                raise _Bad
-            metrics.append((start, stop))
-        elif number == _SCHEMA_URL:
-            _once(seen, number, kind)
-            _text(body, start, stop)
-    if not metrics:  # then its scope would be parsed nowhere here
-        raise _Bad
-    for start, stop in metrics:
-        yield _metric(body, start, stop, resource, scope)
+        scope, metrics = _parent(body, start, stop)
+        for first, last in metrics:
+            yield _metric(body, first, last, resource, scope)
 
 
 def _metric(body: bytes, pos: int, end: int, resource: bytes, scope: bytes) -> WireHistogram:
@@ -205,7 +178,7 @@ def _metric(body: bytes, pos: int, end: int, resource: bytes, scope: bytes) -> W
     seen = set[int]()
     for number, kind, start, stop in _fields(body, pos, end):
         if number in _OTHER_DATA or number == _METADATA:
-            raise _Bad
+            raise wire.Malformed
         if number == _NAME:
             _once(seen, number, kind)
             name = _text(body, start, stop)
@@ -219,7 +192,7 @@ def _metric(body: bytes, pos: int, end: int, resource: bytes, scope: bytes) -> W
             _once(seen, number, kind)
             histogram = wire.points(body[start:stop])
     if histogram is None:
-        raise _Bad
+        raise wire.Malformed
     points, temporality = histogram
     return WireHistogram(resource, scope, name, unit, temporality, points)
 

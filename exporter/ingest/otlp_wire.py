@@ -89,23 +89,23 @@ def attributes(run: bytes) -> list[bytes] | None:
     return items
 
 
-class _Bad(Exception):
-    pass
+class Malformed(Exception):
+    """Bytes this module does not take (protobuf may, or may refuse them)."""
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A length (at most 5 bytes, as protobuf reads one) and the position after it."""
+def varint(data: bytes, pos: int, end: int, most: int = 5) -> tuple[int, int]:
+    """The varint at `pos` in at most `most` bytes (protobuf reads a tag or a length in
+    at most 5, a value in at most 10) before `end`, and the position after it."""
     value = shift = 0
-    while shift < 35:
-        if pos >= len(data):
-            raise _Bad
+    stop = min(end, pos + most)
+    while pos < stop:
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, pos
         shift += 7
-    raise _Bad
+    raise Malformed
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,39 +130,39 @@ def _layout(point: bytes) -> _Layout:
         tag = point[pos]
         number, kind = tag >> 3, tag & 7
         if number <= last or tag >= 0x80:
-            raise _Bad
+            raise Malformed
         last = number
         if number in _HEAD and kind == _FIXED:
             head_marks.append(pos)
             head[_HEAD[number]] = pos + 1
             pos += 9
         elif number in _PACKED and kind == _LENGTH:
-            size, start = _varint(point, pos + 1)
+            size, start = varint(point, pos + 1, len(point))
             if size % 8:
-                raise _Bad
+                raise Malformed
             head_marks.extend(range(pos, start))
             packed[_PACKED[number]] = (start, size)
             pos = start + size
         else:
-            raise _Bad
+            raise Malformed
     prefix = pos
     if pos >= len(point):  # no attributes: refused, and `otlp_view` says why
-        raise _Bad
+        raise Malformed
     while pos < len(point) and point[pos] == _ATTRIBUTE:
-        size, start = _varint(point, pos + 1)
+        size, start = varint(point, pos + 1, len(point))
         pos = start + size
     suffix_start, tail_marks, tail, last = pos, [], {}, 9
     while pos < len(point):
         tag = point[pos]
         number, kind = tag >> 3, tag & 7
         if number <= last or number not in _TAIL or kind != _FIXED:
-            raise _Bad
+            raise Malformed
         last = number
         tail_marks.append(pos - suffix_start)
         tail[_TAIL[number]] = pos + 1 - suffix_start
         pos += 9
     if pos != len(point):
-        raise _Bad
+        raise Malformed
     return _Layout(prefix, pos - suffix_start, head_marks, tail_marks, head, packed, tail)
 
 
@@ -200,7 +200,7 @@ def read(points: list[bytes]) -> Columns | None:
         return None
     try:
         layout = _layout(points[0])
-    except _Bad:
+    except Malformed:
         return None
     prefix, suffix = layout.prefix, layout.suffix
     lengths = np.fromiter(map(len, points), dtype=np.intp, count=size)
