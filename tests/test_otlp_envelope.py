@@ -221,6 +221,8 @@ def _with_resource(body: bytes, resource: bytes) -> bytes:
         # nested deeper than protobuf allows, counted from the request, not from the part
         lambda b: export_bytes_with_point(b, lambda p: p + _deep_attribute(47)),
         lambda b: _with_resource(b, field(1, field(1, b"r") + field(2, _nested(49)))),
+        # unknown groups nested in the histogram: deep enough only counted from the request
+        lambda b: export_bytes_with_point(b, lambda p: p, b"\x7b" * 97 + b"\x7c" * 97),
     ],
 )
 def test_a_body_protobuf_refuses_is_refused_whichever_way_it_is_read(surgery: Any) -> None:
@@ -245,9 +247,9 @@ def test_unpacked_bucket_counts_are_read_by_protobuf_as_what_they_are() -> None:
     assert answers(body) == reference(body) and len(parse_body(body, PROTOBUF, LIMITS).points)
 
 
-def export_bytes_with_point(body: bytes, change: Any) -> bytes:
-    """The usual body with each point's bytes changed, every length around them written
-    again."""
+def export_bytes_with_point(body: bytes, change: Any, tail: bytes = b"") -> bytes:
+    """The usual body with each point's bytes changed and `tail` after the histogram's
+    fields, every length around them written again."""
     request = decode(body, PROTOBUF)
     metric = request.resource_metrics[0].scope_metrics[0].metrics[0]
     points = [change(p.SerializeToString()) for p in metric.histogram.data_points]
@@ -255,6 +257,7 @@ def export_bytes_with_point(body: bytes, change: Any) -> bytes:
         b"".join(field(1, p) for p in points)
         + b"\x10"
         + bytes([metric.histogram.aggregation_temporality])
+        + tail
     )
     inner = field(1, metric.name.encode()) + field(3, metric.unit.encode()) + field(9, histogram)
     return field(1, field(2, field(2, inner)))

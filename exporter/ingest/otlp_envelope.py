@@ -87,23 +87,12 @@ def _text(data: bytes, start: int, end: int) -> str:
     return data[start:end].decode()  # strict UTF-8, as protobuf checks a string
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    size, head = len(payload), bytearray()
-    while size > 0x7F:
-        head.append(size & 0x7F | 0x80)
-        size >>= 7
-    head.append(size)
-    return bytes([number << 3 | _LENGTH]) + bytes(head) + payload
-
-
 def _in_request(path: tuple[int, ...], payload: bytes) -> ExportMetricsServiceRequest:
     """`payload` as the field `path` names, parsed inside a request as deep as it sits in
     one: protobuf refuses nesting past its depth limit counted from the request, so a
     message parsed on its own could pass where the whole request would not. Raises
     DecodeError as parsing the request would."""
-    for number in reversed(path):
-        payload = _field(number, payload)
-    return ExportMetricsServiceRequest.FromString(payload)
+    return ExportMetricsServiceRequest.FromString(wire.nested(path, payload))
 
 
 def resource(serialized: bytes) -> Resource:
@@ -119,7 +108,7 @@ def attributes(serialized: list[bytes]) -> Sequence[KeyValue]:
     """A data point's attributes (each a serialized KeyValue), parsed as deep as a point's
     attributes sit in a request."""
     path = (_RESOURCE_METRICS, _SCOPE_METRICS, _METRICS, _HISTOGRAM, _DATA_POINTS)
-    point = b"".join(_field(_ATTRIBUTES, kv) for kv in serialized)
+    point = b"".join(wire.nested((_ATTRIBUTES,), kv) for kv in serialized)
     request = _in_request(path, point)
     return (
         request.resource_metrics[0].scope_metrics[0].metrics[0].histogram.data_points[0].attributes

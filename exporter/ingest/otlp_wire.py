@@ -37,7 +37,9 @@ _DOUBLES: Final = frozenset(("total", "low", "high"))
 
 
 def _schemas() -> tuple[Any, Any]:
-    """A histogram whose points are bytes, and a point holding only its attributes."""
+    """A request holding one histogram whose points are bytes (as deep as a histogram
+    sits in a real request: resource_metrics, scope_metrics, metrics, histogram), and a
+    point holding only its attributes."""
     file = descriptor_pb2.FileDescriptorProto(
         name="abtest_exporter_otlp_wire.proto", package=_PACKAGE, syntax="proto2"
     )
@@ -48,16 +50,28 @@ def _schemas() -> tuple[Any, Any]:
     file.message_type[0].field.add(  # the histogram's aggregation_temporality (an enum)
         name="temporality", number=2, type=_F.TYPE_INT32, label=_F.LABEL_OPTIONAL
     )
+    inner = "Histogram"
+    for name, number in zip(
+        ("Metric", "Scope", "Resource", "Request"), HISTOGRAM_PATH[::-1], strict=True
+    ):
+        file.message_type.add(name=name).field.add(
+            name="inner", number=number, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL,
+            type_name=f".{_PACKAGE}.{inner}",
+        )  # fmt: skip
+        inner = name
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     found = pool.FindMessageTypeByName
     return (
-        message_factory.GetMessageClass(found(f"{_PACKAGE}.Histogram")),
+        message_factory.GetMessageClass(found(f"{_PACKAGE}.Request")),
         message_factory.GetMessageClass(found(f"{_PACKAGE}.Attributes")),
     )
 
 
-_POINTS, _ATTRIBUTES = _schemas()
+# where a histogram sits in an export request: resource_metrics, scope_metrics, metrics,
+# histogram (each field's number)
+HISTOGRAM_PATH: Final = (1, 2, 2, 9)
+_REQUEST, _ATTRIBUTES = _schemas()
 _ALL: Final = operator.itemgetter(slice(None))
 
 
@@ -179,11 +193,35 @@ def _numbers(table: npt.NDArray[np.uint8], offset: int, double: bool) -> npt.NDA
 DecodeError: Final = message.DecodeError
 
 
+def nested(path: tuple[int, ...], payload: bytes) -> bytes:
+    """`payload` as the length-delimited field `path` names, in the message each number
+    before it names (one copy of the payload)."""
+    heads: list[bytes] = []
+    size = len(payload)
+    for number in reversed(path):
+        head = bytes([number << 3 | _LENGTH]) + _varint_bytes(size)
+        heads.append(head)
+        size += len(head)
+    return b"".join([*reversed(heads), payload])
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def points(serialized: bytes) -> tuple[list[bytes], int]:
-    """A histogram's points, each as its bytes, and its aggregation temporality. Raises
+    """A histogram's points, each as its bytes, and its aggregation temporality. The
+    histogram is parsed as deep as it sits in a request: protobuf's depth limit counts
+    from the request, unknown groups nested in the histogram included. Raises
     DecodeError for bytes that are not a message of those fields (the points' own bytes
     are not read: `read` takes them only in its one layout)."""
-    histogram = _POINTS.FromString(serialized)
+    request = _REQUEST.FromString(nested(HISTOGRAM_PATH, serialized))
+    histogram = request.inner.inner.inner.inner
     return _ALL(histogram.items), histogram.temporality
 
 
