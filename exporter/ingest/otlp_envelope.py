@@ -4,14 +4,17 @@ An export of our histograms is a few envelope messages (resource, scope, metric)
 thousands of points. Parsing it into protobuf messages, only to serialize each histogram
 again for `otlp_wire`, cost about a sixth of taking the request. Here the envelope is
 walked by hand: each metric's resource, scope, name, unit and histogram bytes. The
-histogram itself (its points as bytes, and its temporality) and the resource and scope
-are parsed by the protobuf runtime, so their encodings are whatever protobuf accepts.
+histogram itself (its points as bytes, and its temporality), the resource, the scope
+and new attributes are parsed by the protobuf runtime, so their encodings are whatever
+protobuf accepts; each inside a request-shaped wrapper as deep as it sits in a request,
+since protobuf counts its nesting limit from the request.
 
 `histograms` answers None for anything it does not take whole: a malformed or
-truncated field, a known field with an unexpected wire type or sent twice (protobuf
-would merge or override it), groups, metric metadata, any metric that is not a
-histogram, a string that is not UTF-8. The caller then parses the request with the
-protobuf runtime, which decides (and names any problem).
+truncated field, a tag or a length in more than 5 bytes (protobuf's most), a known
+field with an unexpected wire type or sent twice (protobuf would merge or override it),
+groups, metric metadata, a resource or scope with nothing under it, any metric that is
+not a histogram, a string that is not UTF-8. The caller then parses the request with
+the protobuf runtime, which decides (and names any problem).
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ class ABMetrics:
         self._queries: list[Any] = []
         self._events: list[Any] = []
         # The series checked here, by name one level at a time (experiment, branch,
-        # event) -> its code, the one int pending records share. Nested dicts take a
+        # event) -> its code, the one number pending records share. Nested dicts take a
         # third of a tuple key's time: no tuple to build, and each name's hash is cached.
         self._branch_codes: dict[str, dict[str, float]] = {}
         self._event_codes: dict[str, dict[str, dict[str, float]]] = {}
