@@ -320,14 +320,17 @@ def _merge_parts(
 
 
 _FEW_BOUNDS = 32  # up to this many bucket bounds, slots are counted, not searched for
+# ... for this many values or more: below it numpy sums a small 2-D array of flags slowly
+# (1000 values: 16 us counted, 9 us searched; 4096: 13 us counted, 28-48 us searched)
+_COUNT_FROM = 3072
 
 
 def bucket_slots(bounds: npt.NDArray[np.float64], values: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """Each value's bucket: how many bounds lie below it, as `searchsorted(side="left")`
-    finds (finite values). For the usual few bounds, one comparison per bound over the
-    whole column, 4x faster than a binary search per value, whose branches no CPU can
-    predict."""
-    if len(bounds) > _FEW_BOUNDS:
+    finds (finite values). For the usual few bounds and a long column, one comparison per
+    bound over the whole column, 4x faster than a binary search per value, whose branches
+    no CPU can predict."""
+    if len(bounds) > _FEW_BOUNDS or len(values) < _COUNT_FROM:
         return np.searchsorted(bounds, values, side="left")
     slots: npt.NDArray[np.uint8] = (bounds[:, None] < values).sum(axis=0, dtype=np.uint8)
     return slots
