@@ -29,6 +29,7 @@ __all__ = [
     "Metric",
     "export_request",
     "field",
+    "query_point",
     "text",
     "varint",
 ]
@@ -40,6 +41,27 @@ DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 def text(key: str, value: str) -> KeyValue:
     """A string attribute."""
     return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def query_point(branch: str, buckets: list[int], end: int) -> HistogramDataPoint:
+    """A good query point of the usual layout: one bound (0.5), min 0.25, max 0.75, the
+    sum half the count, experiment "exp", outcome success, started at 1."""
+    count = sum(buckets)
+    return HistogramDataPoint(
+        attributes=[
+            text("abtest.experiment", "exp"),
+            text("abtest.branch", branch),
+            text("abtest.outcome", "success"),
+        ],
+        start_time_unix_nano=1,
+        time_unix_nano=end,
+        count=count,
+        sum=0.5 * count,
+        min=0.25,
+        max=0.75,
+        bucket_counts=buckets,
+        explicit_bounds=[0.5],
+    )
 
 
 def export_request(metrics: Iterable[Metric]) -> ExportMetricsServiceRequest:

@@ -24,6 +24,7 @@ from .otlp_messages import (
     Metric,
     export_request,
     field,
+    query_point,
     text,
     varint,
 )
@@ -150,24 +151,7 @@ def test_parse_body_answers_as_parse_of_decode(body: bytes) -> None:
 
 
 def _usual(points: int = 3) -> Any:
-    good = [
-        HistogramDataPoint(
-            attributes=[
-                text("abtest.experiment", "exp"),
-                text("abtest.branch", f"b{i % 2}"),
-                text("abtest.outcome", "success"),
-            ],
-            start_time_unix_nano=1,
-            time_unix_nano=3,
-            count=2,
-            sum=1.0,
-            min=0.25,
-            max=0.75,
-            bucket_counts=[1, 1],
-            explicit_bounds=[0.5],
-        )
-        for i in range(points)
-    ]
+    good = [query_point(f"b{i % 2}", [1, 1], 3) for i in range(points)]
     histogram = Histogram(data_points=good, aggregation_temporality=DELTA)
     return export_request([Metric(name=otlp.QUERY_METRIC, unit="s", histogram=histogram)])
 

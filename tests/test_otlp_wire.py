@@ -28,6 +28,7 @@ from .otlp_messages import (
     KeyValue,
     Metric,
     export_request,
+    query_point,
     text,
 )
 from .test_otlp_columns import LIMITS, NOW, NOW_NS, counts, reference, refusals, same
@@ -163,24 +164,7 @@ def test_parse_through_the_wire_answers_as_the_reference(
 
 def test_steady_points_are_read_from_the_wire() -> None:
     """The usual export does take the wire (else the tests above prove little)."""
-    points = [
-        HistogramDataPoint(
-            attributes=[
-                text("abtest.experiment", "exp"),
-                text("abtest.branch", f"b{i}"),
-                text("abtest.outcome", "success"),
-            ],
-            start_time_unix_nano=1,
-            time_unix_nano=2,
-            count=3,
-            sum=1.5,
-            min=0.25,
-            max=0.75,
-            bucket_counts=[1, 2],
-            explicit_bounds=[0.5],
-        )
-        for i in range(5)
-    ]
+    points = [query_point(f"b{i}", [1, 2], 2) for i in range(5)]
     histogram = Histogram(data_points=points, aggregation_temporality=CUMULATIVE)
     columns = otlp_wire.read(otlp_wire.points(histogram.SerializeToString())[0])
     assert columns is not None
