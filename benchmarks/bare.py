@@ -41,7 +41,7 @@ import orjson
 from aiohttp import web
 
 from exporter.core.aggregate import DEFAULT_BUCKETS
-from exporter.core.validation import MAX_LATENCY_MS, name_problem
+from exporter.core.validation import MAX_LATENCY_MS, MAX_NAME_LENGTH, named
 from exporter.serve.eventloop import loop_factory
 
 
@@ -170,16 +170,7 @@ class Folding(GroupCommit):
     def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
         self._series: dict[tuple[str, str], list[Any]] = {}
         self._changed: set[tuple[str, str]] = set()
-        self._names: set[str] = set()
         super().__init__(directory, loop)
-
-    def _good(self, name: str) -> bool:
-        if name in self._names:
-            return True
-        if name_problem(name) is not None:
-            return False
-        self._names.add(name)
-        return True
 
     async def fold(self, body: bytes) -> bool:
         """Check and keep `body`'s records, once they are on disk; False if any is bad."""
@@ -187,7 +178,8 @@ class Folding(GroupCommit):
             queries = _DECODE(body).queries
         except msgspec.DecodeError:
             return False
-        if not all(self._good(q.experiment) and self._good(q.branch) for q in queries):
+        if not all(named(q.experiment, MAX_NAME_LENGTH) and named(q.branch, MAX_NAME_LENGTH)
+                   for q in queries):  # fmt: skip
             return False
         await self.write(queries)
         return True
